@@ -1,0 +1,62 @@
+# flare-operator: `make demo` shows it, `make test` proves it. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON_BOOTSTRAP ?= python3
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
+PYTEST ?= $(PYTHON) -m pytest
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down
+
+## help: list the targets
+help:
+	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+
+## install: create .venv and install the project with its extras (torch from pip's cache after the first time)
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[flare,train,dev]'
+	touch $@
+
+## test: every tier (unit, schema, integration, e2e) - the README's test command and CI's
+test: install controlplane
+	$(PYTEST) tests/unit tests/schema tests/integration tests/e2e
+
+## test-unit: pure code only (seconds, no control plane)
+test-unit: install
+	$(PYTEST) tests/unit
+
+## test-schema: the CRDs on a real kube-apiserver
+test-schema: install controlplane
+	$(PYTEST) tests/schema
+
+## test-integration: the operator and the control plane on real API servers
+test-integration: install controlplane
+	$(PYTEST) tests/integration
+
+## test-e2e: real NVFlare federations training real torch models
+test-e2e: install
+	$(PYTEST) tests/e2e
+
+## lint: ruff, import-linter layering, CRD drift
+lint: install
+	$(VENV)/bin/ruff check operator tests bench flare_apps
+	$(VENV)/bin/lint-imports
+	$(PYTHON) -m flare_operator.cli crds --check
+
+## crds: regenerate crds/*.yaml and docs/api.md from operator/flare_operator/api/
+crds: install
+	$(PYTHON) -m flare_operator.cli crds
+
+## demo: start a local control plane, install the CRDs, apply the ESM2 scenario, show `kubectl get flare`
+demo: install controlplane
+	@bash hack/demo.sh
+
+## demo-down: stop what `make demo` started
+demo-down: cluster-down
+
+include hack/controlplane/controlplane.mk
+-include flare_apps/apps.mk

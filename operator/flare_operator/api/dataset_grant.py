@@ -1,0 +1,118 @@
+"""DatasetGrant (site): a dataset and who may use it, under which terms. Written by the data owner."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field
+
+from .base import ApiModel, CelRule, immutable, validations
+from .common import (
+    Condition,
+    DatasetId,
+    ModelId,
+    ObjectName,
+    OrgName,
+    ShortText,
+    conditions_field,
+    observed_generation_field,
+)
+from .gateway import DatasetFormat
+
+JobKey = Annotated[str, Field(max_length=300)]  # namespace/name
+
+
+class VolumeSource(ApiModel):
+    claim_name: ObjectName = Field(description="PersistentVolumeClaim (site namespace) holding the data, mounted read-only.")
+    sub_path: str = Field("", max_length=1024, description="File or folder inside the volume.")
+
+
+class DatasetSource(ApiModel):
+    id: DatasetId = Field(
+        description="Dataset id; immutable (ledgers and approvals refer to it).",
+        json_schema_extra=validations(
+            immutable("dataset.id is immutable: create a new DatasetGrant for another dataset")
+        ),
+    )
+    path: str | None = Field(
+        None, max_length=1024, description="Path of the data file or folder on the site (process runtime, hostPath)."
+    )
+    persistent_volume_claim: VolumeSource | None = Field(None, description="The data on a volume (kubernetes runtime).")
+    format: DatasetFormat = Field(DatasetFormat.CSV, description="csv or parquet with columns sequence, label[, split].")
+    sample_count: int = Field(0, ge=0, description="Number of samples (published to the hub in the Gateway).")
+    description: ShortText = Field("", description="What the data is; published to the hub.")
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.path) != has(self.persistentVolumeClaim)",
+            message="set exactly one of dataset.path and dataset.persistentVolumeClaim",
+            check=lambda m: (m.path is None) != (m.persistent_volume_claim is None),
+        ),
+    )
+
+
+class ModelConstraint(ApiModel):
+    id: ModelId = Field(description="Catalog model (app) id allowed on the data.")
+    versions: str = Field(
+        "*",
+        max_length=128,
+        description="Version constraint, e.g. '>=1.0.0,<2.0.0', '1.2.*' or '*' (PEP 440 specifier syntax).",
+    )
+
+
+class GrantPrivacy(ApiModel):
+    dp_required: bool = Field(False, description="Jobs must enable client-level differential privacy.")
+    max_epsilon_per_job: float | None = Field(None, gt=0, le=100, description="Largest epsilon one job may use.")
+    epsilon_budget: float | None = Field(
+        None, gt=0, le=10000, description="Total epsilon all jobs together may spend on this dataset."
+    )
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.maxEpsilonPerJob) || !has(self.epsilonBudget) || self.maxEpsilonPerJob <= self.epsilonBudget",
+            message="maxEpsilonPerJob cannot exceed epsilonBudget",
+            check=lambda m: m.max_epsilon_per_job is None or m.epsilon_budget is None
+            or m.max_epsilon_per_job <= m.epsilon_budget,
+        ),
+    )
+
+
+class DatasetGrantSpec(ApiModel):
+    dataset: DatasetSource = Field(description="The dataset this grant is about.")
+    consumers: list[OrgName] = Field(
+        min_length=1, max_length=64, description="Consumer orgs allowed to train on it ('*' is not accepted: name them)."
+    )
+    models: list[ModelConstraint] = Field(
+        min_length=1, max_length=32, description="Models (catalog apps) allowed, each with a version constraint."
+    )
+    max_rounds: int | None = Field(None, ge=1, le=10000, description="Most federated rounds one job may run.")
+    min_participating_orgs: int = Field(
+        1, ge=1, le=64, description="Fewest orgs that must contribute data to a federation (hides one org's update)."
+    )
+    privacy: GrantPrivacy = Field(
+        default_factory=GrantPrivacy, description="Privacy terms.", json_schema_extra={"default": {}}
+    )
+    expires_at: datetime | None = Field(None, description="After this time the grant allows nothing.")
+
+
+class EpsilonReservation(ApiModel):
+    job: str = Field(max_length=300, description="namespace/name of the FederatedJob.")
+    uid: str = Field(max_length=64, description="UID of the FederatedJob.")
+    epsilon: float = Field(ge=0, description="Epsilon reserved (or spent).")
+    spent: bool = Field(False, description="false: reserved by an admitted job; true: spent by a finished one.")
+
+
+class DatasetGrantStatus(ApiModel):
+    observed_generation: int | None = observed_generation_field()
+    conditions: list[Condition] = conditions_field()
+    epsilon_reserved: float = Field(0, ge=0, description="Epsilon reserved by admitted, unfinished jobs.")
+    epsilon_spent: float = Field(0, ge=0, description="Epsilon spent by finished jobs.")
+    ledger: list[EpsilonReservation] = Field(
+        default_factory=list,
+        max_length=1024,
+        description="One entry per job that reserved or spent epsilon on this dataset.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["uid"]},
+    )
+    jobs: list[JobKey] = Field(default_factory=list, max_length=1024, description="namespace/name of jobs that used it.")
+

@@ -1,0 +1,70 @@
+"""Gateway (hub, org namespace): a site's registration, written by the site's gateway controller."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from .base import ApiModel
+from .common import (
+    Condition,
+    DatasetId,
+    Label,
+    OrgName,
+    ShortText,
+    conditions_field,
+    observed_generation_field,
+)
+
+
+class RuntimeKind(StrEnum):
+    KUBERNETES = "kubernetes"
+    PROCESS = "process"
+
+
+class DatasetFormat(StrEnum):
+    CSV = "csv"
+    PARQUET = "parquet"
+
+
+class Capacity(ApiModel):
+    gpu_class: str = Field("", max_length=63, description="GPU model offered, e.g. A100-80GB; empty for CPU-only sites.")
+    gpu_count: int = Field(0, ge=0, le=4096, description="GPUs the site offers to federations in total.")
+
+
+class DatasetSummary(ApiModel):
+    """What a site says publicly about a dataset: never its path or content."""
+
+    id: DatasetId = Field(description="Dataset id, as in the site's DatasetGrant.")
+    description: ShortText = Field("", description="What the data is, for modellers choosing datasets.")
+    format: DatasetFormat = Field(DatasetFormat.CSV, description="File format: csv or parquet.")
+    sample_count: int = Field(0, ge=0, description="Number of samples (the owner may round it).")
+    models: list[Label] = Field(
+        default_factory=list, max_length=32, description="Model ids the grant allows."
+    )
+
+
+class GatewaySpec(ApiModel):
+    org: OrgName = Field(description="The organisation this site belongs to (must match the namespace's org).")
+    site: OrgName = Field(description="Site name, used as the NVFlare client name prefix (e.g. org-a).")
+    runtime: RuntimeKind = Field(RuntimeKind.KUBERNETES, description="How the site runs NVFlare clients: kubernetes or process.")
+    capacity: Capacity = Field(
+        default_factory=Capacity, description="Compute the site offers.", json_schema_extra={"default": {}}
+    )
+    datasets: list[DatasetSummary] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Public summary of the datasets the site offers, published from its DatasetGrants.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["id"]},
+    )
+
+
+class GatewayStatus(ApiModel):
+    observed_generation: int | None = observed_generation_field()
+    conditions: list[Condition] = conditions_field()
+    last_heartbeat_time: datetime | None = Field(None, description="When the site's controller last reported in.")
+    datasets_offered: int = Field(0, ge=0, description="Number of datasets offered.")
+    clients_running: int = Field(0, ge=0, description="NVFlare clients the site runs now.")
+    operator_version: str | None = Field(None, max_length=64, description="Version of the site's gateway controller.")

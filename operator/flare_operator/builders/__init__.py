@@ -1,0 +1,1 @@
+"""Pure builders: typed specs in, manifests / NVFlare projects / NVFlare jobs out. No I/O, no kopf."""

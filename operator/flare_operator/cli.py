@@ -1,0 +1,54 @@
+"""`flare-operator` command line: generate CRDs, validate manifests, print the version."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import __version__
+
+
+def _validate(paths: list[Path]) -> int:
+    from .api import InvalidObject, parse_object
+
+    failures = 0
+    for path in paths:
+        for obj in yaml.safe_load_all(path.read_text()):
+            if not obj:
+                continue
+            label = f"{path}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+            try:
+                parse_object(obj)
+                print(f"ok      {label}")
+            except InvalidObject as err:
+                failures += 1
+                print(f"invalid {label}: {err}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flare-operator", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("version", help="print the version")
+    crds = sub.add_parser("crds", help="write the CRD YAML and docs/api.md (or --check for drift)")
+    crds.add_argument("--root", type=Path, default=Path.cwd())
+    crds.add_argument("--check", action="store_true")
+    validate = sub.add_parser("validate", help="validate flareop.io manifests offline, as the API server would")
+    validate.add_argument("paths", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "version":
+        print(__version__)
+        return 0
+    if args.command == "crds":
+        from .api import crdgen
+
+        return crdgen.main(["--root", str(args.root)] + (["--check"] if args.check else []))
+    return _validate(args.paths)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Workload adapters (kubernetes, process) and Kubernetes I/O (server-side apply, events)."""

@@ -1,0 +1,1 @@
+"""Python SDK for modellers and data owners (never imports kopf)."""

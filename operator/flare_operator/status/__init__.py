@@ -1,0 +1,1 @@
+"""Pure status: observed state -> phase + conditions. The one place status is computed."""
