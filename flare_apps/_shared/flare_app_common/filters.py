@@ -1,0 +1,54 @@
+"""NVFlare client output filter: Gaussian client-level DP on WEIGHT_DIFF results."""
+
+from __future__ import annotations
+
+import numpy as np
+from nvflare.apis.dxo import DataKind, from_shareable
+from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from .dp import clip_and_noise, epsilon_spent
+
+
+class GaussianDPFilter(DXOFilter):
+    """Clip each site's update to ``clip_norm`` and add Gaussian noise (std = noise_multiplier * clip_norm).
+
+    Adds to the result's DXO meta: ``dp_epsilon`` (cumulative, this site, after this round),
+    ``dp_delta``, ``dp_rounds``, ``dp_noise_multiplier``, ``dp_clip_norm``, ``dp_update_norm``.
+    Only WEIGHT_DIFF results are accepted: a full-weights result cannot be clipped as an update.
+    """
+
+    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5, accountant: str = "rdp"):
+        super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF])
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.delta = float(delta)
+        self.accountant = accountant
+        self.releases = 0
+        self._rng = np.random.default_rng()  # OS entropy: DP noise must not be reproducible
+
+    def process_dxo(self, dxo, shareable: Shareable, fl_ctx: FLContext):
+        if not isinstance(dxo.data, dict):
+            self.log_error(fl_ctx, "GaussianDPFilter expects a dict of arrays")
+            return None
+        noised, norm = clip_and_noise(dxo.data, self.clip_norm, self.noise_multiplier, self._rng)
+        self.releases += 1
+        eps = epsilon_spent(self.noise_multiplier, self.releases, self.delta, self.accountant)
+        dxo.data = noised
+        dxo.meta.update(
+            {
+                "dp_epsilon": eps,
+                "dp_delta": self.delta,
+                "dp_rounds": self.releases,
+                "dp_noise_multiplier": self.noise_multiplier,
+                "dp_clip_norm": self.clip_norm,
+                "dp_update_norm": norm,
+                "dp_accountant": self.accountant,
+            }
+        )
+        self.log_info(fl_ctx, f"DP: update norm {norm:.4f} clipped to {self.clip_norm}, epsilon so far {eps:.4f}")
+        return dxo
+
+
+__all__ = ["GaussianDPFilter", "from_shareable"]

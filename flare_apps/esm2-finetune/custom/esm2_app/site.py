@@ -1,0 +1,80 @@
+"""One site's trainer: model in the chosen mode + its own data. Used by the NVFlare client script and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from . import LOCATION_CLASSES
+from .data import load_site_data
+from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
+from .modeling import apply_mode, build_model, get_trainable, make_tokenizer, set_trainable
+from .training import BatchStream, pick_device, predict, train_steps
+
+log = logging.getLogger(__name__)
+
+
+def model_from_params(p: dict, allow_random: bool = False):
+    """Build the model exactly as every participant does (same seed -> same frozen weights)."""
+    classes = list(p.get("labels") or LOCATION_CLASSES)
+    model = build_model(
+        p["preset"], len(classes), p.get("pretrainedPath", ""), seed=int(p["seed"]), labels=classes,
+        allow_random=allow_random,
+    )
+    return apply_mode(model, p["mode"], int(p.get("lastN", 1)), p.get("lora"), seed=int(p["seed"]))
+
+
+class SiteTrainer:
+    def __init__(self, params: dict, dataset_path: str, site_name: str = "site", allow_random: bool = False):
+        import torch
+
+        self.p = params
+        self.site = site_name
+        self.classes = list(params.get("labels") or LOCATION_CLASSES)
+        self.device = pick_device(params.get("device", "auto"))
+        self.bf16 = bool(params.get("bf16", True))
+        torch.set_num_threads(max(1, int(params.get("torchThreads", 0)) or torch.get_num_threads()))
+        self.model = model_from_params(params, allow_random=allow_random).to(self.device)
+        tok = make_tokenizer()
+        self.train_ds, self.val_ds = load_site_data(
+            dataset_path, self.classes, tok, int(params["maxSeqLength"]), float(params.get("valFraction", 0.2)),
+            int(params["seed"]),
+        )
+        site_seed = int(params["seed"]) * 1000 + sum(site_name.encode())
+        torch.manual_seed(site_seed)
+        self.stream = BatchStream(self.train_ds, int(params["batchSize"]), site_seed)
+        self.truncated = self.train_ds.truncated + self.val_ds.truncated
+
+    def steps_per_round(self) -> int:
+        steps = int(self.p.get("localSteps", 0))
+        if steps > 0:
+            return steps
+        return max(1, math.ceil(float(self.p.get("localEpochs", 1)) * self.stream.batches_per_epoch()))
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return get_trainable(self.model)
+
+    def set_params(self, params: dict) -> None:
+        if params:
+            set_trainable(self.model, params)
+
+    def evaluate(self) -> dict:
+        pred = predict(self.model, self.val_ds, int(self.p.get("evalBatchSize", 64)), self.device, self.bf16)
+        cm = confusion_matrix(self.val_ds.labels, pred, len(self.classes))
+        return {
+            "val_accuracy": accuracy(cm),
+            "val_macro_f1": macro_f1(cm),
+            "val_samples": int(len(self.val_ds)),
+            "val_confusion": cm.tolist(),
+        }
+
+    def train_round(self) -> dict:
+        stats = train_steps(
+            self.model, self.stream, self.steps_per_round(), float(self.p["learningRate"]), self.device, self.bf16,
+            float(self.p.get("weightDecay", 0.0)),
+        )
+        stats["train_samples"] = int(len(self.train_ds))
+        stats["truncated"] = int(self.truncated)
+        return stats

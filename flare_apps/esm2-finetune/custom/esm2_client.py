@@ -1,0 +1,68 @@
+"""NVFlare Client API script for esm2-finetune (runs in each site's client process).
+
+Reads its settings from site_config.json next to this file (written by the job builder):
+{"params": {...validated app parameters...}, "datasetPath": "...", "site": "site-1"}.
+Each round: load the received global (trainable) parameters, evaluate them on the site's own
+holdout, train locally, and send back only the difference of the trainable parameters.
+"""
+
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+import nvflare.client as flare  # noqa: E402
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
+
+from esm2_app.modeling import params_nbytes  # noqa: E402
+from esm2_app.site import SiteTrainer  # noqa: E402
+
+
+def main():
+    with open(os.path.join(HERE, "site_config.json")) as f:
+        cfg = json.load(f)
+    flare.init()
+    site = flare.get_site_name()
+    t0 = time.perf_counter()
+    trainer = SiteTrainer(cfg["params"], cfg["datasetPath"], site)
+    print(
+        f"[{site}] model ready in {time.perf_counter() - t0:.1f}s: {len(trainer.train_ds)} train / "
+        f"{len(trainer.val_ds)} holdout sequences, {trainer.truncated} truncated, device {trainer.device}"
+    )
+    while flare.is_running():
+        model = flare.receive()
+        if model is None:
+            break
+        trainer.set_params(model.params)
+        metrics = trainer.evaluate()
+        metrics["truncated"] = int(trainer.truncated)
+        if flare.is_evaluate():
+            flare.send(FLModel(metrics=metrics))
+            continue
+        before = trainer.get_params()
+        stats = trainer.train_round()
+        after = trainer.get_params()
+        diff = {k: after[k] - before[k] for k in after}
+        metrics.update(stats)
+        metrics["bytes_sent"] = params_nbytes(diff)
+        metrics["bytes_received"] = params_nbytes(model.params or {})
+        print(
+            f"[{site}] round {model.current_round}: holdout acc {metrics['val_accuracy']:.3f} (received model), "
+            f"train loss {stats['train_loss']:.4f}, {stats['seq_per_s']:.1f} seq/s"
+        )
+        flare.send(
+            FLModel(
+                params=diff,
+                params_type=ParamsType.DIFF,
+                metrics=metrics,
+                meta={"NUM_STEPS_CURRENT_ROUND": stats["steps"], "train_samples": stats["train_samples"]},
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

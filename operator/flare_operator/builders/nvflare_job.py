@@ -1,0 +1,274 @@
+"""Build an NVFlare 2.9 job folder from a catalog app — pure, no torch, no nvflare import.
+
+The job's config JSON is generated directly (the same format NVFlare's FedJob exports):
+
+    <job>/meta.json                                   name, min_clients, deploy_map, flareop metadata
+    <job>/app_server/config/config_fed_server.json    the app's server controller (FedAvg-style ModelController)
+    <job>/app_server/custom/...                       app code + flare_apps/_shared
+    <job>/app_<site>/config/config_fed_client.json    ClientAPIExecutor running the app's Client API script,
+                                                      DP filter + NVFlare filters on the train result
+    <job>/app_<site>/custom/site_config.json          validated params + this site's dataset path
+    <job>/app_<site>/custom/...                       app code + flare_apps/_shared
+
+One client app per site, so a site's dataset path is only deployed to that site. ``build_job``
+returns ``{relative_path: bytes}``; ``write_job`` writes it; ``job_content_hash`` hashes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..catalog import App, shared_dir, validate_aggregation, validate_params, validate_privacy
+
+SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
+
+NVFLARE_FILTERS = {
+    "ExcludeVars": "nvflare.app_common.filters.exclude_vars.ExcludeVars",
+    "PercentilePrivacy": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy",
+    "SVTPrivacy": "nvflare.app_common.filters.svt_privacy.SVTPrivacy",
+}
+DP_FILTER = "flare_app_common.filters.GaussianDPFilter"
+CLIENT_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
+
+
+class JobBuildError(ValueError):
+    """The job cannot be built from these inputs."""
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One participating site: its NVFlare client name and the dataset path as seen by that client."""
+
+    name: str
+    dataset_path: str
+
+    @classmethod
+    def coerce(cls, s: SiteSpec | Mapping) -> SiteSpec:
+        if isinstance(s, SiteSpec):
+            return s
+        if isinstance(s, Mapping):
+            name = s.get("name")
+            path = s.get("datasetPath", s.get("dataset_path"))
+            return cls(name=name, dataset_path=path)
+        raise JobBuildError(f"site must be a SiteSpec or a mapping, got {type(s).__name__}")
+
+
+def _json(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _read_tree(src: Path, dest_prefix: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    if not src.is_dir():
+        return out
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if d not in SKIP_PARTS and not d.startswith("."))
+        for fn in sorted(files):
+            if fn.endswith((".pyc", ".pyo")) or fn.startswith("."):
+                continue
+            fp = Path(root) / fn
+            rel = fp.relative_to(src).as_posix()
+            out[f"{dest_prefix}/{rel}"] = fp.read_bytes()
+    return out
+
+
+def _custom_files(app: App, prefix: str) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for d in app.nvflare.get("custom", ["custom"]):
+        files.update(_read_tree(app.path / d, prefix))
+    shared = shared_dir(app.path.parent)
+    if shared.is_dir():
+        for sub in sorted(shared.iterdir()):
+            if sub.is_dir() and sub.name not in SKIP_PARTS:
+                files.update(_read_tree(sub, f"{prefix}/{sub.name}"))
+    return files
+
+
+def _result_filters(privacy: Mapping) -> list[dict]:
+    filters = []
+    dp = privacy.get("differentialPrivacy") or {}
+    if dp.get("enabled"):
+        filters.append(
+            {
+                "path": DP_FILTER,
+                "args": {
+                    "clip_norm": dp["clipNorm"],
+                    "noise_multiplier": dp["noiseMultiplier"],
+                    "delta": dp["delta"],
+                    "accountant": dp["accountant"],
+                },
+            }
+        )
+    for f in privacy.get("filters") or []:
+        filters.append({"path": NVFLARE_FILTERS[f["type"]], "args": dict(f.get("args") or {})})
+    return filters
+
+
+def build_job(
+    app: App,
+    params: Mapping | None,
+    sites: Sequence[SiteSpec | Mapping],
+    *,
+    job_name: str,
+    privacy: Mapping | None = None,
+    aggregation: Mapping | None = None,
+    metadata: Mapping | None = None,
+    min_clients: int | None = None,
+    task_timeout: int = 0,
+) -> dict[str, bytes]:
+    """Files of an NVFlare job folder for ``app`` (paths relative to the job folder's parent).
+
+    Args:
+        app: a catalog app (``catalog.load_app``).
+        params: the app's parameters; validated here against its schema, defaults applied.
+        sites: ``SiteSpec`` or ``{"name": "site-1", "datasetPath": "/data/x.csv"}`` per client.
+        job_name: NVFlare job name (also the top folder of the returned paths).
+        privacy: ``{"differentialPrivacy": {enabled, clipNorm, noiseMultiplier, delta, accountant},
+            "filters": [{"type": "ExcludeVars"|"PercentilePrivacy"|"SVTPrivacy", "args": {...}}]}``.
+        aggregation: ``{"weighting": "sample"|"uniform"|"capped", "maxShare": 0.5}``.
+        metadata: free-form JSON (e.g. the FederatedJob's uid and content hash), recorded in
+            meta.json under ``flareop`` and in the results' model card.
+        min_clients: sites that must answer each round (default: all).
+        task_timeout: seconds a round may take per task (0 = no limit).
+
+    Raises:
+        ParameterError (from the catalog) for bad params/privacy/aggregation, JobBuildError otherwise.
+    """
+    if not isinstance(job_name, str) or not JOB_NAME_RE.match(job_name):
+        raise JobBuildError(f"invalid job name {job_name!r} (letters, digits, '.', '_', '-'; max 128)")
+    site_specs = [SiteSpec.coerce(s) for s in sites]
+    if not site_specs:
+        raise JobBuildError("at least one site is required")
+    names = [s.name for s in site_specs]
+    for s in site_specs:
+        if not isinstance(s.name, str) or not SITE_RE.match(s.name) or s.name == "server":
+            raise JobBuildError(f"invalid site name {s.name!r}")
+        if not isinstance(s.dataset_path, str) or not s.dataset_path:
+            raise JobBuildError(f"site {s.name}: datasetPath is required")
+    if len(set(names)) != len(names):
+        raise JobBuildError(f"duplicate site names in {names}")
+    p = validate_params(app, params or {})
+    priv = validate_privacy(privacy)
+    agg = validate_aggregation(aggregation, len(site_specs))
+    n_min = len(site_specs) if min_clients is None else int(min_clients)
+    if not 1 <= n_min <= len(site_specs):
+        raise JobBuildError(f"min_clients must be between 1 and {len(site_specs)}, got {min_clients}")
+    if any(f["type"] == "PercentilePrivacy" for f in priv["filters"]) and app.nvflare.get("paramsTransfer") != "DIFF":
+        raise JobBuildError("PercentilePrivacy needs an app that sends parameter differences")
+    meta_extra = {"app": {"id": app.id, "version": app.version}, **dict(metadata or {})}
+    try:
+        json.dumps(meta_extra)
+    except TypeError as e:
+        raise JobBuildError(f"metadata must be JSON-serialisable: {e}") from e
+
+    rounds = int(p.get("rounds", 1))
+    if p.get("labels") is None and app.labels:
+        p = {**p}  # labels stay the app's own; not a parameter
+    files: dict[str, bytes] = {}
+    root = job_name
+    deploy_map = {"app_server": ["server"]}
+    # --- server
+    server_cfg = {
+        "format_version": 2,
+        "workflows": [
+            {
+                "id": "controller",
+                "path": app.nvflare["serverController"],
+                "args": {
+                    "params": p,
+                    "sites": names,
+                    "num_rounds": rounds,
+                    "aggregation": agg,
+                    "privacy": priv,
+                    "app": {"id": app.id, "version": app.version},
+                    "job_name": job_name,
+                    "metadata": dict(metadata or {}),
+                    "min_clients": n_min,
+                    "task_timeout": int(task_timeout),
+                },
+            }
+        ],
+        "components": [],
+        "task_data_filters": [],
+        "task_result_filters": [],
+    }
+    files[f"{root}/app_server/config/config_fed_server.json"] = _json(server_cfg)
+    files.update(_custom_files(app, f"{root}/app_server/custom"))
+    # --- clients
+    result_filters = _result_filters(priv)
+    for s in site_specs:
+        app_name = f"app_{s.name}"
+        deploy_map[app_name] = [s.name]
+        client_cfg = {
+            "format_version": 2,
+            "executors": [
+                {
+                    "tasks": ["train", "validate"],
+                    "executor": {
+                        "path": CLIENT_EXECUTOR,
+                        "args": {
+                            "execution_mode": "in_process",
+                            "task_script_path": app.nvflare["clientScript"],
+                            "task_script_args": "",
+                            "params_exchange_format": "numpy",
+                            "server_expected_format": "numpy",
+                            "params_transfer_type": app.nvflare.get("paramsTransfer", "FULL"),
+                        },
+                    },
+                }
+            ],
+            "components": [],
+            "task_data_filters": [],
+            "task_result_filters": [{"tasks": ["train"], "filters": result_filters}] if result_filters else [],
+        }
+        files[f"{root}/{app_name}/config/config_fed_client.json"] = _json(client_cfg)
+        files.update(_custom_files(app, f"{root}/{app_name}/custom"))
+        files[f"{root}/{app_name}/custom/site_config.json"] = _json(
+            {"site": s.name, "datasetPath": s.dataset_path, "params": p, "app": {"id": app.id, "version": app.version}}
+        )
+    meta = {
+        "name": job_name,
+        "resource_spec": {},
+        "min_clients": n_min,
+        "deploy_map": deploy_map,
+        "flareop": meta_extra,
+    }
+    files[f"{root}/meta.json"] = _json(meta)
+    return dict(sorted(files.items()))
+
+
+def job_content_hash(files: Mapping[str, bytes]) -> str:
+    """sha256 over the sorted (path, bytes) pairs: what the sites approve."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        data = files[path]
+        h.update(path.encode() + b"\0" + len(data).to_bytes(8, "big") + data)
+    return "sha256:" + h.hexdigest()
+
+
+def write_job(files: Mapping[str, bytes], dest: str | os.PathLike) -> Path:
+    """Write the files under ``dest``; returns the job folder (``dest/<job_name>``)."""
+    dest = Path(dest)
+    tops: set[str] = set()
+    for rel, data in files.items():
+        if rel.startswith("/") or ".." in Path(rel).parts:
+            raise JobBuildError(f"unsafe path {rel!r}")
+        tops.add(rel.split("/", 1)[0])
+        fp = dest / rel
+        fp.parent.mkdir(parents=True, exist_ok=True)
+        fp.write_bytes(data)
+    if len(tops) != 1:
+        raise JobBuildError(f"expected one job folder, got {sorted(tops)}")
+    return dest / tops.pop()
+
+
+def site_names(sites: Iterable[SiteSpec | Mapping]) -> list[str]:
+    return [SiteSpec.coerce(s).name for s in sites]
