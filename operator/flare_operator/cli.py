@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     crds = sub.add_parser("crds", help="write the CRD YAML and docs/api.md (or --check for drift)")
     crds.add_argument("--root", type=Path, default=Path.cwd())
     crds.add_argument("--check", action="store_true")
+    run = sub.add_parser("run", help="run the operator (orchestrator, gateways, or both)")
+    run.add_argument("--config", type=Path, required=True, help="operator configuration YAML")
+    run.add_argument("--kubeconfig", type=Path, default=None, help="default: in-cluster, then ~/.kube/config")
+    run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true")
     validate = sub.add_parser("validate", help="validate flareop.io manifests offline, as the API server would")
     validate.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
@@ -47,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         from .api import crdgen
 
         return crdgen.main(["--root", str(args.root)] + (["--check"] if args.check else []))
+    if args.command == "run":
+        from .main import main as run_operator
+
+        return run_operator(args.config, args.kubeconfig, args.liveness, args.verbose)
     return _validate(args.paths)
 
 

@@ -51,6 +51,9 @@ class AccessRequestSpec(ApiModel):
         default_factory=ClientResources, description="Resources the client at this site would get.",
         json_schema_extra={"default": {}},
     )
+    active: bool = Field(
+        True, description="Compute only: false asks the site to scale its client to zero (the ComputeSpec is inactive)."
+    )
     participating_orgs: list[OrgName] = Field(
         default_factory=list, max_length=64, description="Every org that contributes data to the federation."
     )

@@ -1,0 +1,66 @@
+"""Pure: a ComputeSpec's federation as an NVFlare project (participants, ports, names).
+
+One NVFlare project per ComputeSpec: its own root CA, so federations are isolated from each other.
+The participants are the server, one client per org whose datasets the ComputeSpec uses, and the
+operator's admin identity (which submits and signs jobs).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+ADMIN_IDENTITY = "admin@flareop.io"
+HUB_ORG = "hub"
+
+
+def nvflare_org(org: str) -> str:
+    """NVFlare org names allow only [A-Za-z0-9_]; Kubernetes org names are DNS labels."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", org)
+
+
+@dataclass(frozen=True)
+class FederationPlan:
+    project: str
+    server_host: str
+    fl_port: int
+    admin_port: int
+    clients: tuple[tuple[str, str], ...]  # (client name, org), sorted
+    extra_host_names: tuple[str, ...] = field(default=())
+
+    @property
+    def participants(self) -> list[str]:
+        return [self.server_host, *(name for name, _ in self.clients), ADMIN_IDENTITY]
+
+    def with_clients(self, clients: dict[str, str]) -> FederationPlan:
+        return FederationPlan(self.project, self.server_host, self.fl_port, self.admin_port,
+                              tuple(sorted(clients.items())), self.extra_host_names)
+
+
+def client_name(org: str) -> str:
+    """The NVFlare client name of an org in a federation (one client per org)."""
+    return org
+
+
+def project_dict(plan: FederationPlan) -> dict[str, Any]:
+    """The `project.yml` content NVFlare's provisioner takes (api_version 3)."""
+    server: dict[str, Any] = {
+        "name": plan.server_host,
+        "type": "server",
+        "org": HUB_ORG,
+        "fed_learn_port": plan.fl_port,
+        "admin_port": plan.admin_port,
+    }
+    if plan.extra_host_names:
+        server["host_names"] = list(plan.extra_host_names)
+    return {
+        "api_version": 3,
+        "name": plan.project,
+        "description": f"flare-operator federation {plan.project}",
+        "participants": [
+            server,
+            *({"name": name, "type": "client", "org": nvflare_org(org)} for name, org in plan.clients),
+            {"name": ADMIN_IDENTITY, "type": "admin", "org": HUB_ORG, "role": "project_admin"},
+        ],
+    }

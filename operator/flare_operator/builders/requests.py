@@ -1,0 +1,70 @@
+"""Pure: what a ComputeSpec asks of each org, as AccessRequest objects for the orgs' hub namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+
+from ..api.access_request import AccessRequestSpec, RequestKind, RequestSource
+from ..api.compute import ComputeSpecSpec
+from ..api.kinds import API_VERSION
+
+LABEL_FEDERATION = "flareop.io/federation"
+LABEL_SOURCE_NAMESPACE = "flareop.io/source-namespace"
+LABEL_SOURCE_NAME = "flareop.io/source-name"
+LABEL_REQUEST_KIND = "flareop.io/request-kind"
+
+
+def _short(name: str, limit: int = 63) -> str:
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def access_request_name(kind: RequestKind, namespace: str, name: str) -> str:
+    return _short(f"{kind.value.lower()}-{namespace}-{name}")
+
+
+def kit_secret_name(request_name: str) -> str:
+    """The Secret next to a Compute AccessRequest that carries the site's NVFlare client kit."""
+    return _short(f"{request_name}-kit", 253)
+
+
+def datasets_by_org(spec: ComputeSpecSpec) -> dict[str, tuple[str, ...]]:
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for ref in spec.datasets:
+        grouped[ref.org].append(ref.id)
+    return {org: tuple(sorted(ids)) for org, ids in sorted(grouped.items())}
+
+
+def compute_access_request(*, org: str, hub_namespace: str, source_namespace: str, source_name: str, source_uid: str,
+                           consumer_org: str, spec: ComputeSpecSpec, federation: str, content_hash: str) -> dict:
+    """The AccessRequest a ComputeSpec sends to one org: run a client for these datasets and this model."""
+    by_org = datasets_by_org(spec)
+    request = AccessRequestSpec(
+        source=RequestSource(kind=RequestKind.COMPUTE, namespace=source_namespace, name=source_name, uid=source_uid),
+        org=org,
+        consumer_org=consumer_org,
+        model=spec.model,
+        datasets=list(by_org[org]),
+        client=spec.client,
+        active=spec.active,
+        participating_orgs=list(by_org),
+        content_hash=content_hash,
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AccessRequest",
+        "metadata": {
+            "name": access_request_name(RequestKind.COMPUTE, source_namespace, source_name),
+            "namespace": hub_namespace,
+            "labels": {
+                LABEL_FEDERATION: federation,
+                LABEL_SOURCE_NAMESPACE: source_namespace,
+                LABEL_SOURCE_NAME: _short(source_name),
+                LABEL_REQUEST_KIND: RequestKind.COMPUTE.value,
+            },
+        },
+        "spec": request.to_wire(),
+    }

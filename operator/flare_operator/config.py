@@ -1,0 +1,83 @@
+"""Operator configuration (Helm values / command line / environment), as typed models.
+
+One operator binary runs in one of two modes:
+- orchestrator (hub): ComputeSpec, FederatedJob, AccessRequest specs, NVFlare servers;
+- gateway (site): registers its Gateway on the hub, answers its org's AccessRequests from its own
+  DatasetGrants and OrgPolicy, runs its NVFlare clients.
+`all` runs the orchestrator and one gateway in one process (single-cluster deployments).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .api.common import OrgName
+from .api.gateway import RuntimeKind
+
+FINALIZER = "flareop.io/finalizer"
+FIELD_MANAGER = "flare-operator"
+LABEL_ORG = "flareop.io/org"
+DEFAULT_IMAGE = "ghcr.io/flareop/flare-runtime:0.1.0"
+
+
+class OperatorMode(StrEnum):
+    ORCHESTRATOR = "orchestrator"
+    GATEWAY = "gateway"
+    ALL = "all"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Toleration(_Config):
+    key: str = ""
+    operator: str = "Exists"
+    value: str = ""
+    effect: str = ""
+
+
+class SiteSettings(_Config):
+    """How one data-owner site runs its NVFlare clients (the site's Helm values)."""
+
+    org: OrgName
+    site: OrgName = Field(description="NVFlare client name prefix of this site")
+    namespace: str = Field(description="Site namespace: DatasetGrants, OrgPolicy, JobApprovals, clients")
+    hub_namespace: str = Field(description="This org's namespace on the hub (Gateway, AccessRequests)")
+    hub_kubeconfig: Path | None = Field(None, description="Credential for the hub; None: same cluster")
+    runtime: RuntimeKind = RuntimeKind.PROCESS
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    gpu_resource_name: str = "nvidia.com/gpu"
+    storage_class: str | None = None
+    workspace_size: str = "10Gi"
+    gpu_class: str = ""
+    gpu_count: int = 0
+
+
+class OperatorConfig(_Config):
+    mode: OperatorMode = OperatorMode.ALL
+    runtime: RuntimeKind = RuntimeKind.PROCESS
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    # Where the process runtime keeps workspaces, kits and logs (one folder per federation).
+    workdir: Path = Path(".flare-operator")
+    # The hub: namespaces with ComputeSpecs/FederatedJobs (empty: all namespaces).
+    namespaces: list[str] = Field(default_factory=list)
+    operator_namespace: str = "flare-system"
+    storage_class: str | None = None
+    workspace_size: str = "10Gi"
+    heartbeat_seconds: float = 10.0
+    resync_seconds: float = 5.0
+    gateways: list[SiteSettings] = Field(default_factory=list)
+
+    @classmethod
+    def from_file(cls, path: Path) -> OperatorConfig:
+        import yaml
+
+        data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+        return cls.model_validate(data)

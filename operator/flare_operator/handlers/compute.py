@@ -1,0 +1,280 @@
+"""Orchestrator: ComputeSpec -> AccessRequests to the orgs, an NVFlare project, the server.
+
+Level-based: `reconcile` reads everything it needs and converges; Kopf's change handlers and a
+timer only call it. The sites answer in their AccessRequests; the orchestrator provisions once
+every org said yes and hands each site its client kit through the site's hub namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from ..api.common import Decision
+from ..api.compute import ComputeSpecSpec, ComputeSpecStatus
+from ..api.conditions import ConditionType, Reason
+from ..api.kinds import API_VERSION
+from ..builders import naming
+from ..builders.federation import ADMIN_IDENTITY, FederationPlan, client_name
+from ..builders.requests import (
+    LABEL_FEDERATION,
+    compute_access_request,
+    datasets_by_org,
+    kit_secret_name,
+)
+from ..config import LABEL_ORG, OperatorConfig
+from ..nvflare.provisioning import provision
+from ..policy.content_hash import compute_content_hash
+from ..runtime.kube import Kube
+from ..runtime.workloads import ServerWorkload, WorkloadRuntime
+from ..status.compute import ObservedCompute, ObservedSite, compute_status
+from ..status.conditions import get_condition
+
+log = logging.getLogger(__name__)
+
+KIT_KEY = "kit.tar.gz"
+CA_KEY = "cert.json"
+PLAN_KEY = "plan.json"
+DIGEST_ANNOTATION = "flareop.io/kit-digest"
+
+
+class SpecError(Exception):
+    """The spec cannot be acted on; reported as a condition, not retried."""
+
+
+@dataclass
+class Hub:
+    """What the orchestrator's handlers share."""
+
+    config: OperatorConfig
+    kube: Kube
+    runtime: WorkloadRuntime
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    port_base: int = 18000
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uid, asyncio.Lock())
+
+    async def k(self, method: str, *args, **kwargs) -> Any:
+        return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
+
+
+def owner_reference(body: dict) -> dict:
+    meta = body["metadata"]
+    return {"apiVersion": body.get("apiVersion", API_VERSION), "kind": body["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+async def org_of_namespace(hub: Hub, namespace: str) -> str:
+    ns = await hub.k("get", "Namespace", None, namespace)
+    org = ((ns or {}).get("metadata", {}).get("labels") or {}).get(LABEL_ORG)
+    if not org:
+        raise SpecError(f"namespace {namespace} has no {LABEL_ORG} label: ask the cluster admin to label it "
+                        f"with the consumer org (kubectl label namespace {namespace} {LABEL_ORG}=<org>)")
+    return org
+
+
+async def org_hub_namespaces(hub: Hub) -> dict[str, str]:
+    """org -> the hub namespace where its Gateway (and its AccessRequests) live."""
+    return {gw["spec"]["org"]: gw["metadata"]["namespace"] for gw in await hub.k("list", "Gateway")}
+
+
+def secret(name: str, namespace: str, data: dict[str, bytes], *, labels: dict, owner: dict | None,
+           annotations: dict | None = None) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+
+
+def secret_bytes(obj: dict | None, key: str) -> bytes | None:
+    value = ((obj or {}).get("data") or {}).get(key)
+    return base64.b64decode(value) if value else None
+
+
+class Federation:
+    """One ComputeSpec's reconcile, over what it reads once."""
+
+    def __init__(self, hub: Hub, body: dict):
+        self.hub = hub
+        self.body = body
+        meta = body["metadata"]
+        self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        self.generation = meta.get("generation", 1)
+        self.spec = ComputeSpecSpec.model_validate(body["spec"])
+        self.previous = ComputeSpecStatus.model_validate(_our_status(body))
+        self.fed = naming.federation_name(self.namespace, self.name)
+        self.owner = owner_reference(body)
+        self.labels = {LABEL_FEDERATION: self.fed}
+
+    @property
+    def server_name(self) -> str:
+        return "localhost" if self.hub.config.runtime == "process" else naming.server_name(self.fed)
+
+    def _names(self) -> dict[str, str]:
+        return {"ca": f"{self.fed}-ca", "server": f"{self.fed}-server-kit", "admin": f"{self.fed}-admin-kit"}
+
+    async def reconcile(self) -> ComputeSpecStatus:
+        try:
+            consumer_org = await org_of_namespace(self.hub, self.namespace)
+        except SpecError as err:
+            return self._invalid(str(err))
+        hub_namespaces = await org_hub_namespaces(self.hub)
+        content_hash = compute_content_hash(self.spec)
+        sites: list[ObservedSite] = []
+        requests: dict[str, dict] = {}
+        for org, datasets in datasets_by_org(self.spec).items():
+            hub_ns = hub_namespaces.get(org)
+            if hub_ns is None:
+                sites.append(ObservedSite(org=org, datasets=datasets, gateway=False))
+                continue
+            request = compute_access_request(
+                org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
+                source_uid=self.uid, consumer_org=consumer_org, spec=self.spec, federation=self.fed,
+                content_hash=content_hash)
+            stored = await self.hub.k("apply", request)
+            requests[org] = stored
+            answer = stored.get("status") or {}
+            current = answer.get("decidedHash") == content_hash
+            decision = Decision(answer.get("decision") or "Pending") if current else Decision.PENDING
+            sites.append(ObservedSite(org=org, datasets=datasets, gateway=True, decision=decision,
+                                      message=answer.get("message") or "",
+                                      client_ready=bool(answer.get("clientReady")) and current))
+        await self._forget_orgs_no_longer_used(set(datasets_by_org(self.spec)))
+
+        observed = ObservedCompute(generation=self.generation, active=self.spec.active, sites=tuple(sites),
+                                   previous=self.previous, project=self.fed)
+        if sites and all(s.decision == Decision.APPROVED for s in sites):
+            try:
+                server, plan = await self._provision({s.org: requests[s.org] for s in sites})
+            except Exception as err:  # noqa: BLE001 - reported in status, retried by the timer
+                log.exception("provisioning %s failed", self.fed)
+                return compute_status(replace(observed, provisioning_error=f"provisioning failed: {err}"), _now())
+            await self.hub.runtime.ensure_server(server)
+            ready = await self.hub.runtime.server_ready(server)
+            connected = await self.hub.runtime.connected_clients(server)
+            sites = [replace(s, client_ready=(s.client_ready if connected is None else client_name(s.org) in connected))
+                     for s in sites]
+            observed = replace(observed, sites=tuple(sites), provisioned=True, server_ready=ready,
+                               server_endpoint=f"{plan.server_host}:{plan.fl_port}")
+        return compute_status(observed, _now())
+
+    def _invalid(self, message: str) -> ComputeSpecStatus:
+        from ..status.conditions import set_condition
+
+        conds = set_condition(list(self.previous.conditions), type_=ConditionType.READY, status=False,
+                              reason=Reason.INVALID_SPEC, message=message, generation=self.generation, now=_now())
+        return ComputeSpecStatus(phase="Failed", observed_generation=self.generation, conditions=conds)
+
+    async def _provision(self, requests: dict[str, dict]) -> tuple[ServerWorkload, FederationPlan]:
+        """Ensure the NVFlare project has exactly these clients; re-provision only when that changes."""
+        names = self._names()
+        ca = await self.hub.k("get", "Secret", self.namespace, names["ca"])
+        clients = {client_name(org): org for org in requests}
+        stored_plan = secret_bytes(ca, PLAN_KEY)
+        if stored_plan:
+            plan = _plan_from_json(stored_plan.decode())
+        else:
+            fl_port, admin_port = self._ports()
+            plan = FederationPlan(project=self.fed, server_host=self.server_name, fl_port=fl_port,
+                                  admin_port=admin_port, clients=())
+        wanted = plan.with_clients(clients)
+        server_kit = await self.hub.k("get", "Secret", self.namespace, names["server"])
+        admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])
+        if wanted != plan or not stored_plan or server_kit is None or admin_kit is None:
+            log.info("provisioning %s with clients %s", self.fed, sorted(clients))
+            result = await asyncio.to_thread(provision, wanted, secret_bytes(ca, CA_KEY))
+            plan_json = _plan_to_json(wanted).encode()
+            await self.hub.k("apply", secret(names["ca"], self.namespace, {CA_KEY: result.ca_state, PLAN_KEY: plan_json},
+                                             labels=self.labels, owner=self.owner))
+            server_kit = await self.hub.k("apply", secret(names["server"], self.namespace,
+                                                          {KIT_KEY: result.kits[wanted.server_host]},
+                                                          labels=self.labels, owner=self.owner))
+            admin_kit = await self.hub.k("apply", secret(names["admin"], self.namespace,
+                                                         {KIT_KEY: result.kits[ADMIN_IDENTITY]},
+                                                         labels=self.labels, owner=self.owner))
+            for name, org in clients.items():
+                request = requests[org]
+                meta = request["metadata"]
+                await self.hub.k("apply", secret(kit_secret_name(meta["name"]), meta["namespace"],
+                                                 {KIT_KEY: result.kits[name]}, labels=self.labels, owner=None))
+            if not stored_plan:
+                await self.hub.k("event", self.body, reason="Provisioned",
+                                 note=f"NVFlare project {self.fed}: server, admin and {len(clients)} client kits")
+            plan = wanted
+        return ServerWorkload(federation=self.fed, namespace=self.namespace, server_name=plan.server_host,
+                              spec=self.spec, kit=secret_bytes(server_kit, KIT_KEY) or b"",
+                              admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"", kit_secret=names["server"],
+                              owner=self.owner), plan
+
+    def _ports(self) -> tuple[int, int]:
+        if self.hub.config.runtime != "process":
+            return 8002, 8003
+        from ..runtime.ports import free_port_pair
+
+        return free_port_pair()
+
+    async def _forget_orgs_no_longer_used(self, orgs: set[str]) -> None:
+        for request in await self.hub.k("list", "AccessRequest", None, labels=self.labels):
+            if request["spec"]["org"] not in orgs and request["spec"]["source"]["kind"] == "Compute":
+                meta = request["metadata"]
+                await self.hub.k("delete", "AccessRequest", meta["namespace"], meta["name"])
+                await self.hub.k("delete", "Secret", meta["namespace"], kit_secret_name(meta["name"]))
+
+    async def delete(self) -> bool:
+        """Remove everything this ComputeSpec created; True when the sites have let go of it too."""
+        await self.hub.runtime.remove_server(self.fed, self.namespace)
+        remaining = 0
+        for request in await self.hub.k("list", "AccessRequest", None, labels=self.labels):
+            meta = request["metadata"]
+            await self.hub.k("delete", "AccessRequest", meta["namespace"], meta["name"])
+            remaining += 1
+        for kit in await self.hub.k("list", "Secret", None, labels=self.labels):
+            await self.hub.k("delete", "Secret", kit["metadata"]["namespace"], kit["metadata"]["name"])
+        return remaining == 0
+
+
+def _plan_to_json(plan: FederationPlan) -> str:
+    return json.dumps({"project": plan.project, "server_host": plan.server_host, "fl_port": plan.fl_port,
+                       "admin_port": plan.admin_port, "clients": [list(c) for c in plan.clients],
+                       "extra_host_names": list(plan.extra_host_names)}, sort_keys=True)
+
+
+def _plan_from_json(text: str) -> FederationPlan:
+    d = json.loads(text)
+    return FederationPlan(project=d["project"], server_host=d["server_host"], fl_port=d["fl_port"],
+                          admin_port=d["admin_port"], clients=tuple(tuple(c) for c in d["clients"]),
+                          extra_host_names=tuple(d.get("extra_host_names", ())))
+
+
+def _our_status(body: dict) -> dict:
+    """Our status fields only (Kopf or a person may have left others)."""
+    fields = ComputeSpecStatus.model_fields
+    aliases = {f.alias or n for n, f in fields.items()}
+    return {k: v for k, v in (body.get("status") or {}).items() if k in aliases}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+async def write_status(hub: Hub, body: dict, status: ComputeSpecStatus) -> None:
+    """Patch only when something changed; an Event when the phase changes."""
+    new = status.to_wire()
+    old = _our_status(body)
+    if new == old:
+        return
+    meta = body["metadata"]
+    await hub.k("apply_status", "ComputeSpec", meta["namespace"], meta["name"], new)
+    if new.get("phase") != old.get("phase"):
+        ready = get_condition(status.conditions, ConditionType.READY)
+        await hub.k("event", body, reason=str(new.get("phase")), note=ready.message if ready else "",
+                    type_="Warning" if new.get("phase") == "Failed" else "Normal")

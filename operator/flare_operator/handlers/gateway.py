@@ -1,0 +1,229 @@
+"""Gateway (a data owner's site): registers on the hub, answers its org's AccessRequests from its own
+DatasetGrants, OrgPolicy and JobApprovals, and runs the NVFlare clients it approved.
+
+It talks to two API servers (the same one in single-cluster deployments): its site's, where the
+owner's objects and clients live, and the hub's, where it may touch only its org's namespace. It
+connects outbound only. Every decision about the org's data is made here, from the site's objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import __version__
+from ..api.access_request import AccessRequestSpec, AccessRequestStatus, RequestKind
+from ..api.common import Decision
+from ..api.compute import ComputeSpecSpec
+from ..api.conditions import ConditionType, Reason
+from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus
+from ..api.gateway import DatasetSummary, GatewaySpec
+from ..api.job_approval import JobApprovalSpec
+from ..api.kinds import API_VERSION
+from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
+from ..builders.federation import client_name
+from ..builders.requests import LABEL_FEDERATION, kit_secret_name
+from ..config import OperatorConfig, SiteSettings
+from ..policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
+from ..runtime.kube import Kube
+from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
+from ..status.conditions import set_condition
+from .compute import KIT_KEY, secret_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Site:
+    """What one gateway's handlers share."""
+
+    config: OperatorConfig
+    settings: SiteSettings
+    site_kube: Kube
+    hub_kube: Kube
+    runtime: WorkloadRuntime
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self.locks.setdefault(uid, asyncio.Lock())
+
+    async def site(self, method: str, *args, **kwargs) -> Any:
+        return await asyncio.to_thread(getattr(self.site_kube, method), *args, **kwargs)
+
+    async def hub(self, method: str, *args, **kwargs) -> Any:
+        return await asyncio.to_thread(getattr(self.hub_kube, method), *args, **kwargs)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _parse_time(text: str | None) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else _now()
+
+
+async def read_grants(site: Site) -> list[GrantView]:
+    views = []
+    for obj in await site.site("list", "DatasetGrant", site.settings.namespace):
+        try:
+            status = DatasetGrantStatus.model_validate(obj["status"]) if obj.get("status") else None
+            views.append(GrantView(obj["metadata"]["name"], DatasetGrantSpec.model_validate(obj["spec"]), status))
+        except ValueError:
+            log.warning("ignoring invalid DatasetGrant %s", obj["metadata"]["name"], exc_info=True)
+    return views
+
+
+async def read_policy(site: Site) -> OrgPolicySpec | None:
+    obj = await site.site("get", "OrgPolicy", site.settings.namespace, ORG_POLICY_NAME)
+    return OrgPolicySpec.model_validate(obj["spec"]) if obj else None
+
+
+async def read_approvals(site: Site) -> list[ApprovalView]:
+    views = []
+    for obj in await site.site("list", "JobApproval", site.settings.namespace):
+        meta = obj["metadata"]
+        decided_by = ((obj.get("status") or {}).get("decidedBy") or {}).get("username")
+        views.append(ApprovalView(meta["name"], JobApprovalSpec.model_validate(obj["spec"]),
+                                  _parse_time(meta.get("creationTimestamp")), decided_by))
+    return views
+
+
+def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpec, generation: int,
+           client_ready: bool | None, now: datetime) -> AccessRequestStatus:
+    """The AccessRequest's status for this evaluation; decidedAt moves only when the answer changes."""
+    same = previous.decision == ev.decision and previous.decided_hash == spec.content_hash
+    decided = ev.decision != Decision.PENDING
+    conds = set_condition(list(previous.conditions), type_=ConditionType.DECIDED, status=decided,
+                          reason=ev.reason, message=ev.message, generation=generation, now=now)
+    ready_ok = ev.decision == Decision.APPROVED and (client_ready is not False)
+    conds = set_condition(conds, type_=ConditionType.READY, status=ready_ok,
+                          reason=Reason.RECONCILED if ready_ok else ev.reason,
+                          message=ev.message if not ready_ok or client_ready is None else "client running",
+                          generation=generation, now=now)
+    return AccessRequestStatus(
+        observed_generation=generation, conditions=conds, decision=ev.decision, reason=ev.reason,
+        message=ev.message, rules=ev.status_rules(), decided_hash=spec.content_hash,
+        decided_at=previous.decided_at if same and previous.decided_at else now,
+        epsilon_reserved=ev.epsilon_to_reserve or None, client_ready=client_ready,
+    )
+
+
+class RequestAnswer:
+    """One AccessRequest's reconcile at the site."""
+
+    def __init__(self, site: Site, body: dict):
+        self.site = site
+        self.body = body
+        meta = body["metadata"]
+        self.name, self.hub_namespace = meta["name"], meta["namespace"]
+        self.generation = meta.get("generation", 1)
+        self.spec = AccessRequestSpec.model_validate(body["spec"])
+        self.previous = AccessRequestStatus.model_validate(_known(body.get("status") or {}, AccessRequestStatus))
+        self.federation = (meta.get("labels") or {}).get(LABEL_FEDERATION, "")
+
+    async def reconcile(self) -> None:
+        grants = await read_grants(self.site)
+        ev = evaluate(self.spec, grants=grants, policy=await read_policy(self.site),
+                      approvals=await read_approvals(self.site), now=_now())
+        client_ready: bool | None = None
+        if self.spec.source.kind == RequestKind.COMPUTE:
+            client_ready = await self._converge_client(ev, grants)
+        status = answer(self.previous, ev, self.spec, self.generation, client_ready, _now())
+        await self._write(status)
+
+    async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> bool:
+        if ev.decision != Decision.APPROVED:
+            await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
+            return False
+        kit_secret = await self.site.hub("get", "Secret", self.hub_namespace, kit_secret_name(self.name))
+        kit = secret_bytes(kit_secret, KIT_KEY)
+        if kit is None:
+            return False  # the orchestrator provisions once every org approved
+        workload = self._workload(kit, grants)
+        await self.site.runtime.ensure_client(workload)
+        return self.spec.active and await self.site.runtime.client_running(workload)
+
+    @property
+    def _client_name(self) -> str:
+        return client_name(self.spec.org)
+
+    def _workload(self, kit: bytes, grants: list[GrantView]) -> ClientWorkload:
+        by_id = {g.spec.dataset.id: g.spec.dataset for g in sorted(grants, key=lambda g: g.name)}
+        datasets = []
+        for dataset_id in self.spec.datasets:
+            source = by_id[dataset_id]
+            pvc = source.persistent_volume_claim
+            datasets.append(DatasetLocation(dataset_id=dataset_id, path=source.path,
+                                            claim_name=pvc.claim_name if pvc else None,
+                                            sub_path=pvc.sub_path if pvc else ""))
+        compute = ComputeSpecSpec(model=self.spec.model, datasets=[
+            {"org": self.spec.org, "id": d} for d in self.spec.datasets], client=self.spec.client,
+            active=self.spec.active)
+        return ClientWorkload(federation=self.federation, site=self.site.settings, client_name=self._client_name,
+                              spec=compute, kit=kit, kit_secret=kit_secret_name(self.name),
+                              datasets=tuple(datasets), enforcement_configmap=f"{self.federation}-approved-jobs")
+
+    async def _write(self, status: AccessRequestStatus) -> None:
+        new = status.to_wire()
+        if new == _known(self.body.get("status") or {}, AccessRequestStatus):
+            return
+        await self.site.hub("apply_status", "AccessRequest", self.hub_namespace, self.name, new)
+        if status.decision != self.previous.decision or status.decided_hash != self.previous.decided_hash:
+            await self.site.hub("event", self.body, reason=str(status.reason), note=status.message or "",
+                                type_="Warning" if status.decision == Decision.REJECTED else "Normal")
+
+    async def release(self) -> None:
+        """The request is going away: stop this site's client for it."""
+        if self.spec.source.kind == RequestKind.COMPUTE:
+            await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
+
+
+def _known(status: dict, model: type) -> dict:
+    aliases = {f.alias or n for n, f in model.model_fields.items()}
+    return {k: v for k, v in status.items() if k in aliases}
+
+
+# --- registration on the hub -----------------------------------------------------------------------
+
+
+def gateway_object(site: Site, grants: list[GrantView]) -> dict:
+    s = site.settings
+    spec = GatewaySpec(
+        org=s.org, site=s.site, runtime=s.runtime,
+        capacity={"gpuClass": s.gpu_class, "gpuCount": s.gpu_count},
+        datasets=[DatasetSummary(id=g.spec.dataset.id, description=g.spec.dataset.description,
+                                 format=g.spec.dataset.format, sample_count=g.spec.dataset.sample_count,
+                                 models=sorted({m.id for m in g.spec.models}))
+                  for g in sorted(grants, key=lambda g: g.spec.dataset.id)
+                  if not g.spec.expires_at or g.spec.expires_at > _now()],
+    )
+    return {"apiVersion": API_VERSION, "kind": "Gateway",
+            "metadata": {"name": s.site, "namespace": s.hub_namespace}, "spec": spec.to_wire()}
+
+
+async def heartbeat(site: Site) -> None:
+    """Publish the Gateway (public summary of the grants) and a heartbeat in its status."""
+    grants = await read_grants(site)
+    stored = await site.hub("apply", gateway_object(site, grants))
+    now = _now()
+    previous = (stored.get("status") or {}).get("conditions") or []
+    from ..api.common import Condition
+
+    conds = set_condition([Condition.model_validate(c) for c in previous], type_=ConditionType.CONNECTED,
+                          status=True, reason=Reason.HEARTBEAT, message=f"{site.settings.site} reported in",
+                          generation=stored["metadata"].get("generation"), now=now)
+    conds = set_condition(conds, type_=ConditionType.READY, status=True, reason=Reason.HEARTBEAT,
+                          message="gateway connected", generation=stored["metadata"].get("generation"), now=now)
+    clients = await site.runtime.clients_running(site.settings)
+    status = {
+        "observedGeneration": stored["metadata"].get("generation"),
+        "conditions": [c.to_wire() for c in conds],
+        "lastHeartbeatTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "datasetsOffered": len(stored["spec"].get("datasets") or []),
+        "clientsRunning": clients,
+        "operatorVersion": __version__,
+    }
+    await site.hub("apply_status", "Gateway", site.settings.hub_namespace, site.settings.site, status)

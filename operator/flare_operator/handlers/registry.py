@@ -1,0 +1,157 @@
+"""Kopf registration: one registry per (role, API server), each with its own login and settings.
+
+The orchestrator has one registry on the hub. A gateway has two: the site's API server (its own
+DatasetGrants, OrgPolicy, JobApprovals) and the hub's, namespaced to its org's namespace there
+(AccessRequests, its Gateway). Kopf runs each registry as its own `kopf.operator` task.
+
+Reconciliation is level-based: change handlers nudge, timers converge, and every handler returns
+None (Kopf would store return values in status, making function names public API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import kopf
+
+from ..api.kinds import GROUP, VERSION
+from ..config import FINALIZER, OperatorConfig
+from .compute import Federation, Hub, write_status
+from .gateway import RequestAnswer, Site, heartbeat
+
+log = logging.getLogger(__name__)
+
+STORAGE_PREFIX = "flareop.io"
+
+
+def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=STORAGE_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    return settings
+
+
+def login_from(kubeconfig: Path | None):
+    """A Kopf login handler for one API server (a kubeconfig file, or Kopf's defaults)."""
+
+    def login(**kwargs) -> kopf.ConnectionInfo | None:
+        if kubeconfig is None:
+            return kopf.login_via_client(**kwargs)
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+        token = (cfg.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
+        return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, certificate_path=cfg.cert_file,
+                                   private_key_path=cfg.key_file, token=token, scheme="Bearer" if token else None,
+                                   insecure=not cfg.verify_ssl)
+
+    return login
+
+
+def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=registry)(login_from(kubeconfig))
+    resource = (GROUP, VERSION, "computespecs")
+
+    async def reconcile(body: kopf.Body, **_) -> None:
+        async with hub.lock(body["metadata"]["uid"]):
+            fresh = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], body["metadata"]["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
+            status = await Federation(hub, fresh).reconcile()
+            await write_status(hub, fresh, status)
+
+    kopf.on.resume(*resource, registry=registry)(reconcile)
+    kopf.on.create(*resource, registry=registry)(reconcile)
+    kopf.on.update(*resource, registry=registry, field="spec")(reconcile)
+    kopf.timer(*resource, registry=registry, interval=hub.config.resync_seconds, initial_delay=1)(reconcile)
+
+    @kopf.on.delete(*resource, registry=registry)
+    async def compute_deleted(body: kopf.Body, retry: int, **_) -> None:
+        async with hub.lock(body["metadata"]["uid"]):
+            released = await Federation(hub, dict(body)).delete()
+        if not released and retry < 60:
+            raise kopf.TemporaryError("waiting for the sites to release their AccessRequests", delay=2)
+
+    @kopf.on.probe(registry=registry, id="compute_specs")
+    def probe(**_) -> str:
+        return "ok"
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_) -> None:
+        await hub.runtime.close()
+
+    return registry
+
+
+def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:
+    """(hub registry: AccessRequests in the org's hub namespace, site registry: the owner's objects)."""
+    hub_registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=hub_registry)(login_from(site.settings.hub_kubeconfig or site_kubeconfig))
+    requests = (GROUP, VERSION, "accessrequests")
+
+    async def answer(body: kopf.Body, **_) -> None:
+        async with site.lock(body["metadata"]["uid"]):
+            fresh = await site.hub("get", "AccessRequest", body["metadata"]["namespace"], body["metadata"]["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
+            await RequestAnswer(site, fresh).reconcile()
+
+    kopf.on.resume(*requests, registry=hub_registry)(answer)
+    kopf.on.create(*requests, registry=hub_registry)(answer)
+    kopf.on.update(*requests, registry=hub_registry, field="spec")(answer)
+    kopf.timer(*requests, registry=hub_registry, interval=site.config.resync_seconds, initial_delay=1)(answer)
+
+    @kopf.on.delete(*requests, registry=hub_registry)
+    async def request_deleted(body: kopf.Body, **_) -> None:
+        async with site.lock(body["metadata"]["uid"]):
+            await RequestAnswer(site, dict(body)).release()
+
+    @kopf.on.startup(registry=hub_registry)
+    async def start_heartbeat(memo: kopf.Memo, **_) -> None:
+        memo["heartbeat"] = asyncio.create_task(_heartbeat_loop(site), name=f"heartbeat {site.settings.site}")
+
+    @kopf.on.cleanup(registry=hub_registry)
+    async def stop_heartbeat(memo: kopf.Memo, **_) -> None:
+        task = memo.get("heartbeat")
+        if task:
+            task.cancel()
+        await site.runtime.close()
+
+    site_registry = kopf.OperatorRegistry()
+    kopf.on.login(registry=site_registry)(login_from(site_kubeconfig))
+
+    # A change to the owner's objects nudges every request at once instead of waiting for the timer.
+    async def inputs_changed(**_) -> None:
+        for request in await site.hub("list", "AccessRequest", site.settings.hub_namespace):
+            if not request["metadata"].get("deletionTimestamp"):
+                await answer(body=request)
+
+    for plural in ("datasetgrants", "orgpolicies", "jobapprovals"):
+        kopf.on.event(GROUP, VERSION, plural, registry=site_registry)(inputs_changed)
+
+    @kopf.on.probe(registry=site_registry, id="site")
+    def probe(**_) -> str:
+        return "ok"
+
+    return hub_registry, site_registry
+
+
+async def _heartbeat_loop(site: Site) -> None:
+    while True:
+        try:
+            await heartbeat(site)
+        except Exception:  # noqa: BLE001 - keep beating; the hub may be briefly unreachable
+            log.warning("heartbeat of %s failed", site.settings.site, exc_info=True)
+        await asyncio.sleep(site.config.heartbeat_seconds)

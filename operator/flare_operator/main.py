@@ -1,0 +1,92 @@
+"""Run the operator: the orchestrator, gateways, or both, each Kopf registry as its own task.
+
+`flare-operator run --config operator.yaml [--kubeconfig FILE]`. Torch and NVFlare are not
+imported here: provisioning and the FLARE API load NVFlare lazily, when a federation needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from .config import OperatorConfig, OperatorMode
+from .runtime.kube import Kube
+from .runtime.workloads import ProcessRuntime, WorkloadRuntime
+
+log = logging.getLogger("flare_operator")
+
+
+def make_runtime(config: OperatorConfig, kube: Kube) -> WorkloadRuntime:
+    if config.runtime == "process":
+        return ProcessRuntime(config.workdir)
+    from .runtime.kubernetes import KubernetesRuntime
+
+    return KubernetesRuntime(config, kube)
+
+
+async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Event | None = None,
+              liveness_endpoint: str | None = None) -> None:
+    import kopf
+
+    from .handlers.compute import Hub
+    from .handlers.gateway import Site
+    from .handlers.registry import gateway_registries, operator_settings, orchestrator_registry
+
+    stop = stop or asyncio.Event()
+    kube = Kube.from_kubeconfig(kubeconfig)
+    runtime = make_runtime(config, kube)
+    operators: list[tuple[str, kopf.OperatorRegistry, list[str]]] = []
+    if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
+        hub = Hub(config=config, kube=kube, runtime=runtime)
+        operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces)))
+    if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
+        for settings in config.gateways:
+            hub_kube = Kube.from_kubeconfig(settings.hub_kubeconfig) if settings.hub_kubeconfig else kube
+            site = Site(config=config, settings=settings, site_kube=kube, hub_kube=hub_kube, runtime=runtime)
+            hub_registry, site_registry = gateway_registries(site, kubeconfig)
+            operators.append((f"gateway {settings.site} (hub side)", hub_registry, [settings.hub_namespace]))
+            operators.append((f"gateway {settings.site} (site side)", site_registry, [settings.namespace]))
+    if not operators:
+        raise SystemExit("nothing to run: mode gateway needs at least one entry in gateways")
+
+    stop_flag: asyncio.Future = asyncio.get_running_loop().create_future()
+    tasks = []
+    for index, (name, registry, namespaces) in enumerate(operators):
+        log.info("starting %s on %s", name, ", ".join(namespaces) or "all namespaces")
+        tasks.append(asyncio.create_task(kopf.operator(
+            registry=registry, settings=operator_settings(config), standalone=True,
+            clusterwide=not namespaces, namespaces=namespaces or None, stop_flag=stop_flag,
+            liveness_endpoint=liveness_endpoint if index == 0 else None,
+        ), name=name))
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        if task is not waiter and task.exception():
+            log.error("%s stopped: %r", task.get_name(), task.exception())
+    if not stop_flag.done():
+        stop_flag.set_result(None)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await runtime.close()
+    waiter.cancel()
+
+
+def main(config_path: Path, kubeconfig: Path | None, liveness_endpoint: str | None, verbose: bool) -> int:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kopf.objects", "kopf.activities.probe", "nvflare"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    config = OperatorConfig.from_file(config_path)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run(config, kubeconfig, stop, liveness_endpoint)
+
+    asyncio.run(_main())
+    return 0

@@ -1,0 +1,78 @@
+"""NVFlare provisioning: a FederationPlan -> startup kits, under a CA kept between runs.
+
+The CA state (NVFlare's state/cert.json: root CA plus every participant's cert and key) is the
+input and the output: provisioning again with the same state re-issues nothing for existing
+participants (their kits come out byte-identical) and signs new clients under the same root.
+Synchronous and CPU-bound (key generation): callers run it off the event loop.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..builders.federation import FederationPlan, project_dict
+
+log = logging.getLogger(__name__)
+
+CA_STATE_FILE = "cert.json"
+KIT_DIRS = ("startup", "local")
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    kits: dict[str, bytes]  # participant name -> deterministic tar.gz of startup/ and local/
+    ca_state: bytes
+
+
+def provision(plan: FederationPlan, ca_state: bytes | None = None) -> Provisioned:
+    from nvflare.lighter.impl.cert import CertBuilder
+    from nvflare.lighter.impl.signature import SignatureBuilder
+    from nvflare.lighter.impl.static_file import StaticFileBuilder
+    from nvflare.lighter.impl.workspace import WorkspaceBuilder
+    from nvflare.lighter.provision import prepare_project
+    from nvflare.lighter.provisioner import Provisioner
+
+    with tempfile.TemporaryDirectory(prefix="flareop-prov-") as tmp:
+        root = Path(tmp)
+        state_dir = root / plan.project / "state"
+        state_dir.mkdir(parents=True)
+        if ca_state:
+            (state_dir / CA_STATE_FILE).write_bytes(ca_state)
+        builders = [
+            WorkspaceBuilder(template_file=["master_template.yml"]),
+            StaticFileBuilder(config_folder="config", scheme="grpc", require_signed_jobs=True),
+            CertBuilder(),
+            SignatureBuilder(),
+        ]
+        ctx = Provisioner(str(root), builders).provision(prepare_project(project_dict(plan)))
+        prod = Path(ctx.get("current_prod_dir"))
+        kits = {name: pack_kit(prod / name) for name in plan.participants}
+        return Provisioned(kits=kits, ca_state=(state_dir / CA_STATE_FILE).read_bytes())
+
+
+def pack_kit(participant_dir: Path) -> bytes:
+    """tar.gz of the kit with fixed metadata, so equal content gives equal bytes (no needless updates)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for sub in KIT_DIRS:
+            for path in sorted((participant_dir / sub).rglob("*")):
+                if not path.is_file():
+                    continue
+                info = tarfile.TarInfo(str(path.relative_to(participant_dir)))
+                data = path.read_bytes()
+                info.size = len(data)
+                info.mode = 0o700 if path.suffix == ".sh" else 0o600
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def unpack_kit(kit: bytes, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(kit), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")

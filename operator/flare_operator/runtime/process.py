@@ -1,0 +1,176 @@
+"""Process runtime: NVFlare participants as supervised local processes (like NVFlare's POC mode).
+
+For development, demos and CI, where kwok Pods run no containers. Same kits, same decisions as the
+kubernetes runtime; only the workload differs. Each participant gets a folder
+`<workdir>/<federation>/<participant>/` holding its kit (startup/, local/), its NVFlare workspace
+and `stdout.log`. A supervisor task restarts a crashed participant with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..builders.federation import nvflare_org
+from ..nvflare.provisioning import unpack_kit
+
+log = logging.getLogger(__name__)
+
+SERVER_MODULE = "nvflare.private.fed.app.server.server_train"
+CLIENT_MODULE = "nvflare.private.fed.app.client.client_train"
+MAX_BACKOFF_SECONDS = 30.0
+STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class Participant:
+    key: str  # "<federation>/<participant>"
+    folder: Path
+    command: list[str]
+    kit_digest: str
+    env: dict[str, str]
+    process: asyncio.subprocess.Process | None = None
+    task: asyncio.Task | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    stopping: bool = False
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.returncode is None else None
+
+    @property
+    def log_file(self) -> Path:
+        return self.folder / "stdout.log"
+
+
+def participant_command(role: str, folder: Path, name: str, org: str) -> list[str]:
+    """What NVFlare's sub_start.sh runs, with this interpreter (the one that has nvflare)."""
+    if role == "server":
+        return [sys.executable, "-u", "-m", SERVER_MODULE, "-m", str(folder), "-s", "fed_server.json",
+                "--set", "secure_train=true", f"org={nvflare_org(org)}", "config_folder=config"]
+    return [sys.executable, "-u", "-m", CLIENT_MODULE, "-m", str(folder), "-s", "fed_client.json",
+            "--set", "secure_train=true", f"uid={name}", f"org={nvflare_org(org)}", "config_folder=config"]
+
+
+def private_resources(folder: Path) -> None:
+    """Point the job store and snapshots into the participant's folder, not the shared /tmp/nvflare."""
+    default = folder / "local" / "resources.json.default"
+    if not default.exists():
+        return
+    text = default.read_text().replace("/tmp/nvflare", str(folder / "storage"))
+    (folder / "local" / "resources.json").write_text(text)
+
+
+class ProcessSupervisor:
+    """Owns every participant process of this operator; all methods run on the event loop."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir.resolve()
+        self.participants: dict[str, Participant] = {}
+
+    def folder(self, federation: str, participant: str) -> Path:
+        return self.workdir / federation / participant
+
+    async def ensure(self, federation: str, participant: str, *, role: str, org: str, kit: bytes,
+                     kit_digest: str) -> Participant:
+        """Run the participant with this kit; restart it if the kit changed; no-op otherwise."""
+        key = f"{federation}/{participant}"
+        current = self.participants.get(key)
+        if current and current.kit_digest == kit_digest and current.task and not current.task.done():
+            return current
+        if current:
+            await self.stop(federation, participant, remove=False)
+        folder = self.folder(federation, participant)
+        for sub in ("startup", "local"):
+            shutil.rmtree(folder / sub, ignore_errors=True)
+        unpack_kit(kit, folder)
+        private_resources(folder)
+        tmp = folder / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+        p = Participant(key, folder, participant_command(role, folder, participant, org), kit_digest, env)
+        p.task = asyncio.create_task(self._supervise(p), name=f"supervise {key}")
+        self.participants[key] = p
+        return p
+
+    async def _supervise(self, p: Participant) -> None:
+        backoff = 1.0
+        while not p.stopping:
+            with p.log_file.open("ab") as out:
+                p.process = await asyncio.create_subprocess_exec(
+                    *p.command, cwd=p.folder, env=p.env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            p.started_at = time.monotonic()
+            log.info("started %s (pid %s)", p.key, p.process.pid)
+            code = await p.process.wait()
+            p.exit_codes.append(code)
+            if p.stopping:
+                break
+            ran = time.monotonic() - p.started_at
+            backoff = 1.0 if ran > 60 else min(backoff * 2, MAX_BACKOFF_SECONDS)
+            p.restarts += 1
+            log.warning("%s exited with %s after %.0fs; restarting in %.0fs", p.key, code, ran, backoff)
+            await asyncio.sleep(backoff)
+
+    async def stop(self, federation: str, participant: str, *, remove: bool) -> None:
+        key = f"{federation}/{participant}"
+        p = self.participants.pop(key, None)
+        if p is not None:
+            p.stopping = True
+            await _terminate(p.process)
+            if p.task:
+                p.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await p.task
+        if remove:
+            shutil.rmtree(self.folder(federation, participant), ignore_errors=True)
+
+    async def stop_federation(self, federation: str, *, remove: bool) -> None:
+        for key in [k for k in self.participants if k.startswith(f"{federation}/")]:
+            await self.stop(federation, key.split("/", 1)[1], remove=False)
+        if remove:
+            shutil.rmtree(self.workdir / federation, ignore_errors=True)
+
+    async def stop_all(self) -> None:
+        for key in list(self.participants):
+            federation, participant = key.split("/", 1)
+            await self.stop(federation, participant, remove=False)
+
+    def running(self, federation: str, participant: str) -> bool:
+        p = self.participants.get(f"{federation}/{participant}")
+        return bool(p and p.pid)
+
+    def status(self) -> dict[str, dict]:
+        return {k: {"pid": p.pid, "restarts": p.restarts, "exit_codes": p.exit_codes[-5:]}
+                for k, p in self.participants.items()}
+
+    def describe(self) -> str:
+        return json.dumps(self.status(), sort_keys=True)
+
+
+async def _terminate(process: asyncio.subprocess.Process | None) -> None:
+    """SIGTERM the participant's process group (NVFlare forks job processes), then SIGKILL."""
+    if process is None or process.returncode is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            await asyncio.wait_for(process.wait(), wait)
+            break
+        except TimeoutError:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # stragglers in the group (job workers)

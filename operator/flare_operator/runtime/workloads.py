@@ -1,0 +1,176 @@
+"""Workload adapters: where NVFlare participants run. The handlers see only this interface.
+
+- ProcessRuntime: local supervised processes (development, demos, CI);
+- KubernetesRuntime (runtime/kubernetes.py): StatefulSets, Services and NetworkPolicies.
+Both take the same kits and report readiness the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..api.compute import ComputeSpecSpec
+from ..builders.federation import ADMIN_IDENTITY
+from ..config import SiteSettings
+from ..nvflare.admin import FlareAdmin
+from ..nvflare.provisioning import unpack_kit
+from .process import ProcessSupervisor
+
+log = logging.getLogger(__name__)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ServerWorkload:
+    federation: str
+    namespace: str
+    server_name: str  # NVFlare participant name (the host clients dial)
+    spec: ComputeSpecSpec
+    kit: bytes
+    admin_kit: bytes
+    kit_secret: str
+    owner: dict | None
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    dataset_id: str
+    path: str | None = None
+    claim_name: str | None = None
+    sub_path: str = ""
+
+
+@dataclass(frozen=True)
+class ClientWorkload:
+    federation: str
+    site: SiteSettings
+    client_name: str
+    spec: ComputeSpecSpec
+    kit: bytes
+    kit_secret: str
+    datasets: tuple[DatasetLocation, ...]
+    enforcement_configmap: str
+
+
+class WorkloadRuntime(Protocol):
+    async def ensure_server(self, w: ServerWorkload) -> None: ...
+    async def server_ready(self, w: ServerWorkload) -> bool: ...
+    async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
+        """Clients connected per the FLARE API; None where the runtime cannot ask (kwok pods)."""
+    async def remove_server(self, federation: str, namespace: str) -> None: ...
+    async def ensure_client(self, w: ClientWorkload) -> None: ...
+    async def client_running(self, w: ClientWorkload) -> bool: ...
+    async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None: ...
+    async def clients_running(self, site: SiteSettings) -> int: ...
+    async def close(self) -> None: ...
+
+
+class ProcessRuntime:
+    """NVFlare participants as local processes under one ProcessSupervisor."""
+
+    def __init__(self, workdir: Path):
+        self.supervisor = ProcessSupervisor(workdir)
+        self._admins: dict[str, tuple[str, FlareAdmin]] = {}
+
+    # --- server -----------------------------------------------------------------------------
+
+    async def ensure_server(self, w: ServerWorkload) -> None:
+        if not w.spec.active:
+            await self.supervisor.stop(w.federation, w.server_name, remove=False)
+            self._drop_admin(w.federation)
+            return
+        await self.supervisor.ensure(w.federation, w.server_name, role="server", org="hub", kit=w.kit,
+                                     kit_digest=digest(w.kit))
+
+    def admin(self, w: ServerWorkload) -> FlareAdmin:
+        kit_digest = digest(w.admin_kit)
+        known = self._admins.get(w.federation)
+        if known and known[0] == kit_digest:
+            return known[1]
+        self._drop_admin(w.federation)
+        folder = self.supervisor.folder(w.federation, ADMIN_IDENTITY)
+        unpack_kit(w.admin_kit, folder)
+        admin = FlareAdmin(folder, timeout=5.0)
+        self._admins[w.federation] = (kit_digest, admin)
+        return admin
+
+    def _drop_admin(self, federation: str) -> None:
+        known = self._admins.pop(federation, None)
+        if known:
+            known[1].close()
+
+    async def server_ready(self, w: ServerWorkload) -> bool:
+        return w.spec.active and self.supervisor.running(w.federation, w.server_name)
+
+    async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
+        if not await self.server_ready(w):
+            return []
+        try:
+            return await asyncio.to_thread(self.admin(w).connected_clients)
+        except Exception as err:  # noqa: BLE001 - the server may still be starting
+            log.info("FLARE API of %s not answering yet: %s", w.federation, err)
+            return []
+
+    async def remove_server(self, federation: str, namespace: str) -> None:
+        self._drop_admin(federation)
+        await self.supervisor.stop_federation(federation, remove=True)
+
+    # --- clients ----------------------------------------------------------------------------
+
+    async def ensure_client(self, w: ClientWorkload) -> None:
+        key_fed = _client_federation(w.federation, w.site.org)
+        if not w.spec.active:
+            await self.supervisor.stop(key_fed, w.client_name, remove=False)
+            return
+        folder = self.supervisor.folder(key_fed, w.client_name)
+        _write_site_local(folder, w)
+        await self.supervisor.ensure(key_fed, w.client_name, role="client", org=w.site.org, kit=w.kit,
+                                     kit_digest=digest(w.kit) + _site_local_digest(w))
+
+    async def client_running(self, w: ClientWorkload) -> bool:
+        return self.supervisor.running(_client_federation(w.federation, w.site.org), w.client_name)
+
+    async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
+        await self.supervisor.stop_federation(_client_federation(federation, site.org), remove=True)
+
+    async def clients_running(self, site: SiteSettings) -> int:
+        prefix = f"{_client_federation('', site.org)}"
+        return sum(1 for key in self.supervisor.participants if key.startswith(prefix) and
+                   self.supervisor.participants[key].pid)
+
+    async def close(self) -> None:
+        for federation in list(self._admins):
+            self._drop_admin(federation)
+        await self.supervisor.stop_all()
+
+
+def _client_federation(federation: str, org: str) -> str:
+    """Clients get their own folder tree per org, apart from the hub's (as if on another machine)."""
+    return f"site-{org}/{federation}"
+
+
+def site_local_config(w: ClientWorkload) -> dict:
+    """What only the site knows, handed to its client: where each dataset is, which hashes it approved."""
+    return {
+        "org": w.site.org,
+        "datasets": {d.dataset_id: d.path or f"/data/{d.dataset_id}" for d in w.datasets},
+        "enforcementConfigMap": w.enforcement_configmap,
+    }
+
+
+def _site_local_digest(w: ClientWorkload) -> str:
+    return digest(json.dumps(site_local_config(w), sort_keys=True).encode())[:12]
+
+
+def _write_site_local(folder: Path, w: ClientWorkload) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "site.json").write_text(json.dumps(site_local_config(w), indent=2, sort_keys=True))

@@ -1,0 +1,104 @@
+"""Pure: what the orchestrator observed about a ComputeSpec -> its phase and conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..api.common import Decision
+from ..api.compute import ComputePhase, ComputeSpecStatus, SiteStatus
+from ..api.conditions import ConditionType as T
+from ..api.conditions import Reason as R
+from .conditions import set_condition
+
+
+@dataclass(frozen=True)
+class ObservedSite:
+    org: str
+    datasets: tuple[str, ...]
+    gateway: bool  # the org registered a Gateway on the hub
+    decision: Decision = Decision.PENDING
+    message: str = ""
+    client_ready: bool = False
+
+
+@dataclass(frozen=True)
+class ObservedCompute:
+    generation: int
+    active: bool
+    sites: tuple[ObservedSite, ...]
+    provisioned: bool = False
+    provisioning_error: str = ""
+    server_ready: bool = False
+    server_endpoint: str | None = None
+    project: str | None = None
+    previous: ComputeSpecStatus = field(default_factory=ComputeSpecStatus)
+
+
+def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
+    conds = list(o.previous.conditions)
+
+    def cond(type_: str, ok: bool | None, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = set_condition(conds, type_=type_, status=ok, reason=reason, message=message,
+                              generation=o.generation, now=now)
+
+    missing = [s.org for s in o.sites if not s.gateway]
+    denied = [s for s in o.sites if s.decision == Decision.REJECTED]
+    waiting = [s.org for s in o.sites if s.gateway and s.decision == Decision.PENDING]
+    if missing:
+        cond(T.DATASETS_GRANTED, False, R.GATEWAY_MISSING,
+             f"no Gateway registered on the hub for {', '.join(missing)}: the org's site must install the gateway")
+    elif denied:
+        cond(T.DATASETS_GRANTED, False, R.DATASET_DENIED,
+             "; ".join(f"{s.org} refused {', '.join(s.datasets)}: {s.message}" for s in denied))
+    elif waiting:
+        cond(T.DATASETS_GRANTED, None, R.AWAITING_SITES, f"waiting for {', '.join(waiting)} to answer")
+    else:
+        cond(T.DATASETS_GRANTED, True, R.APPROVED, "every org granted its datasets")
+    granted = not missing and not denied and not waiting
+
+    if o.provisioning_error:
+        cond(T.PROVISIONED, False, R.PROVISIONING_FAILED, o.provisioning_error)
+    elif o.provisioned:
+        cond(T.PROVISIONED, True, R.RECONCILED, f"NVFlare project {o.project} with its own root CA")
+    else:
+        cond(T.PROVISIONED, False, R.PROGRESSING, "waiting for every org's answer before provisioning")
+
+    not_ready = [s.org for s in o.sites if not s.client_ready]
+    if not o.active:
+        cond(T.SERVER_READY, False, R.DEACTIVATED, "spec.active is false: the server is scaled to zero")
+        cond(T.CLIENTS_READY, False, R.DEACTIVATED, "spec.active is false: clients are scaled to zero")
+    else:
+        cond(T.SERVER_READY, o.server_ready, R.RECONCILED if o.server_ready else R.SERVER_STARTING,
+             f"NVFlare server at {o.server_endpoint}" if o.server_ready else "the NVFlare server is starting")
+        cond(T.CLIENTS_READY, not not_ready and bool(o.sites), R.RECONCILED if not not_ready else R.CLIENTS_STARTING,
+             "every client is connected" if not not_ready else f"waiting for clients of {', '.join(not_ready)}")
+
+    if not o.active:
+        phase, ready, reason, msg = ComputePhase.DEACTIVATED, False, R.DEACTIVATED, "spec.active is false"
+    elif o.provisioning_error:
+        phase, ready, reason, msg = ComputePhase.FAILED, False, R.PROVISIONING_FAILED, o.provisioning_error
+    elif missing or denied:
+        phase, ready = ComputePhase.FAILED if denied else ComputePhase.PENDING, False
+        reason = R.DATASET_DENIED if denied else R.GATEWAY_MISSING
+        msg = next(c.message for c in conds if c.type == T.DATASETS_GRANTED)
+    elif not granted:
+        phase, ready, reason, msg = ComputePhase.PENDING, False, R.AWAITING_SITES, f"waiting for {', '.join(waiting)}"
+    elif not o.provisioned:
+        phase, ready, reason, msg = ComputePhase.PROVISIONING, False, R.PROGRESSING, "provisioning the federation"
+    elif not o.server_ready or not_ready:
+        phase, ready = ComputePhase.STARTING, False
+        reason = R.SERVER_STARTING if not o.server_ready else R.CLIENTS_STARTING
+        msg = "the NVFlare server is starting" if not o.server_ready else f"waiting for clients of {', '.join(not_ready)}"
+    else:
+        phase, ready, reason, msg = ComputePhase.READY, True, R.RECONCILED, "server and every client are connected"
+    cond(T.READY, ready, reason, msg)
+
+    sites = [SiteStatus(org=s.org, site=s.org, datasets=list(s.datasets), decision=s.decision, message=s.message,
+                        client_ready=s.client_ready) for s in o.sites]
+    return ComputeSpecStatus(
+        phase=phase, observed_generation=o.generation, conditions=conds, server_endpoint=o.server_endpoint,
+        project=o.project, sites=sites,
+        ready_clients=f"{sum(s.client_ready for s in o.sites)}/{len(o.sites)}",
+    )

@@ -1,0 +1,27 @@
+"""Pure helpers for metav1.Condition lists: transitions keep their time, nothing else moves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..api.common import Condition, ConditionStatus
+
+
+def set_condition(conditions: list[Condition], *, type_: str, status: bool | None, reason: str, message: str,
+                  generation: int | None, now: datetime) -> list[Condition]:
+    """Return a new list with `type_` set; lastTransitionTime changes only when status changes."""
+    value = ConditionStatus.UNKNOWN if status is None else (ConditionStatus.TRUE if status else ConditionStatus.FALSE)
+    previous = next((c for c in conditions if c.type == type_), None)
+    since = previous.last_transition_time if previous is not None and previous.status == value else now
+    updated = Condition(type=type_, status=value, reason=reason, message=message[:32768],
+                        last_transition_time=since, observed_generation=generation)
+    return [updated if c.type == type_ else c for c in conditions] if previous else [*conditions, updated]
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: list[Condition], type_: str) -> bool:
+    c = get_condition(conditions, type_)
+    return c is not None and c.status == ConditionStatus.TRUE
