@@ -605,3 +605,11 @@ def test_inputs_are_not_changed():
     before = [x.model_copy(deep=True) for x in (g.spec, p, r, a.spec)]
     run(req=r, grants=[g], pol=p, approvals=[a])
     assert [g.spec, p, r, a.spec] == before
+
+
+def test_joined_message_keeps_whole_messages_and_counts_the_rest():
+    assert ev._join(["a", "b"]) == "a | b"
+    assert ev._join(["a" * 600, "b" * 600]) == "a" * 600 + " | … and 1 more (see status.rules)"
+    clipped = ev._join(["x" * 1024] * 3)
+    assert len(clipped) == ev.MESSAGE_MAX
+    assert clipped.endswith("x… | … and 2 more (see status.rules)")

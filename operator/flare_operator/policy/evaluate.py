@@ -163,18 +163,15 @@ def _rule(rule: str, passed: bool, message: str, source: str = "") -> RuleResult
 
 def _join(messages: Sequence[str], limit: int = MESSAGE_MAX) -> str:
     """All messages on one line; if they do not fit, as many whole ones as fit and a count of the rest."""
-    out: list[str] = []
-    for i, msg in enumerate(messages):
-        rest = len(messages) - i - 1
-        candidate = MESSAGE_SEPARATOR.join([*out, msg])
-        tail = f"{MESSAGE_SEPARATOR}… and {rest} more (see status.rules)" if rest else ""
-        if len(candidate) + len(tail) > limit:
-            more = len(messages) - i
-            suffix = f"… and {more} more (see status.rules)"
-            return _clip(MESSAGE_SEPARATOR.join([*out, suffix]) if out else _clip(msg, limit - 40) + " " + suffix,
-                         limit)
-        out.append(msg)
-    return MESSAGE_SEPARATOR.join(out)
+    joined = MESSAGE_SEPARATOR.join(messages)
+    if len(joined) <= limit:
+        return joined
+    for kept in range(len(messages) - 1, 0, -1):
+        text = MESSAGE_SEPARATOR.join([*messages[:kept], f"… and {len(messages) - kept} more (see status.rules)"])
+        if len(text) <= limit:
+            return text
+    suffix = f"{MESSAGE_SEPARATOR}… and {len(messages) - 1} more (see status.rules)"
+    return _clip(messages[0], limit - len(suffix)) + suffix
 
 
 def _aware(moment: datetime) -> datetime:
@@ -332,8 +329,7 @@ def _grant_rules(ctx: _Ctx, grant: GrantView) -> list[RuleResult]:
 
     # EpsilonBudget
     if p.epsilon_budget is not None and eps is not None:
-        left = ledger.remaining(g, grant.status, exclude_uid=req.source.uid)
-        assert left is not None
+        left = ledger.remaining(g, grant.status, exclude_uid=req.source.uid) or 0.0
         passed = eps <= left + 1e-9
         out.append(_rule(
             EPSILON_BUDGET, passed,
