@@ -68,7 +68,7 @@ class RuleResult(ApiModel):
     rule: str = Field(max_length=63, description="Machine name of the rule, e.g. MaxRounds.")
     passed: bool = Field(description="Whether the request satisfies the rule.")
     message: ShortText = Field("", description="Why, in words a person can act on.")
-    source: str = Field("", max_length=253, description="The object the rule came from, e.g. DatasetGrant/esm2-scl.")
+    source: str = Field("", max_length=300, description="The object the rule came from, e.g. DatasetGrant/esm2-scl.")
 
 
 class AccessRequestStatus(ApiModel):

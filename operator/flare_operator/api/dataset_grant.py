@@ -56,6 +56,7 @@ class ModelConstraint(ApiModel):
     id: ModelId = Field(description="Catalog model (app) id allowed on the data.")
     versions: str = Field(
         "*",
+        min_length=1,
         max_length=128,
         description="Version constraint, e.g. '>=1.0.0,<2.0.0', '1.2.*' or '*' (PEP 440 specifier syntax).",
     )
@@ -74,6 +75,12 @@ class GrantPrivacy(ApiModel):
             message="maxEpsilonPerJob cannot exceed epsilonBudget",
             check=lambda m: m.max_epsilon_per_job is None or m.epsilon_budget is None
             or m.max_epsilon_per_job <= m.epsilon_budget,
+        ),
+        CelRule(
+            rule="self.dpRequired || (!has(self.maxEpsilonPerJob) && !has(self.epsilonBudget))",
+            message="epsilon limits only bind jobs that use differential privacy: set dpRequired: true "
+            "(or remove maxEpsilonPerJob and epsilonBudget)",
+            check=lambda m: m.dp_required or (m.max_epsilon_per_job is None and m.epsilon_budget is None),
         ),
     )
 

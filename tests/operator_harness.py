@@ -1,0 +1,155 @@
+"""Run the real operator (`flare-operator run`) as a subprocess against a test control plane, and
+build the consortium's objects (org namespaces, grants, policies) with unique names per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tests.sample_data import CRD_DIR
+from tests.support.kube_fixtures import wait_for
+
+
+def install_crds(cp) -> None:
+    cp.kubectl("apply", "--server-side", "-f", str(CRD_DIR))
+    cp.kubectl("wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=flare-operator",
+               "--timeout=60s")
+
+
+@dataclass
+class Consortium:
+    """Org names, and namespaces named after them, unique to one test."""
+
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+
+    def org(self, name: str) -> str:
+        return f"{name}-{self.suffix}"
+
+    @property
+    def modeller(self) -> str:
+        return self.org("modeller")
+
+
+def create_org_namespace(cp, namespace: str, org: str) -> None:
+    cp.kubectl("create", "namespace", namespace)
+    cp.kubectl("label", "namespace", namespace, f"flareop.io/org={org}")
+
+
+def apply(cp, *objs: dict) -> None:
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+
+
+def get(cp, kind: str, namespace: str, name: str) -> dict | None:
+    result = cp.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def grant(namespace: str, dataset: str, consumer: str, *, path: str = "/data/scl.csv", models=("esm2-finetune",),
+          **spec) -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "DatasetGrant",
+            "metadata": {"name": dataset, "namespace": namespace},
+            "spec": {"dataset": {"id": dataset, "path": path, "sampleCount": 100},
+                     "consumers": [consumer], "models": [{"id": m} for m in models], **spec}}
+
+
+def compute(namespace: str, name: str, datasets: list[tuple[str, str]], *, active: bool = True) -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
+                     "datasets": [{"org": o, "id": d} for o, d in datasets],
+                     "client": {"cpu": "1", "memory": "1Gi"}, "active": active}}
+
+
+def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: float = 120) -> dict:
+    def reached():
+        obj = get(cp, kind, namespace, name)
+        return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+
+    try:
+        return wait_for(reached, timeout=timeout, message=f"{kind} {namespace}/{name} phase {phase}")
+    except TimeoutError as err:
+        obj = get(cp, kind, namespace, name)
+        raise AssertionError(f"{err}; status: {json.dumps((obj or {}).get('status'), indent=1)}") from None
+
+
+class OperatorProcess:
+    """`flare-operator run` in its own process group, logs in a file, stopped with SIGTERM."""
+
+    def __init__(self, cp, workdir: Path, config: dict, name: str = "operator", kubeconfig: Path | None = None):
+        self.cp = cp
+        self.workdir = workdir
+        self.config_path = workdir / f"{name}.yaml"
+        self.log_path = workdir / f"{name}.log"
+        self.kubeconfig = kubeconfig or cp.kubeconfig
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.workdir)}
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flare_operator.cli", "run", "--config", str(self.config_path),
+             "--kubeconfig", str(self.kubeconfig)],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        os.killpg(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+        finally:
+            self.log.close()
+
+    def tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def running_operator(cp, workdir: Path, config: dict, name: str = "operator"):
+    op = OperatorProcess(cp, workdir, config, name).start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def processes_under(path: Path) -> list[str]:
+    """Command lines of live processes that mention `path` (NVFlare participants of a workdir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmd and "pytest" not in cmd:
+            found.append(f"{proc.name}: {cmd[:160]}")
+    return found
+
+
+def gateway_config(org: str, namespace: str) -> dict:
+    return {"org": org, "site": org, "namespace": namespace, "hubNamespace": namespace, "runtime": "process"}
+
+
+def operator_config(workdir: Path, gateways: list[dict], mode: str = "all", **extra) -> dict:
+    return {"mode": mode, "runtime": "process", "workdir": str(workdir / "flare"), "resyncSeconds": 2,
+            "heartbeatSeconds": 5, "gateways": gateways, **extra}
+
+
+def stop_signal_name(code: int) -> str:
+    return signal.Signals(-code).name if code < 0 else str(code)
