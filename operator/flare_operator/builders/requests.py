@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from ..api.access_request import AccessRequestSpec, RequestKind, RequestSource
 from ..api.compute import ComputeSpecSpec
+from ..api.job import FederatedJobSpec
 from ..api.kinds import API_VERSION
 
 LABEL_FEDERATION = "flareop.io/federation"
@@ -64,6 +65,42 @@ def compute_access_request(*, org: str, hub_namespace: str, source_namespace: st
                 LABEL_SOURCE_NAMESPACE: source_namespace,
                 LABEL_SOURCE_NAME: _short(source_name),
                 LABEL_REQUEST_KIND: RequestKind.COMPUTE.value,
+            },
+        },
+        "spec": request.to_wire(),
+    }
+
+
+def job_access_request(*, org: str, hub_namespace: str, source_namespace: str, source_name: str, source_uid: str,
+                       consumer_org: str, job: FederatedJobSpec, compute: ComputeSpecSpec, federation: str,
+                       content_hash: str) -> dict:
+    """The AccessRequest a FederatedJob sends to one org: run this job on your data."""
+    by_org = datasets_by_org(compute)
+    request = AccessRequestSpec(
+        source=RequestSource(kind=RequestKind.JOB, namespace=source_namespace, name=source_name, uid=source_uid),
+        org=org,
+        consumer_org=consumer_org,
+        model=compute.model,
+        datasets=list(by_org[org]),
+        client=compute.client,
+        participating_orgs=list(by_org),
+        rounds=job.rounds,
+        duration_seconds=job.active_deadline_seconds,
+        differential_privacy=job.privacy.differential_privacy,
+        aggregation=job.aggregation,
+        content_hash=content_hash,
+    )
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AccessRequest",
+        "metadata": {
+            "name": access_request_name(RequestKind.JOB, source_namespace, source_name),
+            "namespace": hub_namespace,
+            "labels": {
+                LABEL_FEDERATION: federation,
+                LABEL_SOURCE_NAMESPACE: source_namespace,
+                LABEL_SOURCE_NAME: _short(source_name),
+                LABEL_REQUEST_KIND: RequestKind.JOB.value,
             },
         },
         "spec": request.to_wire(),

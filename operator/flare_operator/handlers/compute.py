@@ -117,7 +117,9 @@ class Federation:
 
     @property
     def server_name(self) -> str:
-        return "localhost" if self.hub.config.runtime == "process" else naming.server_name(self.fed)
+        if self.hub.config.runtime == "process":
+            return "localhost"
+        return f"{naming.server_name(self.fed)}.{self.namespace}.svc"  # the Service clients dial
 
     def _names(self) -> dict[str, str]:
         return {"ca": f"{self.fed}-ca", "server": f"{self.fed}-server-kit", "admin": f"{self.fed}-admin-kit"}

@@ -27,13 +27,22 @@ from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
 from ..builders.federation import client_name
 from ..builders.requests import LABEL_FEDERATION, kit_secret_name
 from ..config import OperatorConfig, SiteSettings
+from ..policy import ledger
 from ..policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
-from ..runtime.kube import Kube
+from ..runtime.kube import Conflict, Kube
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
 from ..status.conditions import set_condition
 from .compute import KIT_KEY, secret_bytes
 
 log = logging.getLogger(__name__)
+
+MAX_LEDGER_ATTEMPTS = 5
+
+
+def kopf_retry(message: str) -> Exception:
+    import kopf
+
+    return kopf.TemporaryError(message, delay=1)
 
 
 @dataclass
@@ -124,15 +133,59 @@ class RequestAnswer:
         self.previous = AccessRequestStatus.model_validate(_known(body.get("status") or {}, AccessRequestStatus))
         self.federation = (meta.get("labels") or {}).get(LABEL_FEDERATION, "")
 
-    async def reconcile(self) -> None:
+    async def _evaluate(self) -> tuple[Evaluation, list[GrantView]]:
         grants = await read_grants(self.site)
         ev = evaluate(self.spec, grants=grants, policy=await read_policy(self.site),
                       approvals=await read_approvals(self.site), now=_now())
+        return ev, grants
+
+    async def reconcile(self) -> None:
+        ev, grants = await self._evaluate()
         client_ready: bool | None = None
         if self.spec.source.kind == RequestKind.COMPUTE:
             client_ready = await self._converge_client(ev, grants)
+        else:
+            ev = await self._hold_budget(ev)
         status = answer(self.previous, ev, self.spec, self.generation, client_ready, _now())
         await self._write(status)
+
+    async def _hold_budget(self, ev: Evaluation) -> Evaluation:
+        """Reserve the job's epsilon on the grants it is charged to, or give back what it holds.
+
+        Each write is guarded by the grant's resourceVersion: when two jobs race for the last of a
+        budget, one write conflicts, and its retry re-evaluates from the fresh ledger and rejects.
+        """
+        uid = self.spec.source.uid
+        key = ledger.job_key(self.spec.source.namespace, self.spec.source.name)
+        for attempt in range(MAX_LEDGER_ATTEMPTS):
+            try:
+                if ev.decision == Decision.APPROVED and ev.epsilon_to_reserve > 0:
+                    for grant in ev.charged_grants:
+                        await self._update_ledger(grant, _reserve(key, uid, ev.epsilon_to_reserve))
+                else:
+                    await self._release_all(uid)
+                return ev
+            except Conflict:
+                log.info("ledger of %s changed meanwhile (attempt %d): deciding again", self.name, attempt + 1)
+                ev, _ = await self._evaluate()
+        raise kopf_retry("the privacy-budget ledger kept changing; will decide again")
+
+    async def _release_all(self, uid: str) -> None:
+        for grant in await read_grants(self.site):
+            entry = ledger.entry(grant.status, uid)
+            if entry is not None and not entry.spent:
+                await self._update_ledger(grant.name, lambda spec, st: ledger.release(st, uid))
+
+    async def _update_ledger(self, grant_name: str, change) -> None:
+        obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
+        if obj is None:
+            return
+        current = DatasetGrantStatus.model_validate(_known(obj.get("status") or {}, DatasetGrantStatus))
+        updated = change(DatasetGrantSpec.model_validate(obj["spec"]), current)
+        if updated == current:
+            return
+        obj["status"] = {**(obj.get("status") or {}), **updated.to_wire()}
+        await self.site.site("replace_status", obj)  # Conflict if the resourceVersion moved
 
     async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> bool:
         if ev.decision != Decision.APPROVED:
@@ -176,9 +229,23 @@ class RequestAnswer:
                                 type_="Warning" if status.decision == Decision.REJECTED else "Normal")
 
     async def release(self) -> None:
-        """The request is going away: stop this site's client for it."""
+        """The request is going away: stop this site's client, or give back the job's reservation."""
         if self.spec.source.kind == RequestKind.COMPUTE:
             await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
+            return
+        await self._release_all(self.spec.source.uid)
+
+
+def _reserve(key: str, uid: str, epsilon: float):
+    """A ledger change that reserves, after checking the budget on the freshly read grant."""
+
+    def change(spec: DatasetGrantSpec, status: DatasetGrantStatus) -> DatasetGrantStatus:
+        left = ledger.remaining(spec, status, exclude_uid=uid)
+        if left is not None and left < epsilon:
+            raise Conflict(f"budget moved: {left} left, {epsilon} asked")  # decide again from the fresh ledger
+        return ledger.reserve(status, key, uid, epsilon)
+
+    return change
 
 
 def _known(status: dict, model: type) -> dict:

@@ -20,6 +20,7 @@ from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
+from .job import Admission, write_job_status
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,25 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
             released = await Federation(hub, dict(body)).delete()
         if not released and retry < 60:
             raise kopf.TemporaryError("waiting for the sites to release their AccessRequests", delay=2)
+
+    jobs = (GROUP, VERSION, "federatedjobs")
+
+    async def reconcile_job(body: kopf.Body, **_) -> None:
+        async with hub.lock(body["metadata"]["uid"]):
+            fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
+            await write_job_status(hub, fresh, await Admission(hub, fresh).reconcile())
+
+    kopf.on.resume(*jobs, registry=registry)(reconcile_job)
+    kopf.on.create(*jobs, registry=registry)(reconcile_job)
+    kopf.on.update(*jobs, registry=registry, field="spec")(reconcile_job)
+    kopf.timer(*jobs, registry=registry, interval=hub.config.resync_seconds, initial_delay=1)(reconcile_job)
+
+    @kopf.on.delete(*jobs, registry=registry)
+    async def job_deleted(body: kopf.Body, **_) -> None:
+        async with hub.lock(body["metadata"]["uid"]):
+            await Admission(hub, dict(body)).delete()
 
     @kopf.on.probe(registry=registry, id="compute_specs")
     def probe(**_) -> str:

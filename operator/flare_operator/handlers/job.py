@@ -1,0 +1,105 @@
+"""Orchestrator: FederatedJob admission — ask every involved org, bind answers to the content hash.
+
+Each org whose data the job touches gets a Job AccessRequest in its hub namespace; its gateway
+decides at its own site. The job's status aggregates the answers (per-org decisions, Approved).
+A decision counts only for the content hash it was made for. Running the approved job is the job
+controller's part.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from ..api.common import Decision
+from ..api.compute import ComputeSpecSpec
+from ..api.job import FederatedJobSpec, FederatedJobStatus
+from ..builders import naming
+from ..builders.requests import LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org, job_access_request
+from ..catalog import loader as catalog
+from ..policy.content_hash import content_hash
+from ..status.job import ObservedAdmission, ObservedApproval, admission_status
+from .compute import Hub, SpecError, _now, org_hub_namespaces, org_of_namespace
+
+log = logging.getLogger(__name__)
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def _known(status: dict) -> dict:
+    aliases = {f.alias or n for n, f in FederatedJobStatus.model_fields.items()}
+    return {k: v for k, v in status.items() if k in aliases}
+
+
+class Admission:
+    def __init__(self, hub: Hub, body: dict):
+        self.hub = hub
+        self.body = body
+        meta = body["metadata"]
+        self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        self.generation = meta.get("generation", 1)
+        self.spec = FederatedJobSpec.model_validate(body["spec"])
+        self.previous = FederatedJobStatus.model_validate(_known(body.get("status") or {}))
+
+    def _observed(self, **kw) -> ObservedAdmission:
+        return ObservedAdmission(generation=self.generation, previous=self.previous,
+                                 suspended=self.spec.suspend, **kw)
+
+    async def reconcile(self) -> FederatedJobStatus:
+        compute_obj = await self.hub.k("get", "ComputeSpec", self.namespace, self.spec.compute_spec_ref.name)
+        if compute_obj is None:
+            return admission_status(self._observed(
+                content_hash=None, approvals=(), compute_ready=False,
+                invalid=f"ComputeSpec {self.spec.compute_spec_ref.name} does not exist in {self.namespace}"), _now())
+        compute = ComputeSpecSpec.model_validate(compute_obj["spec"])
+        try:
+            consumer_org = await org_of_namespace(self.hub, self.namespace)
+            app = catalog.load_app(compute.model.id, compute.model.version)
+            catalog.validate_params(app, self.spec.parameters)
+        except (SpecError, catalog.CatalogError, catalog.ParameterError) as err:
+            return admission_status(self._observed(content_hash=None, approvals=(), compute_ready=False,
+                                                   invalid=str(err)), _now())
+        digest = content_hash(self.spec, compute, extra={"app": f"{app.id}@{app.version}"})
+        fed = naming.federation_name(self.namespace, compute_obj["metadata"]["name"])
+        hub_namespaces = await org_hub_namespaces(self.hub)
+        approvals = []
+        for org in datasets_by_org(compute):
+            hub_ns = hub_namespaces.get(org)
+            if hub_ns is None:
+                approvals.append(ObservedApproval(org, Decision.PENDING, f"{org} has no Gateway on the hub"))
+                continue
+            stored = await self.hub.k("apply", job_access_request(
+                org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
+                source_uid=self.uid, consumer_org=consumer_org, job=self.spec, compute=compute, federation=fed,
+                content_hash=digest))
+            answer = stored.get("status") or {}
+            approvals.append(ObservedApproval(org, Decision(answer.get("decision") or "Pending"),
+                                              answer.get("message") or "", answer.get("decidedHash"),
+                                              _time(answer.get("decidedAt"))))
+        compute_phase = (compute_obj.get("status") or {}).get("phase")
+        return admission_status(self._observed(
+            content_hash=digest, approvals=tuple(approvals), compute_ready=compute_phase == "Ready",
+            compute_message=f"ComputeSpec {compute_obj['metadata']['name']} is {compute_phase or 'not ready'}"),
+            _now())
+
+    async def delete(self) -> None:
+        labels = {LABEL_SOURCE_NAMESPACE: self.namespace, LABEL_SOURCE_NAME: self.name,
+                  "flareop.io/request-kind": "Job"}
+        for request in await self.hub.k("list", "AccessRequest", None, labels=labels):
+            meta = request["metadata"]
+            await self.hub.k("delete", "AccessRequest", meta["namespace"], meta["name"])
+
+
+async def write_job_status(hub: Hub, body: dict, status: FederatedJobStatus) -> None:
+    new = status.to_wire()
+    old = _known(body.get("status") or {})
+    if new == old:
+        return
+    meta = body["metadata"]
+    await hub.k("apply_status", "FederatedJob", meta["namespace"], meta["name"], new)
+    if new.get("phase") != old.get("phase"):
+        ready = next((c for c in status.conditions if c.type == "Ready"), None)
+        await hub.k("event", body, reason=str(new.get("phase")), note=ready.message if ready else "",
+                    type_="Warning" if new.get("phase") in ("Rejected", "Failed") else "Normal")

@@ -1,0 +1,152 @@
+"""Kubernetes runtime: NVFlare participants as StatefulSets (server on the hub, a client per site).
+
+The kit (a tar.gz from provisioning) is split into what the pods mount: a Secret with startup/
+(certificates, keys, fed_*.json) and a ConfigMap with local/ (resources.json pointing NVFlare's
+state into the workspace volume). Readiness comes from the StatefulSets; whether clients are
+connected is what each site reports (the operator does not reach into a site's network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import tarfile
+from typing import Any
+
+from ..builders import naming
+from ..builders.requests import LABEL_FEDERATION
+from ..builders.workloads import STATE_DIR, DatasetMount, client_manifests, server_manifests
+from ..config import OperatorConfig, SiteSettings
+from .kube import Kube
+from .workloads import ClientWorkload, ServerWorkload, site_local_config
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_KINDS = ("StatefulSet", "Service", "NetworkPolicy", "ConfigMap", "Secret", "PersistentVolumeClaim")
+
+
+def split_kit(kit: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
+    """(startup files for a Secret, local files for a ConfigMap) from a packed kit."""
+    startup: dict[str, bytes] = {}
+    local: dict[str, str] = {}
+    with tarfile.open(fileobj=io.BytesIO(kit), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read() if member.isfile() else None
+            if data is None:
+                continue
+            folder, _, name = member.name.partition("/")
+            if folder == "startup":
+                startup[name] = data
+            elif folder == "local":
+                local[name] = data.decode()
+    default = local.get("resources.json.default")
+    if default is not None:
+        local["resources.json"] = default.replace("/tmp/nvflare", STATE_DIR)
+    return startup, local
+
+
+def _secret(name: str, namespace: str, files: dict[str, bytes], labels: dict, owner: dict | None) -> dict:
+    import base64
+
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+            "data": {k: base64.b64encode(v).decode() for k, v in files.items()}}
+
+
+def _configmap(name: str, namespace: str, files: dict[str, str], labels: dict, owner: dict | None) -> dict:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": files}
+
+
+def _ready(sts: dict | None) -> bool:
+    if not sts:
+        return False
+    wanted = sts["spec"].get("replicas", 1)
+    return wanted > 0 and (sts.get("status") or {}).get("readyReplicas", 0) >= wanted
+
+
+class KubernetesRuntime:
+    def __init__(self, config: OperatorConfig, kube: Kube):
+        self.config = config
+        self.kube = kube
+
+    async def _k(self, method: str, *args, **kwargs) -> Any:
+        return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
+
+    # --- server -----------------------------------------------------------------------------
+
+    async def ensure_server(self, w: ServerWorkload) -> None:
+        labels = naming.standard_labels(w.federation, "server")
+        startup, local = split_kit(w.kit)
+        startup_secret = naming.kit_secret_name(w.federation, "server")
+        local_config = f"{startup_secret}-local"
+        await self._k("apply", _secret(startup_secret, w.namespace, startup, labels, w.owner))
+        await self._k("apply", _configmap(local_config, w.namespace, local, labels, w.owner))
+        for manifest in server_manifests(
+            fed=w.federation, namespace=w.namespace, spec=w.spec, image=self.config.image,
+            image_pull_policy=self.config.image_pull_policy, command=None, kit_secret=startup_secret,
+            storage_class=self.config.storage_class, workspace_size=self.config.workspace_size,
+            operator_labels={"app.kubernetes.io/name": "flare-operator"}, owner=w.owner,
+            allow_external_clients=True, operator_namespace=self.config.operator_namespace, local_config=local_config,
+        ):
+            await self._k("apply", manifest)
+
+    async def server_ready(self, w: ServerWorkload) -> bool:
+        return _ready(await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation)))
+
+    async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
+        return None
+
+    async def remove_server(self, federation: str, namespace: str) -> None:
+        await self._remove(namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "server"})
+
+    async def _remove(self, namespace: str, labels: dict) -> None:
+        for kind in WORKLOAD_KINDS:
+            await self._k("delete_labelled", kind, namespace, labels)
+
+    # --- clients ----------------------------------------------------------------------------
+
+    async def ensure_client(self, w: ClientWorkload) -> None:
+        site = w.site
+        labels = naming.standard_labels(w.federation, "client", site.org)
+        startup, local = split_kit(w.kit)
+        mounts = [DatasetMount(d.dataset_id, claim_name=d.claim_name, sub_path=d.sub_path) if d.claim_name
+                  else DatasetMount(d.dataset_id, host_path=d.path) for d in w.datasets]
+        local["site.json"] = json.dumps({**site_local_config(w),
+                                         "datasets": {m.dataset_id: m.path for m in mounts}}, sort_keys=True)
+        startup_secret = naming.kit_secret_name(w.federation, w.client_name)
+        local_config = f"{startup_secret}-local"
+        await self._k("apply", _secret(startup_secret, site.namespace, startup, labels, None))
+        await self._k("apply", _configmap(local_config, site.namespace, local, labels, None))
+        await self._k("apply", _configmap(w.enforcement_configmap, site.namespace,
+                                          {"approved.json": json.dumps({"approved": []})}, labels, None))
+        server = json.loads(startup.get("fed_client.json", b"{}")).get("servers", [{}])[0]
+        host, _, port = (server.get("service", {}).get("target") or "localhost:8002").rpartition(":")
+        for manifest in client_manifests(
+            fed=w.federation, site=site, spec=w.spec, image=self.config.image,
+            image_pull_policy=self.config.image_pull_policy, command=None, kit_secret=startup_secret,
+            dataset_mounts=mounts, enforcement_configmap=w.enforcement_configmap, server_host=host,
+            fl_port=int(port), owner=None, participant=w.client_name, local_config=local_config,
+        ):
+            await self._k("apply", manifest)
+
+    async def client_running(self, w: ClientWorkload) -> bool:
+        return _ready(await self._k("get", "StatefulSet", w.site.namespace,
+                                    naming.client_name(w.federation, w.site.site)))
+
+    async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
+        await self._remove(site.namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "client"})
+
+    async def clients_running(self, site: SiteSettings) -> int:
+        items = await self._k("list", "StatefulSet", site.namespace,
+                              labels={"app.kubernetes.io/component": "client", "flareop.io/org": site.org})
+        return sum(1 for sts in items if _ready(sts))
+
+    async def close(self) -> None:
+        return None
