@@ -10,7 +10,6 @@ import json
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from flare_operator.api.compute import ComputeSpecSpec
 from flare_operator.builders.naming import (
@@ -30,30 +29,19 @@ IMAGE = "example.invalid/flare-runtime:test"
 OPERATOR_LABELS = {"app.kubernetes.io/name": "flare-operator"}
 GPU = "nvidia.com/gpu"
 
-_PATHS = {
-    ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
-    ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets/{name}",
-    ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps/{name}",
-    ("v1", "PersistentVolumeClaim"): "/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}",
-    ("apps/v1", "StatefulSet"): "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-    (
-        "networking.k8s.io/v1",
-        "NetworkPolicy",
-    ): "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{name}",
-}
 
-
-def ssa(api: client.ApiClient, manifest: dict) -> dict:
-    """Server-side apply ``manifest`` as the operator does (one field manager, force)."""
-    meta = manifest["metadata"]
-    path = _PATHS[(manifest["apiVersion"], manifest["kind"])].format(ns=meta["namespace"], name=meta["name"])
-    return api.call_api(
-        path, "PATCH",
-        body=json.dumps(manifest),
-        query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-        response_type=object, _return_http_data_only=True,
-    )  # fmt: skip
+def ssa(cp, manifest: dict, *, dry_run: bool = False) -> dict:
+    """Server-side apply ``manifest`` as the operator does (one field manager, conflicts forced),
+    with kubectl; strict field validation, so an unknown or misspelt field fails the test."""
+    args = ["apply", "--server-side", "--field-manager", FIELD_MANAGER, "--force-conflicts",
+            "--validate=strict", "-o", "json", "-f", "-"]  # fmt: skip
+    if dry_run:
+        args.insert(1, "--dry-run=server")
+    proc = cp.kubectl(*args, input=json.dumps(manifest), check=False)
+    if proc.returncode != 0:
+        meta = manifest["metadata"]
+        pytest.fail(f"{manifest['kind']} {meta['namespace']}/{meta['name']} refused: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
 
 
 def restrict(kube, ns: str) -> None:
@@ -84,17 +72,17 @@ def compute_spec(*, gpu: int = 1, active: bool = True) -> ComputeSpecSpec:
     )
 
 
-def prerequisites(kube, ns: str, fed: str, participants: list[str], dataset_claim: str) -> None:
+def prerequisites(control_plane, ns: str, fed: str, participants: list[str], dataset_claim: str) -> None:
     """What other parts of the operator create before the workloads: kit Secrets, the
     enforcement ConfigMap, the data owner's dataset claim."""
     for p in participants:
-        ssa(kube, {"apiVersion": "v1", "kind": "Secret",
+        ssa(control_plane, {"apiVersion": "v1", "kind": "Secret",
                    "metadata": {"name": kit_secret_name(fed, p), "namespace": ns},
                    "stringData": {"fed_client.json": "{}", "rootCA.pem": "x"}})  # fmt: skip
-    ssa(kube, {"apiVersion": "v1", "kind": "ConfigMap",
+    ssa(control_plane, {"apiVersion": "v1", "kind": "ConfigMap",
                "metadata": {"name": f"{fed}-enforcement", "namespace": ns},
                "data": {"approved.json": "[]"}})  # fmt: skip
-    ssa(kube, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+    ssa(control_plane, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                "metadata": {"name": dataset_claim, "namespace": ns},
                "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}})  # fmt: skip
 
@@ -139,11 +127,13 @@ def sites(namespace) -> list[SiteSettings]:
     ]  # fmt: skip
 
 
-def test_manifests_are_admitted_under_restricted_pod_security_and_become_ready(kube, namespace, sites):
+def test_manifests_are_admitted_under_restricted_pod_security_and_become_ready(
+    control_plane, kube, namespace, sites
+):
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     restrict(kube, namespace)
     fed = federation_name(namespace, "esm2")
-    prerequisites(kube, namespace, fed, ["server", *(s.site for s in sites)], "cells-data")
+    prerequisites(control_plane, namespace, fed, ["server", *(s.site for s in sites)], "cells-data")
     # An owner in the same namespace, as the ComputeSpec would be (a ConfigMap stands in for it).
     owner_obj = core.create_namespaced_config_map(namespace, {"metadata": {"name": "compute-owner"}})
     owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "compute-owner",
@@ -151,7 +141,7 @@ def test_manifests_are_admitted_under_restricted_pod_security_and_become_ready(k
 
     spec = compute_spec(gpu=2)
     for obj in build_all(namespace, fed, spec, sites, owner):
-        ssa(kube, obj)
+        ssa(control_plane, obj)
 
     names = [server_name(fed), *(client_name(fed, s.site) for s in sites)]
     for name in names:
@@ -173,7 +163,6 @@ def test_manifests_are_admitted_under_restricted_pod_security_and_become_ready(k
     assert ro["/workspace/startup"] and ro["/etc/flareop/enforcement"] and ro["/data/cells/train.csv"]
 
     # Volume claims bound: a workspace per participant, of the site's class and size.
-    pvcs = {p.metadata.name: p for p in core.list_namespaced_persistent_volume_claim(namespace).items}
     for name in names:
         claim = f"workspace-{name}-0"
         wait_for(lambda c=claim: core.read_namespaced_persistent_volume_claim(c, namespace).status.phase == "Bound",
@@ -196,21 +185,21 @@ def test_manifests_are_admitted_under_restricted_pod_security_and_become_ready(k
     # Re-applying the same manifests changes nothing (idempotent reconcile).
     versions = {n: apps.read_namespaced_stateful_set(n, namespace).metadata.resource_version for n in names}
     for obj in build_all(namespace, fed, spec, sites, owner):
-        ssa(kube, obj)
+        ssa(control_plane, obj)
     assert versions == {
         n: apps.read_namespaced_stateful_set(n, namespace).metadata.resource_version for n in names
     }
 
 
-def test_scale_to_zero_releases_pods_and_keeps_workspaces(kube, namespace, sites):
+def test_scale_to_zero_releases_pods_and_keeps_workspaces(control_plane, kube, namespace, sites):
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     restrict(kube, namespace)
     fed = federation_name(namespace, "esm2")
-    prerequisites(kube, namespace, fed, ["server", *(s.site for s in sites)], "cells-data")
+    prerequisites(control_plane, namespace, fed, ["server", *(s.site for s in sites)], "cells-data")
     names = [server_name(fed), *(client_name(fed, s.site) for s in sites)]
 
     for obj in build_all(namespace, fed, compute_spec(active=True), sites):
-        ssa(kube, obj)
+        ssa(control_plane, obj)
     for name in names:
         wait_for(lambda n=name: ready_replicas(apps, namespace, n) == 1, timeout=120,
                  message=f"{name} readyReplicas == 1")  # fmt: skip
@@ -221,7 +210,7 @@ def test_scale_to_zero_releases_pods_and_keeps_workspaces(kube, namespace, sites
 
     # active: false -> replicas 0 everywhere, no pods left (GPUs released), claims kept.
     for obj in build_all(namespace, fed, compute_spec(active=False), sites):
-        ssa(kube, obj)
+        ssa(control_plane, obj)
     for name in names:
         assert apps.read_namespaced_stateful_set(name, namespace).spec.replicas == 0
     wait_for(lambda: not pods_of(core, namespace, {"flareop.io/federation": fed}), timeout=120,
@@ -235,7 +224,7 @@ def test_scale_to_zero_releases_pods_and_keeps_workspaces(kube, namespace, sites
 
     # active: true -> back, new pods, the same workspace claims.
     for obj in build_all(namespace, fed, compute_spec(active=True), sites):
-        ssa(kube, obj)
+        ssa(control_plane, obj)
     for name in names:
         wait_for(lambda n=name: ready_replicas(apps, namespace, n) == 1, timeout=120,
                  message=f"{name} back to readyReplicas == 1")  # fmt: skip
@@ -252,13 +241,61 @@ def test_scale_to_zero_releases_pods_and_keeps_workspaces(kube, namespace, sites
     assert pods_of(core, namespace, selector_labels(fed, "client", "org-a"))
 
 
-def test_restricted_namespace_refuses_a_hostpath_dataset(kube, namespace, sites):
+@pytest.fixture
+def site_namespace(kube, namespace):
+    """A second namespace: the data owner's site, next to the hub's ``namespace``."""
+    core = client.CoreV1Api(kube)
+    name = f"{namespace[:50]}-site"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=60,
+             message=f"ServiceAccount default in {name}")  # fmt: skip
+    yield name
+    core.delete_namespace(name)
+
+
+def test_client_in_its_site_namespace_reaches_ready_next_to_the_hub(
+    control_plane, kube, namespace, site_namespace
+):
+    """Hub and site namespaces on one cluster: server objects owned in the hub namespace, the
+    client in the site's (no owner reference across namespaces), each policy naming the other."""
+    apps, net = client.AppsV1Api(kube), client.NetworkingV1Api(kube)
+    restrict(kube, namespace)
+    restrict(kube, site_namespace)
+    fed = federation_name(namespace, "cross")
+    prerequisites(control_plane, namespace, fed, ["server"], "unused")
+    prerequisites(control_plane, site_namespace, fed, ["org-a"], "cells-data")
+    site = SiteSettings(org="org-a", site="org-a", namespace=site_namespace, hub_namespace=namespace,
+                        runtime="kubernetes", node_selector={"nvidia.com/gpu.present": "true"})  # fmt: skip
+    sites = [site]
+    objs = build_all(namespace, fed, compute_spec(gpu=1), sites)
+    assert {
+        o["metadata"]["namespace"]
+        for o in objs
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "client"
+    } == {site_namespace}
+    for obj in objs:
+        ssa(control_plane, obj)
+    wait_for(
+        lambda: ready_replicas(apps, namespace, server_name(fed)) == 1, timeout=120, message="server ready"
+    )
+    wait_for(lambda: ready_replicas(apps, site_namespace, client_name(fed, "org-a")) == 1, timeout=120,
+             message="client ready")  # fmt: skip
+    server_pol = net.read_namespaced_network_policy(server_name(fed), namespace)
+    peer = server_pol.spec.ingress[0]._from[0]
+    assert peer.namespace_selector.match_expressions[0].values == [site_namespace]
+    client_pol = net.read_namespaced_network_policy(client_name(fed, "org-a"), site_namespace)
+    to = client_pol.spec.egress[0].to[0]
+    assert to.namespace_selector.match_expressions[0].values == [namespace]
+    assert client_pol.spec.egress[0].ports[0].port == 8002
+
+
+def test_restricted_namespace_refuses_a_hostpath_dataset(control_plane, kube, namespace, sites):
     """The builder's pods are admitted; a hostPath dataset (development only) is not, and the
     API server says why — documented on DatasetMount."""
     apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
     restrict(kube, namespace)
     fed = federation_name(namespace, "hostpath")
-    prerequisites(kube, namespace, fed, ["org-a"], "cells-data")
+    prerequisites(control_plane, namespace, fed, ["org-a"], "cells-data")
     objs = client_manifests(
         fed=fed, site=sites[0], spec=compute_spec(gpu=0), image=IMAGE, image_pull_policy="IfNotPresent",
         command=None, kit_secret=kit_secret_name(fed, "org-a"),
@@ -266,7 +303,7 @@ def test_restricted_namespace_refuses_a_hostpath_dataset(kube, namespace, sites)
         enforcement_configmap=f"{fed}-enforcement", server_host="server.example", owner=None,
     )  # fmt: skip
     for obj in objs:
-        ssa(kube, obj)
+        ssa(control_plane, obj)
     name = client_name(fed, "org-a")
 
     def refused():
@@ -278,7 +315,7 @@ def test_restricted_namespace_refuses_a_hostpath_dataset(kube, namespace, sites)
     assert ready_replicas(apps, namespace, name) == 0
 
 
-def test_same_manifests_are_valid_server_side_for_every_option(kube, namespace):
+def test_same_manifests_are_valid_server_side_for_every_option(control_plane, namespace):
     """Dry-run the less common shapes: external clients, equal FL/admin ports, a local ConfigMap,
     no GPU, a server-less namespace for the client (egress to any address)."""
     fed = federation_name(namespace, "options")
@@ -294,14 +331,4 @@ def test_same_manifests_are_valid_server_side_for_every_option(kube, namespace):
         fl_port=443, owner=None,
     )  # fmt: skip
     for obj in objs:
-        meta = obj["metadata"]
-        path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta["namespace"], name=meta["name"])
-        try:
-            kube.call_api(
-                path, "PATCH", body=json.dumps(obj),
-                query_params=[("fieldManager", FIELD_MANAGER), ("dryRun", "All"), ("fieldValidation", "Strict")],
-                header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-                response_type=object, _return_http_data_only=True,
-            )  # fmt: skip
-        except ApiException as exc:  # pragma: no cover - the message is the point
-            pytest.fail(f"{obj['kind']} {meta['name']} refused: {exc.body}")
+        ssa(control_plane, obj, dry_run=True)
