@@ -1,0 +1,210 @@
+"""pytest plugin: local Kubernetes control planes as fixtures.
+
+Register with ``pytest_plugins = ["tests.support.kube_fixtures"]`` in tests/conftest.py.
+
+Fixtures
+  control_plane_factory  session  ``factory.start(name, *, nodes=2, gpus=8) -> ControlPlane``;
+                                  extra clusters (a hub and sites), all stopped at session end
+  control_plane          session  the session's shared cluster, started on first request
+  kube                   session  kubernetes.client.ApiClient (admin) for ``control_plane``
+  namespace              function a fresh namespace in ``control_plane`` (its default
+                                  ServiceAccount exists); finalizers stripped and deleted after
+
+Nothing starts unless a test asks for one of these. At session end every cluster is stopped
+and the factory fails the session's last teardown if any launcher/component process is left.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.controlplane import ControlPlane, bin_dir
+
+__all__ = [
+    "ControlPlaneFactory",
+    "control_plane",
+    "control_plane_factory",
+    "kube",
+    "namespace",
+    "wait_for",
+    "strip_finalizers",
+]
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, message: str = ""):
+    """Poll ``predicate`` until it returns a truthy value (returned) or raise TimeoutError.
+    Exceptions from the predicate count as "not yet" and the last one is reported."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - polling
+            last_exc = exc
+        if time.monotonic() > deadline:
+            detail = f": last error {last_exc!r}" if last_exc else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {message or predicate}{detail}")
+        time.sleep(interval)
+
+
+class ControlPlaneFactory:
+    """Starts clusters under one base directory and stops them all at the end."""
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self.clusters: dict[str, ControlPlane] = {}
+        self.tracked_pids: set[int] = set()
+
+    def start(self, name: str, **kwargs) -> ControlPlane:
+        if name in self.clusters and self.clusters[name].running:
+            raise ValueError(f"cluster {name!r} is already running")
+        cp = ControlPlane.start(self.base / name, name, **kwargs)
+        self.clusters[name] = cp
+        self.tracked_pids.update(cp.pids)
+        return cp
+
+    def stop(self, name: str) -> None:
+        cp = self.clusters[name]
+        cp.stop()
+        self.tracked_pids.update(cp.pids)
+
+    def stop_all(self) -> None:
+        for cp in list(self.clusters.values()):
+            cp.stop()
+            self.tracked_pids.update(cp.pids)
+
+    def leaked(self) -> list[str]:
+        out = []
+        for cp in self.clusters.values():
+            for pid in cp.running_pids():
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    cmd = "?"
+                out.append(f"{pid}: {cmd[:200]}")
+        return out
+
+
+@pytest.fixture(scope="session")
+def control_plane_factory(tmp_path_factory) -> Iterator[ControlPlaneFactory]:
+    bin_dir()  # build (or reuse) before any cluster starts, outside any per-test timeout
+    factory = ControlPlaneFactory(tmp_path_factory.mktemp("clusters", numbered=True))
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+        leaked = factory.leaked()
+        assert not leaked, "control-plane processes left after stop:\n" + "\n".join(leaked)
+
+
+@pytest.fixture(scope="session")
+def control_plane(control_plane_factory) -> ControlPlane:
+    return control_plane_factory.start("session")
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane):
+    client = control_plane.api_client()
+    yield client
+    client.close()
+
+
+def _namespaced_list_paths(api) -> list[str]:
+    """Collection URL templates (``.../namespaces/{ns}/<resource>``) of every listable,
+    patchable namespaced resource, from discovery."""
+    paths = []
+
+    def add(prefix: str, resources: list[dict]) -> None:
+        for r in resources:
+            if "/" in r["name"] or not r.get("namespaced"):
+                continue
+            verbs = set(r.get("verbs", []))
+            if {"list", "patch"} <= verbs:
+                paths.append(f"{prefix}/namespaces/{{ns}}/{r['name']}")
+
+    core = api.call_api("/api/v1", "GET", response_type=object, _return_http_data_only=True)
+    add("/api/v1", core["resources"])
+    groups = api.call_api("/apis", "GET", response_type=object, _return_http_data_only=True)
+    for g in groups["groups"]:
+        gv = g["preferredVersion"]["groupVersion"]
+        try:
+            res = api.call_api(f"/apis/{gv}", "GET", response_type=object, _return_http_data_only=True)
+        except Exception:  # noqa: BLE001 - an aggregated API may be down
+            continue
+        add(f"/apis/{gv}", res["resources"])
+    return paths
+
+
+def strip_finalizers(api, ns: str) -> int:
+    """Remove metadata.finalizers from every object in namespace ns; returns how many."""
+    stripped = 0
+    for template in _namespaced_list_paths(api):
+        base = template.format(ns=ns)
+        try:
+            items = api.call_api(base, "GET", response_type=object, _return_http_data_only=True)
+        except Exception:  # noqa: BLE001 - e.g. resource gone with its CRD
+            continue
+        for obj in items.get("items") or []:
+            if not obj.get("metadata", {}).get("finalizers"):
+                continue
+            name = obj["metadata"]["name"]
+            try:
+                api.call_api(
+                    f"{base}/{name}", "PATCH",
+                    body={"metadata": {"finalizers": None}},
+                    header_params={"Content-Type": "application/merge-patch+json"},
+                    response_type=object, _return_http_data_only=True,
+                )  # fmt: skip
+                stripped += 1
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+    return stripped
+
+
+def _ns_name(request) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(kube, request) -> Iterator[str]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube)
+    name = _ns_name(request)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are refused until the controller-manager created the default ServiceAccount.
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        timeout=60,
+        message=f"ServiceAccount default in {name}",
+    )
+    yield name
+    strip_finalizers(kube, name)
+    try:
+        core.delete_namespace(name)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+    # The namespace controller empties it; strip finalizers again in case an object got
+    # one meanwhile (e.g. an operator's), until the namespace is gone.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            core.read_namespace(name)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        strip_finalizers(kube, name)
+        time.sleep(0.5)
+    warnings.warn(f"namespace {name} still terminating after 60s", stacklevel=1)
