@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.dxo_filter import DXOFilter
+from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
+from nvflare.apis.shareable import Shareable, make_reply
 
 from .dp import clip_and_noise, epsilon_spent
 
@@ -27,6 +28,18 @@ class GaussianDPFilter(DXOFilter):
         self.accountant = accountant
         self.releases = 0
         self._rng = np.random.default_rng()  # OS entropy: DP noise must not be reproducible
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        # fail closed: anything that is not a parameter difference never leaves the site un-noised
+        try:
+            dxo = from_shareable(shareable)
+        except Exception:
+            dxo = None
+        if dxo is None or dxo.data_kind != DataKind.WEIGHT_DIFF:
+            kind = getattr(dxo, "data_kind", None)
+            self.log_error(fl_ctx, f"GaussianDPFilter: refusing to release a {kind} result (needs WEIGHT_DIFF)")
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        return super().process(shareable, fl_ctx)
 
     def process_dxo(self, dxo, shareable: Shareable, fl_ctx: FLContext):
         if not isinstance(dxo.data, dict):

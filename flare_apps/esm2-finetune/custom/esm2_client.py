@@ -16,10 +16,9 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import nvflare.client as flare  # noqa: E402
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
-
 from esm2_app.modeling import params_nbytes  # noqa: E402
 from esm2_app.site import SiteTrainer  # noqa: E402
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
 
 
 def main():

@@ -13,11 +13,10 @@ import os
 import time
 
 import numpy as np
-from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
-from nvflare.app_common.workflows.model_controller import ModelController
-
 from flare_app_common.metrics import accuracy, macro_f1
 from flare_app_common.weighting import aggregation_weights
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.workflows.model_controller import ModelController
 
 from . import LOCATION_CLASSES
 
@@ -89,7 +88,7 @@ class Esm2FedAvg(ModelController):
         losses = [(m["train_loss"], m.get("train_samples", 1)) for m in per_site.values() if "train_loss" in m]
         if losses:
             tot = sum(n for _, n in losses)
-            out["train_loss"] = float(sum(l * n for l, n in losses) / max(tot, 1))
+            out["train_loss"] = float(sum(loss * n for loss, n in losses) / max(tot, 1))
         return out
 
     def _aggregate(self, global_params: dict, results: list[FLModel], weights: dict) -> dict:

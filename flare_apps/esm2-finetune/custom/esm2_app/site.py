@@ -6,10 +6,10 @@ import logging
 import math
 
 import numpy as np
+from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
 
 from . import LOCATION_CLASSES
 from .data import load_site_data
-from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
 from .modeling import apply_mode, build_model, get_trainable, make_tokenizer, set_trainable
 from .training import BatchStream, pick_device, predict, train_steps
 

@@ -1,0 +1,142 @@
+"""The NVFlare job builder: pure, torch-free, per-site apps, DP/filters/aggregation wiring, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flare_operator.builders.nvflare_job import (
+    DP_FILTER,
+    JobBuildError,
+    SiteSpec,
+    build_job,
+    job_content_hash,
+    write_job,
+)
+from flare_operator.catalog import ParameterError, load_app
+
+SITES = [{"name": "site-1", "datasetPath": "/data/a.csv"}, SiteSpec("site-2", "/data/b.parquet")]
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_app("esm2-finetune")
+
+
+def _cfg(files, path):
+    return json.loads(files[path])
+
+
+def test_layout_and_meta(app):
+    files = build_job(app, {"rounds": 4}, SITES, job_name="j1", metadata={"uid": "abc", "contentHash": "sha256:x"})
+    meta = _cfg(files, "j1/meta.json")
+    assert meta["deploy_map"] == {"app_server": ["server"], "app_site-1": ["site-1"], "app_site-2": ["site-2"]}
+    assert meta["min_clients"] == 2 and meta["name"] == "j1"
+    assert meta["flareop"] == {"app": {"id": "esm2-finetune", "version": app.version}, "uid": "abc", "contentHash": "sha256:x"}
+    for prefix in ("j1/app_server", "j1/app_site-1", "j1/app_site-2"):
+        assert f"{prefix}/custom/esm2_app/modeling.py" in files
+        assert f"{prefix}/custom/flare_app_common/dp.py" in files
+        assert f"{prefix}/custom/esm2_client.py" in files
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in files)
+    srv = _cfg(files, "j1/app_server/config/config_fed_server.json")
+    wf = srv["workflows"][0]
+    assert wf["path"] == "esm2_app.controller.Esm2FedAvg"
+    assert wf["args"]["num_rounds"] == 4 and wf["args"]["sites"] == ["site-1", "site-2"]
+    assert wf["args"]["params"]["mode"] == "full"  # defaults applied
+    assert wf["args"]["aggregation"] == {"weighting": "sample", "maxShare": 0.5}
+
+
+def test_each_site_gets_only_its_own_dataset_path(app):
+    files = build_job(app, {}, SITES, job_name="j")
+    c1 = _cfg(files, "j/app_site-1/custom/site_config.json")
+    assert c1["datasetPath"] == "/data/a.csv" and c1["site"] == "site-1"
+    blob1 = b"".join(v for k, v in files.items() if k.startswith("j/app_site-1/"))
+    assert b"/data/b.parquet" not in blob1
+    ex = _cfg(files, "j/app_site-1/config/config_fed_client.json")["executors"][0]
+    assert ex["executor"]["path"].endswith("ClientAPIExecutor")
+    assert ex["executor"]["args"]["task_script_path"] == "esm2_client.py"
+    assert ex["executor"]["args"]["params_transfer_type"] == "DIFF"
+    assert set(ex["tasks"]) == {"train", "validate"}
+    assert _cfg(files, "j/app_site-1/config/config_fed_client.json")["task_result_filters"] == []
+
+
+def test_dp_and_nvflare_filters_on_train_results(app):
+    privacy = {
+        "differentialPrivacy": {"enabled": True, "clipNorm": 0.5, "noiseMultiplier": 1.2, "accountant": "pld"},
+        "filters": [{"type": "ExcludeVars", "args": {"exclude_vars": "classifier"}},
+                    {"type": "PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}}],
+    }
+    files = build_job(app, {}, SITES, job_name="j", privacy=privacy)
+    trf = _cfg(files, "j/app_site-2/config/config_fed_client.json")["task_result_filters"]
+    assert trf[0]["tasks"] == ["train"]
+    f = trf[0]["filters"]
+    assert f[0] == {"path": DP_FILTER, "args": {"clip_norm": 0.5, "noise_multiplier": 1.2, "delta": 1e-5, "accountant": "pld"}}
+    assert f[1]["path"] == "nvflare.app_common.filters.exclude_vars.ExcludeVars"
+    assert f[2]["path"] == "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy"
+    srv = _cfg(files, "j/app_server/config/config_fed_server.json")["workflows"][0]["args"]
+    assert srv["privacy"]["differentialPrivacy"]["enabled"] is True
+
+
+def test_capped_aggregation_and_min_clients(app):
+    files = build_job(app, {}, SITES, job_name="j", aggregation={"weighting": "capped", "maxShare": 0.6}, min_clients=1)
+    args = _cfg(files, "j/app_server/config/config_fed_server.json")["workflows"][0]["args"]
+    assert args["aggregation"] == {"weighting": "capped", "maxShare": 0.6} and args["min_clients"] == 1
+    with pytest.raises(ParameterError, match="infeasible"):
+        build_job(app, {}, SITES, job_name="j", aggregation={"weighting": "capped", "maxShare": 0.4})
+
+
+@pytest.mark.parametrize(
+    "kwargs, err, fragment",
+    [
+        ({"params": {"mode": "nope"}}, ParameterError, "$.mode"),
+        ({"sites": []}, JobBuildError, "at least one site"),
+        ({"sites": [SITES[0], SITES[0]]}, JobBuildError, "duplicate site names"),
+        ({"sites": [{"name": "bad name", "datasetPath": "/x"}]}, JobBuildError, "invalid site name"),
+        ({"sites": [{"name": "server", "datasetPath": "/x"}]}, JobBuildError, "invalid site name"),
+        ({"sites": [{"name": "s1"}]}, JobBuildError, "datasetPath is required"),
+        ({"job_name": "../x"}, JobBuildError, "invalid job name"),
+        ({"min_clients": 3}, JobBuildError, "min_clients"),
+        ({"metadata": {"x": object()}}, JobBuildError, "JSON-serialisable"),
+        ({"privacy": {"filters": [{"type": "DXOBlocker"}]}}, ParameterError, "$.filters[0].type"),
+    ],
+)
+def test_errors(app, kwargs, err, fragment):
+    args = {"params": {}, "sites": SITES, "job_name": "j", **kwargs}
+    with pytest.raises(err) as ei:
+        build_job(app, args.pop("params"), args.pop("sites"), **args)
+    assert fragment in str(ei.value)
+
+
+def test_content_hash_is_stable_and_sensitive(app):
+    a = build_job(app, {"rounds": 2}, SITES, job_name="j")
+    b = build_job(app, {"rounds": 2}, SITES, job_name="j")
+    c = build_job(app, {"rounds": 3}, SITES, job_name="j")
+    assert job_content_hash(a) == job_content_hash(b) != job_content_hash(c)
+    assert job_content_hash(a).startswith("sha256:")
+
+
+def test_write_job(app, tmp_path):
+    files = build_job(app, {}, SITES, job_name="myjob")
+    d = write_job(files, tmp_path)
+    assert d == tmp_path / "myjob"
+    assert json.loads((d / "meta.json").read_text())["name"] == "myjob"
+    assert (d / "app_site-2" / "custom" / "esm2_app" / "vocab.txt").read_text().splitlines()[1] == "<pad>"
+    with pytest.raises(JobBuildError, match="unsafe path"):
+        write_job({"../evil": b""}, tmp_path)
+
+
+def test_building_a_job_imports_neither_torch_nor_nvflare(tmp_path):
+    code = (
+        "import sys\n"
+        "from flare_operator.catalog import load_app\n"
+        "from flare_operator.builders.nvflare_job import build_job, write_job\n"
+        "files = build_job(load_app('esm2-finetune'), {'mode': 'lora'}, [{'name': 's1', 'datasetPath': '/d'}], job_name='j',\n"
+        "    privacy={'differentialPrivacy': {'enabled': True}})\n"
+        f"write_job(files, {str(tmp_path)!r})\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'nvflare', 'transformers', 'peft', 'kopf', 'kubernetes'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
