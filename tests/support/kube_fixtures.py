@@ -16,6 +16,7 @@ and the factory fails the session's last teardown if any launcher/component proc
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -35,6 +36,7 @@ __all__ = [
     "namespace",
     "wait_for",
     "strip_finalizers",
+    "raw_request",
 ]
 
 
@@ -118,6 +120,25 @@ def kube(control_plane):
     client.close()
 
 
+def raw_request(api, method: str, path: str, body=None, content_type: str = "application/json"):
+    """A JSON request through a kubernetes.client.ApiClient (its auth/TLS), for paths the typed
+    APIs do not cover. Returns the decoded body; raises ApiException on HTTP errors."""
+    from kubernetes.client.exceptions import ApiException
+
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    params = api.param_serialize(
+        method=method, resource_path=path, header_params=headers, body=body,
+        auth_settings=["BearerToken"],
+    )  # fmt: skip
+    resp = api.call_api(*params)
+    resp.read()
+    if not 200 <= resp.status < 300:
+        raise ApiException(status=resp.status, reason=resp.reason, http_resp=resp)
+    return json.loads(resp.data) if resp.data else None
+
+
 def _namespaced_list_paths(api) -> list[str]:
     """Collection URL templates (``.../namespaces/{ns}/<resource>``) of every listable,
     patchable namespaced resource, from discovery."""
@@ -131,13 +152,13 @@ def _namespaced_list_paths(api) -> list[str]:
             if {"list", "patch"} <= verbs:
                 paths.append(f"{prefix}/namespaces/{{ns}}/{r['name']}")
 
-    core = api.call_api("/api/v1", "GET", response_type=object, _return_http_data_only=True)
+    core = raw_request(api, "GET", "/api/v1")
     add("/api/v1", core["resources"])
-    groups = api.call_api("/apis", "GET", response_type=object, _return_http_data_only=True)
+    groups = raw_request(api, "GET", "/apis")
     for g in groups["groups"]:
         gv = g["preferredVersion"]["groupVersion"]
         try:
-            res = api.call_api(f"/apis/{gv}", "GET", response_type=object, _return_http_data_only=True)
+            res = raw_request(api, "GET", f"/apis/{gv}")
         except Exception:  # noqa: BLE001 - an aggregated API may be down
             continue
         add(f"/apis/{gv}", res["resources"])
@@ -150,7 +171,7 @@ def strip_finalizers(api, ns: str) -> int:
     for template in _namespaced_list_paths(api):
         base = template.format(ns=ns)
         try:
-            items = api.call_api(base, "GET", response_type=object, _return_http_data_only=True)
+            items = raw_request(api, "GET", base)
         except Exception:  # noqa: BLE001 - e.g. resource gone with its CRD
             continue
         for obj in items.get("items") or []:
@@ -158,12 +179,10 @@ def strip_finalizers(api, ns: str) -> int:
                 continue
             name = obj["metadata"]["name"]
             try:
-                api.call_api(
-                    f"{base}/{name}", "PATCH",
-                    body={"metadata": {"finalizers": None}},
-                    header_params={"Content-Type": "application/merge-patch+json"},
-                    response_type=object, _return_http_data_only=True,
-                )  # fmt: skip
+                raw_request(
+                    api, "PATCH", f"{base}/{name}", {"metadata": {"finalizers": None}},
+                    "application/merge-patch+json",
+                )
                 stripped += 1
             except Exception:  # noqa: BLE001 - already gone
                 pass
