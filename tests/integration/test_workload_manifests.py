@@ -17,6 +17,7 @@ from flare_operator.builders.naming import (
     federation_name,
     kit_secret_name,
     selector_labels,
+    server_host,
     server_name,
 )
 from flare_operator.builders.workloads import DatasetMount, client_manifests, server_manifests
@@ -98,7 +99,7 @@ def build_all(ns: str, fed: str, spec: ComputeSpecSpec, sites: list[SiteSettings
             fed=fed, site=site, spec=spec, image=IMAGE, image_pull_policy="IfNotPresent", command=None,
             kit_secret=kit_secret_name(fed, site.site),
             dataset_mounts=[DatasetMount("cells", claim_name="cells-data", sub_path="v1/train.csv")],
-            enforcement_configmap=f"{fed}-enforcement", server_host=f"{server_name(fed)}.{ns}.svc",
+            enforcement_configmap=f"{fed}-enforcement", server_host=server_host(fed, ns),
             fl_port=8002, owner=owner, server_namespace=ns,
         )  # fmt: skip
     return objs

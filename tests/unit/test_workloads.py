@@ -123,6 +123,7 @@ def test_derived_names_fit_their_kinds():
     assert kit_secret_name(FED, "org-a") == f"{FED}-kit-org-a"
     assert client_name(FED, "org-a") == f"{FED}-org-a"
     assert server_name(FED) == f"{FED}-server"
+    assert naming.server_host(FED, "team-a") == f"{FED}-server.team-a.svc"
 
 
 def test_standard_labels():

@@ -2,6 +2,7 @@
 
     federation_name("team-a", "esm2")          -> "team-a-esm2-<8 hex>"   (<= 40 chars, a DNS-1035 label)
     server_name(fed)                           -> "<fed>-server"          (<= 47: StatefulSet, Service, NetworkPolicy)
+    server_host(fed, namespace)                -> "<fed>-server.<namespace>.svc" (what in-cluster clients dial)
     client_name(fed, site)                     -> "<fed>-<site>"          (<= 52: StatefulSet, NetworkPolicy)
     kit_secret_name(fed, participant)          -> "<fed>-kit-<participant>" (<= 63)
 
@@ -93,6 +94,13 @@ def _derived(fed: str, suffix: str, max_len: int) -> str:
 def server_name(fed: str) -> str:
     """NVFlare server StatefulSet, its Service (the clients' target) and NetworkPolicy."""
     return _derived(fed, "server", STATEFULSET_NAME_MAX)
+
+
+def server_host(fed: str, namespace: str) -> str:
+    """DNS name of the server's Service inside the cluster (``<server>.<namespace>.svc``): the
+    host clients in other namespaces dial, so the one to provision as the NVFlare server name
+    (its certificate's name) when clients run on the hub's cluster."""
+    return f"{server_name(fed)}.{namespace}.svc"
 
 
 def client_name(fed: str, site: str) -> str:
