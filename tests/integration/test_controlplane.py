@@ -12,7 +12,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.support.controlplane import pid_running
-from tests.support.kube_fixtures import wait_for
+from tests.support.kube_fixtures import strip_finalizers, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -283,3 +283,23 @@ def test_two_clusters_serve_independently_and_stop_cleanly(control_plane_factory
     assert hub_core.read_namespaced_config_map("only-on-hub", "default").data == {"x": "1"}
     control_plane_factory.stop("hub")
     assert hub.running_pids() == []
+
+
+def test_strip_finalizers_releases_a_stuck_object(kube, namespace):
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace,
+        client.V1ConfigMap(metadata=client.V1ObjectMeta(name="held", finalizers=["example.com/hold"])),
+    )
+    core.delete_namespaced_config_map("held", namespace)
+    assert core.read_namespaced_config_map("held", namespace).metadata.deletion_timestamp is not None
+    assert strip_finalizers(kube, namespace) == 1
+
+    def gone():
+        try:
+            core.read_namespaced_config_map("held", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for(gone, timeout=30, message="ConfigMap held deleted once its finalizer is stripped")
