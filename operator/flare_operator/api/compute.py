@@ -60,7 +60,6 @@ class ComputeSpecSpec(ApiModel):
             message="spec.datasets lists the same {org, id} twice: remove the duplicate",
             check=lambda m: len({(d.org, d.id) for d in m.datasets}) == len(m.datasets),
             field_path=".datasets",
-            reason="FieldValueDuplicate",
         ),
     )
 

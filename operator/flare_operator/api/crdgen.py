@@ -87,6 +87,10 @@ def _normalise(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[st
                 if not normalised[name].get("description"):
                     raise SchemaError(f"{sub_path}: every field needs a description")
             out["properties"] = normalised
+            if out.get("default") == {}:
+                # The server validates a default against the node's CEL rules as written, without
+                # applying the children's defaults first: spell them out.
+                out["default"] = {k: v["default"] for k, v in normalised.items() if "default" in v}
         elif isinstance(out.get("additionalProperties"), dict):
             out["additionalProperties"] = _normalise(out["additionalProperties"], defs, f"{path}[*]")
     elif kind == "array":

@@ -40,7 +40,6 @@ class DifferentialPrivacy(ApiModel):
             message="privacy.differentialPrivacy.epsilon is required when differential privacy is enabled",
             check=lambda m: not m.enabled or m.epsilon is not None,
             field_path=".epsilon",
-            reason="FieldValueRequired",
         ),
         CelRule(
             rule="!has(self.epsilon) || self.epsilon > 0.0",
@@ -81,7 +80,6 @@ class Aggregation(ApiModel):
             message="aggregation.maxSiteShare (0 < share <= 1) is required when weighting is Capped",
             check=lambda m: m.weighting != Weighting.CAPPED or m.max_site_share is not None,
             field_path=".maxSiteShare",
-            reason="FieldValueRequired",
         ),
     )
 

@@ -46,7 +46,6 @@ class JobApprovalSpec(ApiModel):
             message="reason is required when rejecting: tell the modeller what to change",
             check=lambda m: m.decision != ApprovalDecision.REJECT or bool(m.reason),
             field_path=".reason",
-            reason="FieldValueRequired",
         ),
     )
 

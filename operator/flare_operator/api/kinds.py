@@ -81,7 +81,6 @@ _ONE_POLICY_PER_ORG = CelRule(
     rule=f"self.metadata.name == '{ORG_POLICY_NAME}'",
     message=f"an org has exactly one OrgPolicy and it must be named '{ORG_POLICY_NAME}'",
     check=lambda obj: obj.get("metadata", {}).get("name") == ORG_POLICY_NAME,
-    field_path=".metadata.name",
 )
 
 

@@ -63,7 +63,8 @@ class OrgPolicySpec(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="!self.consumers.allowed.exists(o, o in self.consumers.blocked)",
+            rule="!has(self.consumers.allowed) || !has(self.consumers.blocked) || "
+            "!self.consumers.allowed.exists(o, o in self.consumers.blocked)",
             message="an org cannot be both allowed and blocked: remove it from one of consumers.allowed and consumers.blocked",
             check=lambda m: not set(m.consumers.allowed) & set(m.consumers.blocked),
             field_path=".consumers",

@@ -7,6 +7,7 @@ benchmark reports API requests per reconcile). Synchronous: handlers call it via
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -93,19 +94,19 @@ class Kube:
         with self._count_lock:
             self._count += 1
         headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        try:
-            return self.api.call_api(
-                path, method, query_params=query or [], header_params=headers, body=body,
-                response_type=object, auth_settings=["BearerToken"], _return_http_data_only=True,
-            )
-        except ApiException as err:
-            if err.status == 404:
-                raise NotFound(path) from err
-            if err.status == 409:
-                raise Conflict(path) from err
-            raise
+        if content_type or body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        request = self.api.param_serialize(method=method, resource_path=path, query_params=query or None,
+                                           header_params=headers, body=body, auth_settings=["BearerToken"])
+        response = self.api.call_api(*request)
+        response.read()
+        if response.status == 404:
+            raise NotFound(path)
+        if response.status == 409:
+            raise Conflict(path)
+        if not 200 <= response.status < 300:
+            raise ApiException(status=response.status, reason=response.reason, http_resp=response)
+        return json.loads(response.data) if response.data else None
 
     # --- reads -----------------------------------------------------------------------------
 
