@@ -1,6 +1,6 @@
 # Local Kubernetes control plane built from Go modules (hack/controlplane/README.md).
 # Included by the top-level Makefile.
-CONTROLPLANE_DIR := hack/controlplane
+CONTROLPLANE_DIR ?= hack/controlplane
 CLUSTER_DIR ?= .cluster
 
 .PHONY: controlplane cluster-up cluster-down controlplane-bench

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -315,10 +316,14 @@ func clusterUp(args []string) int {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var signalled atomic.Bool
+	watcherDone := make(chan struct{})
 	go func() {
+		defer close(watcherDone)
 		select {
 		case s := <-sigs:
 			logf("%v during start-up, stopping", s)
+			signalled.Store(true)
 			cancel()
 		case <-ctx.Done():
 		}
@@ -327,18 +332,18 @@ func clusterUp(args []string) int {
 	upStart = time.Now()
 	st, err := l.bringUp(ctx, o)
 	cancel()
-	if err != nil {
-		logf("start-up failed: %v", err)
-		l.stopAll()
-		return 1
-	}
-	select {
-	case s := <-sigs: // signalled during start-up, after bring-up finished
-		logf("%v, stopping", s)
-		l.stopAll()
+	<-watcherDone // a signal is now either recorded in signalled or still queued in sigs
+	if err != nil || signalled.Load() {
+		if !signalled.Load() {
+			logf("start-up failed: %v", err)
+		}
 		os.Remove(filepath.Join(dir, "kubeconfig"))
-		return 0
-	default:
+		os.Remove(filepath.Join(dir, "cluster.json"))
+		l.stopAll()
+		if signalled.Load() {
+			return 0
+		}
+		return 1
 	}
 	logf("cluster %q ready in %.1fs (nodes Ready): %s", o.name, time.Since(upStart).Seconds(), st.Server)
 	fmt.Println(st.Kubeconfig)
