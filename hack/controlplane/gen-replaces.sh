@@ -29,6 +29,7 @@ block="$( {
   echo "replace ("
   for m in $mods; do printf '\t%s => %s %s\n' "$m" "$m" "$staging"; done
   echo ")"
+  echo ""   # the blank line `go mod tidy` puts before a trailing comment
   echo "// END generated replaces"
 } )"
 tmp="$(mktemp go.mod.XXXXXX)"
