@@ -68,4 +68,6 @@ touch "$tmp/.complete"
 rm -rf "$out"
 mv "$tmp" "$out"
 trap - EXIT
+# Keep the ${FLARECP_KEEP_BUILDS:-3} newest builds (about 200 MB each).
+ls -1dt "$cache_root"/v*-*/ 2>/dev/null | tail -n +"$(( ${FLARECP_KEEP_BUILDS:-3} + 1 ))" | xargs -r rm -rf
 echo "$out/bin"
