@@ -163,3 +163,12 @@ def load_site_data(path: str, classes: list[str], tokenizer, max_len: int, val_f
     tr_set = Dataset([ids[i] for i in tr], labels[tr], int(sum(len(seqs[i]) > max_len - 2 for i in tr)))
     va_set = Dataset([ids[i] for i in va], labels[va], int(sum(len(seqs[i]) > max_len - 2 for i in va)))
     return tr_set, va_set
+
+
+def load_eval_data(path: str, classes: list[str], tokenizer, max_len: int) -> Dataset:
+    """Every row of a labelled file as one evaluation set (the split column is ignored)."""
+    t = read_table(path)
+    seqs = check_sequences(t["sequence"], path)
+    labels = parse_labels(t["label"], classes, path)
+    ids, truncated = encode(tokenizer, seqs, max_len)
+    return Dataset(ids, labels, truncated)

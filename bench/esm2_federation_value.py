@@ -1,0 +1,146 @@
+"""Value of federation on non-IID data, same total training budget.
+
+- federated: esm2-finetune in the NVFlare simulator, N sites x R rounds x S local steps
+  (FedAvg, sample-count weighting) = N*R*S optimizer steps in total;
+- centralised (baseline): the same model trained N*R*S steps on the union of the sites' data;
+- each site alone: N*R*S steps on its own data only.
+All start from the same seeded initial model, use the same batch size and learning rate, and
+are scored on the same pooled holdout (every site's own validation split together) and on an
+IID test set. Targets: federated >= 0.97 x centralised, and above every site alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+from esm2_common import APP_PATHS, PY, REPO, machine, make_data, run_federation
+
+SCORE = r"""
+import json, sys
+import numpy as np
+sys.path[:0] = {paths!r}
+from esm2_app.data import load_eval_data
+from esm2_app.site import SiteTrainer
+from esm2_app.modeling import make_tokenizer
+from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
+from esm2_app.training import predict
+p = json.loads({params!r})
+t = SiteTrainer(p, {train!r}, "bench")
+tok = make_tokenizer()
+pooled = load_eval_data({pooled!r}, t.classes, tok, p["maxSeqLength"])
+test = load_eval_data({test!r}, t.classes, tok, p["maxSeqLength"])
+for _ in range({rounds}):
+    t.train_round()
+def score(ds):
+    cm = confusion_matrix(ds.labels, predict(t.model, ds, 64, t.device), len(t.classes))
+    return {{"accuracy": accuracy(cm), "macro_f1": macro_f1(cm)}}
+print(json.dumps({{"pooled": score(pooled), "test": score(test)}}))
+"""
+
+FED_TEST = r"""
+import json, sys
+sys.path[:0] = {paths!r}
+import torch
+from transformers import EsmForSequenceClassification
+from esm2_app.data import load_eval_data
+from esm2_app.modeling import make_tokenizer
+from esm2_app.training import predict
+from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
+m = EsmForSequenceClassification.from_pretrained({model!r})
+test = load_eval_data({test!r}, {classes!r}, make_tokenizer(), {max_len})
+cm = confusion_matrix(test.labels, predict(m, test, 64, torch.device("cpu")), len({classes!r}))
+print(json.dumps({{"accuracy": accuracy(cm), "macro_f1": macro_f1(cm)}}))
+"""
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["sequence", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+def _run(code):
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=REPO)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sites", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=15, help="local steps per site per round")
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--samples-per-site", type=int, default=400)
+    ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    budget = a.sites * a.rounds * a.steps
+    params = {"preset": "tiny", "maxSeqLength": 64, "batchSize": 32, "learningRate": a.lr, "torchThreads": 1,
+              "seed": a.seed, "rounds": a.rounds, "localSteps": a.steps}
+    with tempfile.TemporaryDirectory(prefix="bench-fv-") as tmp:
+        work = Path(tmp)
+        data = make_data(work / "data", sites=a.sites, samples_per_site=a.samples_per_site, min_len=30, max_len=60,
+                         alpha=a.alpha, seed=a.seed, test_samples=400)
+        names = list(data["sites"])
+        site_rows = {n: _rows(data["sites"][n]["path"]) for n in names}
+        union = _write(work / "union.csv", [r for n in names for r in site_rows[n]])
+        pooled = _write(work / "pooled_val.csv", [r for n in names for r in site_rows[n] if r["split"] == "val"])
+        test = data["test"]["path"]
+
+        fed = run_federation(work / "fed", data, params, "bench-fedvalue")
+        fed_model = work / "fed" / "ws" / "server" / "simulate_job" / "app_server" / "results" / "model"
+        from esm2_common import add_app_paths
+
+        add_app_paths()
+        from esm2_app import LOCATION_CLASSES
+
+        fed_test = _run(FED_TEST.format(paths=APP_PATHS, model=str(fed_model), test=test, classes=list(LOCATION_CLASSES),
+                                        max_len=64))
+        fed_pooled = {"accuracy": fed["final"]["global"]["val_accuracy"], "macro_f1": fed["final"]["global"]["val_macro_f1"]}
+
+        def trained(train_path):
+            p = {**params, "localSteps": budget}
+            return _run(SCORE.format(paths=APP_PATHS, params=json.dumps(_full(p)), train=train_path, pooled=pooled,
+                                     test=test, rounds=1))
+
+        central = trained(union)
+        alone = {n: trained(data["sites"][n]["path"]) for n in names}
+
+    print(f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, budget {budget} optimizer steps "
+          f"(batch 32) each; machine: {machine()}")
+    counts = {n: {k: v for k, v in data['sites'][n]['label_counts'].items() if v} for n in names}
+    print(f"# site label counts: {json.dumps(counts)}")
+    print(f"{'run':<28} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {'vs centralised':>15}")
+    c = central["pooled"]["accuracy"]
+    rows = [("centralised on union (base)", central["pooled"], central["test"])]
+    rows.append((f"federated ({a.rounds}x{a.steps} steps/site)", fed_pooled, fed_test))
+    rows += [(f"{n} alone", alone[n]["pooled"], alone[n]["test"]) for n in names]
+    for name, p, t in rows:
+        print(f"{name:<28} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} {p['accuracy'] / c:>15.3f}")
+    ok1 = fed_pooled["accuracy"] >= 0.97 * c
+    ok2 = all(fed_pooled["accuracy"] > alone[n]["pooled"]["accuracy"] for n in names)
+    print(f"federated >= 0.97 x centralised: {'yes' if ok1 else 'NO'}; above every site alone: {'yes' if ok2 else 'NO'}")
+
+
+def _full(p):
+    from flare_operator.catalog import load_app, validate_params
+
+    return validate_params(load_app("esm2-finetune"), p)
+
+
+if __name__ == "__main__":
+    main()

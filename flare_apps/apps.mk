@@ -1,0 +1,28 @@
+# flare_apps/apps.mk — catalog app targets; `include flare_apps/apps.mk` from the main Makefile.
+PYTHON ?= .venv/bin/python
+
+DATA_DIR ?= .demo/data
+DATA_SITES ?= 2
+DATA_SEED ?= 0
+DATA_ALPHA ?= 0.5
+DATA_SAMPLES ?= 600
+DATA_FORMAT ?= csv
+DATA_ARGS ?=
+
+.PHONY: data test-apps test-apps-e2e bench-apps
+
+data: ## synthetic non-IID protein-localisation data: $(DATA_DIR)/site-N.$(DATA_FORMAT), test set, manifest.json
+	$(PYTHON) -m flare_operator.datagen --sites $(DATA_SITES) --out $(DATA_DIR) --seed $(DATA_SEED) \
+	  --alpha $(DATA_ALPHA) --samples-per-site $(DATA_SAMPLES) --format $(DATA_FORMAT) $(DATA_ARGS)
+
+test-apps: ## unit tests of the catalog, job builder, data generator, DP and aggregation
+	$(PYTHON) -m pytest -q tests/unit/test_catalog.py tests/unit/test_nvflare_job.py tests/unit/test_datagen.py \
+	  tests/unit/test_datagen_bad_data.py tests/unit/test_dp.py tests/unit/test_aggregation.py
+
+test-apps-e2e: ## esm2-finetune as real NVFlare federations (simulator + provisioned POC), CPU, a few minutes
+	$(PYTHON) -m pytest -q -m e2e tests/e2e/test_esm2_app.py
+
+bench-apps: ## throughput, bytes per round, value of federation (prints ratios against same-run baselines)
+	$(PYTHON) bench/esm2_bytes.py
+	$(PYTHON) bench/esm2_throughput.py
+	$(PYTHON) bench/esm2_federation_value.py
