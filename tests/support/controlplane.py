@@ -13,7 +13,6 @@ through kwok's volume stages and the default StorageClass ``kwok-volume``).
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import signal
@@ -57,13 +56,6 @@ def flarecp() -> Path:
 class KubectlError(subprocess.CalledProcessError):
     def __str__(self) -> str:
         return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    # The launcher gets SIGTERM if the Python process that started it dies, and then stops
-    # its own children cleanly (they in turn have Pdeathsig=SIGKILL on the launcher).
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _children(pid: int) -> list[int]:
@@ -144,13 +136,16 @@ class ControlPlane:
         log = open(self.dir / "launcher.log", "ab")
         args = [
             str(binary), "cluster", "up", "--dir", str(self.dir), "--name", self.name,
-            "--nodes", str(nodes), "--gpus", str(gpus), *extra_args,
+            "--nodes", str(nodes), "--gpus", str(gpus),
+            # SIGTERM to the launcher if this process dies: it then stops its components (which
+            # themselves die with the launcher, Pdeathsig=SIGKILL).
+            "--exit-with-parent", *extra_args,
         ]  # fmt: skip
         t0 = time.monotonic()
         try:
             self.proc = subprocess.Popen(
                 args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                preexec_fn=_set_pdeathsig, cwd=self.dir,
+                cwd=self.dir,
             )  # fmt: skip
         finally:
             log.close()

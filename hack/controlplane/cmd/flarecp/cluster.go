@@ -254,6 +254,7 @@ type upOptions struct {
 	nodePods            string
 	timeout             time.Duration
 	etcdFsync           bool
+	exitWithParent      bool
 }
 
 func clusterUp(args []string) int {
@@ -271,8 +272,21 @@ func clusterUp(args []string) int {
 	fs.StringVar(&o.nodePods, "node-pods", "110", "pods capacity per node")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the control plane to be ready")
 	fs.BoolVar(&o.etcdFsync, "etcd-fsync", false, "let etcd fsync (default: UnsafeNoFsync, fast and not crash-safe)")
+	fs.BoolVar(&o.exitWithParent, "exit-with-parent", false, "stop the cluster (SIGTERM to itself) when the process that started it dies")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if o.exitWithParent {
+		// Set on this (locked) thread: the launcher gets SIGTERM when its parent dies.
+		ppid := os.Getppid()
+		if _, _, e := syscall.RawSyscall(syscall.SYS_PRCTL, syscall.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0); e != 0 {
+			logf("prctl(PR_SET_PDEATHSIG): %v", e)
+			return 1
+		}
+		if os.Getppid() != ppid || ppid == 1 {
+			logf("parent already gone")
+			return 1
+		}
 	}
 	if o.dir == "" {
 		fmt.Fprintln(os.Stderr, "cluster up: --dir is required")
