@@ -152,6 +152,17 @@ func (c *child) stop(grace time.Duration) {
 	}
 }
 
+func (l *launcher) tracked(c *child) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, k := range l.kids {
+		if k == c {
+			return true
+		}
+	}
+	return false
+}
+
 func (l *launcher) forget(c *child) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -364,12 +375,20 @@ func clusterUp(args []string) int {
 
 	// Serve until signalled or a component dies.
 	code := 0
-	select {
-	case s := <-sigs:
-		logf("%v, stopping", s)
-	case c := <-l.exited:
-		logf("%s exited unexpectedly (%v); stopping the cluster (see logs/%s.log)", c.name, c.err, c.name)
-		code = 1
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			logf("%v, stopping", s)
+			break wait
+		case c := <-l.exited:
+			if !l.tracked(c) {
+				continue // from a start-up attempt that was retried on other ports
+			}
+			logf("%s exited unexpectedly (%v); stopping the cluster (see logs/%s.log)", c.name, c.err, c.name)
+			code = 1
+			break wait
+		}
 	}
 	os.Remove(filepath.Join(dir, "kubeconfig"))
 	os.Remove(filepath.Join(dir, "cluster.json"))
