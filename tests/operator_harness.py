@@ -123,6 +123,9 @@ def running_operator(cp, workdir: Path, config: dict, name: str = "operator"):
     op = OperatorProcess(cp, workdir, config, name).start()
     try:
         yield op
+    except BaseException:
+        print(f"--- {op.log_path} (last lines)\n{op.tail(120)}")
+        raise
     finally:
         op.stop()
 
@@ -131,13 +134,13 @@ def processes_under(path: Path) -> list[str]:
     """Command lines of live processes that mention `path` (NVFlare participants of a workdir)."""
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(path) in cmd and "pytest" not in cmd:
+        if str(path) in cmd:
             found.append(f"{proc.name}: {cmd[:160]}")
     return found
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from .api.common import OrgName
 from .api.gateway import RuntimeKind
@@ -31,7 +32,7 @@ class OperatorMode(StrEnum):
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
 
 
 class Toleration(_Config):

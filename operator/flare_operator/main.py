@@ -58,7 +58,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
         log.info("starting %s on %s", name, ", ".join(namespaces) or "all namespaces")
         tasks.append(asyncio.create_task(kopf.operator(
             registry=registry, settings=operator_settings(config), standalone=True,
-            clusterwide=not namespaces, namespaces=namespaces or None, stop_flag=stop_flag,
+            clusterwide=not namespaces, namespaces=namespaces, stop_flag=stop_flag,
             liveness_endpoint=liveness_endpoint if index == 0 else None,
         ), name=name))
     waiter = asyncio.create_task(stop.wait())

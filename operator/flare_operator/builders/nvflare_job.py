@@ -123,6 +123,7 @@ def build_job(
     metadata: Mapping | None = None,
     min_clients: int | None = None,
     task_timeout: int = 0,
+    resume: Mapping | None = None,
 ) -> dict[str, bytes]:
     """Files of an NVFlare job folder for ``app`` (paths relative to the job folder's parent).
 
@@ -138,6 +139,9 @@ def build_job(
             meta.json under ``flareop`` and in the results' model card.
         min_clients: sites that must answer each round (default: all).
         task_timeout: seconds a round may take per task (0 = no limit).
+        resume: ``{"checkpoint": path, "startRound": k}`` to continue after a server restart: the
+            path (as the server sees it) of a ``global_trainable.safetensors`` the previous run
+            wrote after round k-1 (metrics.json ``last_completed_round`` = k-1).
 
     Raises:
         ParameterError (from the catalog) for bad params/privacy/aggregation, JobBuildError otherwise.
@@ -170,8 +174,14 @@ def build_job(
         raise JobBuildError(f"metadata must be JSON-serialisable: {e}") from e
 
     rounds = int(p.get("rounds", 1))
-    if p.get("labels") is None and app.labels:
-        p = {**p}  # labels stay the app's own; not a parameter
+    ckpt, start_round = "", 0
+    if resume:
+        ckpt = resume.get("checkpoint")
+        start_round = resume.get("startRound", 0)
+        if not isinstance(ckpt, str) or not ckpt:
+            raise JobBuildError("resume.checkpoint must be a non-empty path")
+        if not isinstance(start_round, int) or not 0 <= start_round < rounds:
+            raise JobBuildError(f"resume.startRound must be an integer in [0, {rounds}), got {start_round!r}")
     files: dict[str, bytes] = {}
     root = job_name
     deploy_map = {"app_server": ["server"]}
@@ -193,6 +203,8 @@ def build_job(
                     "metadata": dict(metadata or {}),
                     "min_clients": n_min,
                     "task_timeout": int(task_timeout),
+                    "initial_checkpoint": ckpt,
+                    "start_round": start_round,
                 },
             }
         ],

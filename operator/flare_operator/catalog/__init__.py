@@ -18,6 +18,7 @@ from .loader import (
     shared_dir,
     validate_params,
 )
+from .privacy import expected_epsilon
 from .schemas import AGGREGATION_SCHEMA, PRIVACY_SCHEMA, validate_aggregation, validate_privacy
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ParameterError",
     "apply_defaults",
     "catalog_root",
+    "expected_epsilon",
     "list_apps",
     "load_app",
     "load_app_dir",

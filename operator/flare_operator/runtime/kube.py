@@ -170,7 +170,7 @@ class Kube:
         now = datetime.now(UTC)
         body = {
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
+            "metadata": {"generateName": f"{meta['name'][:200]}-", "namespace": ns},
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "reportingController": "flareop.io/flare-operator", "reportingInstance": self.field_manager,
             "action": action, "reason": reason, "note": note[:1024], "type": type_,

@@ -138,14 +138,15 @@ class ProcessSupervisor:
             shutil.rmtree(self.folder(federation, participant), ignore_errors=True)
 
     async def stop_federation(self, federation: str, *, remove: bool) -> None:
-        for key in [k for k in self.participants if k.startswith(f"{federation}/")]:
-            await self.stop(federation, key.split("/", 1)[1], remove=False)
+        prefix = f"{federation}/"
+        for key in [k for k in self.participants if k.startswith(prefix)]:
+            await self.stop(federation, key[len(prefix):], remove=False)
         if remove:
             shutil.rmtree(self.workdir / federation, ignore_errors=True)
 
     async def stop_all(self) -> None:
         for key in list(self.participants):
-            federation, participant = key.split("/", 1)
+            federation, participant = key.rsplit("/", 1)
             await self.stop(federation, participant, remove=False)
 
     def running(self, federation: str, participant: str) -> bool:
