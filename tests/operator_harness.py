@@ -156,3 +156,28 @@ def operator_config(workdir: Path, gateways: list[dict], mode: str = "all", **ex
 
 def stop_signal_name(code: int) -> str:
     return signal.Signals(-code).name if code < 0 else str(code)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The operator's Prometheus metrics as {'name{labels}': value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def reconciles(port: int, kind: str) -> float:
+    return scrape(port).get(f'flareop_reconcile_total{{kind="{kind}",result="ok"}}', 0.0)

@@ -72,6 +72,7 @@ class OperatorConfig(_Config):
     operator_namespace: str = "flare-system"
     storage_class: str | None = None
     workspace_size: str = "10Gi"
+    metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1 (0: off)
     heartbeat_seconds: float = 10.0
     resync_seconds: float = 5.0
     gateways: list[SiteSettings] = Field(default_factory=list)

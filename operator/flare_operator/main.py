@@ -52,6 +52,9 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     if not operators:
         raise SystemExit("nothing to run: mode gateway needs at least one entry in gateways")
 
+    from .runtime.metrics import serve
+
+    serve(config.metrics_port)
     stop_flag: asyncio.Future = asyncio.get_running_loop().create_future()
     tasks = []
     for index, (name, registry, namespaces) in enumerate(operators):

@@ -31,6 +31,7 @@ from ..config import LABEL_ORG, OperatorConfig
 from ..nvflare.provisioning import provision
 from ..policy.content_hash import compute_content_hash
 from ..runtime.kube import Kube
+from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ServerWorkload, WorkloadRuntime
 from ..status.compute import ObservedCompute, ObservedSite, compute_status
 from ..status.conditions import get_condition
@@ -276,6 +277,7 @@ async def write_status(hub: Hub, body: dict, status: ComputeSpecStatus) -> None:
         return
     meta = body["metadata"]
     await hub.k("apply_status", "ComputeSpec", meta["namespace"], meta["name"], new)
+    STATUS_WRITES.labels("ComputeSpec").inc()
     if new.get("phase") != old.get("phase"):
         ready = get_condition(status.conditions, ConditionType.READY)
         await hub.k("event", body, reason=str(new.get("phase")), note=ready.message if ready else "",

@@ -30,6 +30,7 @@ from ..config import OperatorConfig, SiteSettings
 from ..policy import ledger
 from ..policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
 from ..runtime.kube import Conflict, Kube
+from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
 from ..status.conditions import set_condition
 from .compute import KIT_KEY, secret_bytes
@@ -224,6 +225,7 @@ class RequestAnswer:
         if new == _known(self.body.get("status") or {}, AccessRequestStatus):
             return
         await self.site.hub("apply_status", "AccessRequest", self.hub_namespace, self.name, new)
+        STATUS_WRITES.labels("AccessRequest").inc()
         if status.decision != self.previous.decision or status.decided_hash != self.previous.decided_hash:
             await self.site.hub("event", self.body, reason=str(status.reason), note=status.message or "",
                                 type_="Warning" if status.decision == Decision.REJECTED else "Normal")

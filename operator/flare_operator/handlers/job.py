@@ -18,6 +18,7 @@ from ..builders import naming
 from ..builders.requests import LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org, job_access_request
 from ..catalog import loader as catalog
 from ..policy.content_hash import content_hash
+from ..runtime.metrics import STATUS_WRITES
 from ..status.job import ObservedAdmission, ObservedApproval, admission_status
 from .compute import Hub, SpecError, _now, org_hub_namespaces, org_of_namespace
 
@@ -99,6 +100,7 @@ async def write_job_status(hub: Hub, body: dict, status: FederatedJobStatus) -> 
         return
     meta = body["metadata"]
     await hub.k("apply_status", "FederatedJob", meta["namespace"], meta["name"], new)
+    STATUS_WRITES.labels("FederatedJob").inc()
     if new.get("phase") != old.get("phase"):
         ready = next((c for c in status.conditions if c.type == "Ready"), None)
         await hub.k("event", body, reason=str(new.get("phase")), note=ready.message if ready else "",

@@ -11,13 +11,16 @@ None (Kopf would store return values in status, making function names public API
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from pathlib import Path
 
 import kopf
 
 from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig
+from ..runtime.metrics import RECONCILE_SECONDS, RECONCILES
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
@@ -25,6 +28,28 @@ from .job import Admission, write_job_status
 log = logging.getLogger(__name__)
 
 STORAGE_PREFIX = "flareop.io"
+
+
+def measured(kind: str):
+    """Count and time every reconcile pass of `kind` (flareop_reconcile_*)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def run(*args, **kwargs) -> None:
+            started = time.perf_counter()
+            try:
+                await fn(*args, **kwargs)
+            except Exception:
+                RECONCILES.labels(kind, "error").inc()
+                raise
+            else:
+                RECONCILES.labels(kind, "ok").inc()
+            finally:
+                RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
+        return run
+
+    return wrap
 
 
 def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
@@ -65,6 +90,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     kopf.on.login(registry=registry)(login_from(kubeconfig))
     resource = (GROUP, VERSION, "computespecs")
 
+    @measured("ComputeSpec")
     async def reconcile(body: kopf.Body, **_) -> None:
         async with hub.lock(body["metadata"]["uid"]):
             fresh = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], body["metadata"]["name"])
@@ -87,6 +113,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
 
     jobs = (GROUP, VERSION, "federatedjobs")
 
+    @measured("FederatedJob")
     async def reconcile_job(body: kopf.Body, **_) -> None:
         async with hub.lock(body["metadata"]["uid"]):
             fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
@@ -121,6 +148,7 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
     kopf.on.login(registry=hub_registry)(login_from(site.settings.hub_kubeconfig or site_kubeconfig))
     requests = (GROUP, VERSION, "accessrequests")
 
+    @measured("AccessRequest")
     async def answer(body: kopf.Body, **_) -> None:
         async with site.lock(body["metadata"]["uid"]):
             fresh = await site.hub("get", "AccessRequest", body["metadata"]["namespace"], body["metadata"]["name"])

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..api.kinds import API_VERSION, KINDS
 from ..config import FIELD_MANAGER
+from .metrics import API_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Kube:
 
         with self._count_lock:
             self._count += 1
+        API_REQUESTS.labels(method).inc()
         headers = {"Accept": "application/json"}
         if content_type or body is not None:
             headers["Content-Type"] = content_type or "application/json"

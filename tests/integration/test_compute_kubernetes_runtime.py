@@ -1,0 +1,154 @@
+"""ComputeSpec -> NVFlare workloads with the kubernetes runtime, on a real API server with kwok nodes:
+the objects the operator creates (server StatefulSet, Service, NetworkPolicies, a client StatefulSet
+per site with GPUs, the dataset read-only, restricted pods), scale to zero and back, an operator
+restart that duplicates nothing, and deletion that leaves no orphans on the hub or at the sites."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.operator_harness import (
+    Consortium,
+    OperatorProcess,
+    apply,
+    compute,
+    create_org_namespace,
+    free_port,
+    gateway_config,
+    get,
+    grant,
+    install_crds,
+    reconciles,
+    wait_phase,
+)
+from tests.support.kube_fixtures import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _list(cp, kind: str, namespace: str, selector: str = "flareop.io/federation") -> list[dict]:
+    return json.loads(cp.kubectl("get", kind, "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
+
+
+def _dataset_claim(namespace: str) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "scl-data", "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+def _kube_grant(namespace: str, dataset: str, consumer: str) -> dict:
+    g = grant(namespace, dataset, consumer)
+    g["spec"]["dataset"] = {"id": dataset, "persistentVolumeClaim": {"claimName": "scl-data", "subPath": "scl.csv"},
+                            "sampleCount": 100}
+    return g
+
+
+@pytest.fixture
+def consortium(control_plane):
+    install_crds(control_plane)
+    c = Consortium()
+    for name in ("org-a", "org-b", "modeller"):
+        create_org_namespace(control_plane, c.org(name), c.org(name))
+        control_plane.kubectl("label", "namespace", c.org(name), "pod-security.kubernetes.io/enforce=restricted")
+    yield c
+    for name in ("org-a", "org-b", "modeller"):
+        control_plane.kubectl("delete", "namespace", c.org(name), "--wait=false", check=False)
+
+
+def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, consortium, tmp_path):
+    cp, c = control_plane, consortium
+    org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.modeller
+    sites = []
+    for org in (org_a, org_b):
+        apply(cp, _dataset_claim(org), _kube_grant(org, f"scl-{org}", modeller))
+        site = gateway_config(org, org)
+        site.update(runtime="kubernetes", nodeSelector={"flareop.io/gpu": "true"} if org == org_b else {},
+                    storageClass=None, workspaceSize="2Gi")
+        sites.append(site)
+    config = {"mode": "all", "runtime": "kubernetes", "image": "registry.example/flare-runtime:test",
+              "resyncSeconds": 2, "heartbeatSeconds": 5, "workspaceSize": "3Gi", "gateways": sites,
+              "metricsPort": free_port()}
+    # kwok's nodes carry no custom label: give one GPU node the label org-b's site schedules onto.
+    nodes = json.loads(cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    cp.kubectl("label", "node", nodes[-1]["metadata"]["name"], "flareop.io/gpu=true", "--overwrite")
+
+    op = OperatorProcess(cp, tmp_path, config).start()
+    try:
+        apply(cp, compute(modeller, "esm2", [(org_a, f"scl-{org_a}"), (org_b, f"scl-{org_b}")]))
+        cp.kubectl("patch", "computespec", "esm2", "-n", modeller, "--type=merge",
+                   "-p", '{"spec":{"client":{"gpu":2}}}')
+        ready = wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=180)
+        fed = ready["status"]["project"]
+        assert ready["status"]["serverEndpoint"] == f"{fed}-server.{modeller}.svc:8002"
+
+        server = get(cp, "statefulset", modeller, f"{fed}-server")
+        pod = server["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert server["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "3Gi"
+        assert server["metadata"]["ownerReferences"][0]["kind"] == "ComputeSpec"
+        service = get(cp, "service", modeller, f"{fed}-server")
+        assert sorted(p["port"] for p in service["spec"]["ports"]) == [8002, 8003]
+        assert get(cp, "networkpolicy", modeller, f"{fed}-server") is not None
+
+        for org in (org_a, org_b):
+            client = get(cp, "statefulset", org, f"{fed}-{org}")
+            spec = client["spec"]["template"]["spec"]
+            limits = spec["containers"][0]["resources"]["limits"]
+            assert limits["nvidia.com/gpu"] == "2" and limits["cpu"] == "1"
+            data = next(v for v in spec["volumes"] if v.get("persistentVolumeClaim"))
+            assert data["persistentVolumeClaim"] == {"claimName": "scl-data", "readOnly": True}
+            mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == data["name"])
+            assert mount["readOnly"] is True and mount["subPath"] == "scl.csv"
+            assert spec["automountServiceAccountToken"] is False
+            assert client["status"]["readyReplicas"] == 1
+            assert get(cp, "networkpolicy", org, f"{fed}-{org}") is not None
+        assert get(cp, "statefulset", org_b, f"{fed}-{org_b}")["spec"]["template"]["spec"]["nodeSelector"] == {
+            "flareop.io/gpu": "true"}
+
+        # An operator restart re-applies everything and changes nothing.
+        versions = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                    for ns in (modeller, org_a, org_b) for kind in ("statefulsets", "services", "secrets",
+                                                                    "networkpolicies", "configmaps")
+                    for o in _list(cp, kind, ns)}
+        op.stop()
+        op = OperatorProcess(cp, tmp_path, config, name="operator-restarted").start()
+        # Let the restarted operator go over everything a few times (resume + timers).
+        wait_for(lambda: reconciles(config["metricsPort"], "ComputeSpec") >= 3
+                 and reconciles(config["metricsPort"], "AccessRequest") >= 6, timeout=60, message="reconciled")
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=60)
+        after = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                 for ns in (modeller, org_a, org_b) for kind in ("statefulsets", "services", "secrets",
+                                                                 "networkpolicies", "configmaps")
+                 for o in _list(cp, kind, ns)}
+        assert after.keys() == versions.keys(), "a restart neither adds nor removes objects"
+        changed = [k for k in versions if after[k] != versions[k] and k[0] != "StatefulSet"]
+        assert not changed, f"a restart re-keyed or rewrote {changed}"
+
+        # Scale to zero: GPUs released, workspaces kept; and back.
+        cp.kubectl("patch", "computespec", "esm2", "-n", modeller, "--type=merge", "-p", '{"spec":{"active":false}}')
+        wait_phase(cp, "computespec", modeller, "esm2", "Deactivated", timeout=120)
+        for ns, name in ((modeller, f"{fed}-server"), (org_a, f"{fed}-{org_a}"), (org_b, f"{fed}-{org_b}")):
+            wait_for(lambda ns=ns, name=name: get(cp, "statefulset", ns, name)["spec"]["replicas"] == 0,
+                     timeout=60, message=f"{name} scaled to zero")
+        wait_for(lambda: not _list(cp, "pods", org_a, "app.kubernetes.io/component=client"), timeout=60,
+                 message="client pods gone")
+        assert _list(cp, "persistentvolumeclaims", modeller), "the server's workspace survives scale to zero"
+        cp.kubectl("patch", "computespec", "esm2", "-n", modeller, "--type=merge", "-p", '{"spec":{"active":true}}')
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=180)
+
+        # Delete: nothing the ComputeSpec created is left anywhere.
+        cp.kubectl("delete", "computespec", "esm2", "-n", modeller, "--timeout=120s")
+        for ns in (modeller, org_a, org_b):
+            for kind in ("statefulsets", "services", "secrets", "networkpolicies", "configmaps", "accessrequests"):
+                wait_for(lambda ns=ns, kind=kind: not _list(cp, kind, ns), timeout=60,
+                         message=f"no {kind} left in {ns}")
+    except BaseException:
+        print(op.tail(150))
+        raise
+    finally:
+        op.stop()
