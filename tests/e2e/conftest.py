@@ -61,7 +61,8 @@ def e2e_data(tmp_path_factory) -> dict:
     return write_dataset(GeneratorConfig(**DATA_ARGS), out)
 
 
-def build_job_dir(dest: Path, params: dict, data: dict, job_name: str, privacy=None, aggregation=None, metadata=None) -> Path:
+def build_job_dir(dest: Path, params: dict, data: dict, job_name: str, privacy=None, aggregation=None, metadata=None,
+                  resume=None) -> Path:
     from flare_operator.builders.nvflare_job import build_job, write_job
     from flare_operator.catalog import load_app
 
@@ -73,6 +74,7 @@ def build_job_dir(dest: Path, params: dict, data: dict, job_name: str, privacy=N
         privacy=privacy,
         aggregation=aggregation,
         metadata=metadata or {"test": job_name},
+        resume=resume,
     )
     return write_job(files, dest)
 

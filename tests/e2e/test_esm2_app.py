@@ -36,7 +36,8 @@ def runs(tmp_path_factory, e2e_data):
                 privacy = {"differentialPrivacy": {"enabled": True, "clipNorm": 1.0, "noiseMultiplier": 1.0, "delta": 1e-5}}
             elif kind == "lora":
                 params = {"mode": "lora", "rounds": 2, "localSteps": 5, "lora": {"r": 4}}
-            job = build_job_dir(work / "jobs", params, e2e_data, f"esm2-{kind}", privacy=privacy)
+            aggregation = {"weighting": "capped", "maxShare": 0.5} if kind == "lora" else None
+            job = build_job_dir(work / "jobs", params, e2e_data, f"esm2-{kind}", privacy=privacy, aggregation=aggregation)
             cache[kind] = run_simulator(job, work, SITES)
         return cache[kind]
 
@@ -122,7 +123,24 @@ def test_lora_sends_fewer_bytes_than_full(runs):
         assert 0 < lb < fb
         assert lora["history"][-1]["sites"][s]["bytes_received_by_server"] == lb
     assert lora["parameters"]["trainable"] < full["parameters"]["trainable"]
+    # capped weighting at 0.5 with 2 unequal sites: both exactly at the cap
+    for s in SITES:
+        assert lora["history"][-1]["sites"][s]["aggregation_weight"] == pytest.approx(0.5)
     assert lora["history"][0]["bytes_sent_to_each_site"] < full["history"][0]["bytes_sent_to_each_site"]
+
+
+def test_resume_from_last_global_checkpoint(runs, tmp_path, e2e_data):
+    """What the job controller does after a server restart: resubmit from the last global checkpoint."""
+    full = runs("full")
+    fm = load_metrics(full)
+    ckpt = full / "global_trainable.safetensors"
+    job = build_job_dir(tmp_path / "jobs", {**FULL, "rounds": 4, "localSteps": 5}, e2e_data, "esm2-resume",
+                        resume={"checkpoint": str(ckpt), "startRound": fm["last_completed_round"] + 1})
+    m = load_metrics(run_simulator(job, tmp_path, SITES))
+    assert m["status"] == "completed" and [h["round"] for h in m["history"]] == [3]
+    assert m["resumed_from"]["round"] == 3
+    # the first resumed round evaluates exactly the checkpointed global model
+    assert m["history"][0]["global"]["val_accuracy"] == pytest.approx(fm["final"]["global"]["val_accuracy"])
 
 
 def test_poc_provisioned_federation(tmp_path, e2e_data):
@@ -160,6 +178,11 @@ def test_pretrained_checkpoint_loading(tmp_path):
     assert torch.equal(model.esm.encoder.layer[0].attention.self.query.weight, ref)
     head = apply_mode(model, "head")
     assert set(get_trainable(head)) == {n for n, _ in model.named_parameters() if n.startswith("classifier.")}
+    last = apply_mode(build_model("tiny", 10, pretrained_path=str(ckpt), seed=0), "lastN", last_n=1)
+    names = set(get_trainable(last))
+    assert any(n.startswith("esm.encoder.layer.1.") for n in names)
+    assert not any(n.startswith("esm.encoder.layer.0.") for n in names)
+    assert any(n.startswith("classifier.") for n in names)
     with pytest.raises(ModelError, match="expects hidden=320"):
         build_model("8M", 10, pretrained_path=str(ckpt))
     with pytest.raises(ModelError, match="needs pretrainedPath"):

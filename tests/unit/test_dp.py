@@ -92,3 +92,11 @@ def test_nvflare_filter_rejects_full_weights():
     # fail closed: full weights cannot be clipped as an update, so nothing is released
     assert res.get_return_code() == "EXECUTION_EXCEPTION"
     assert "DXO" not in res
+
+
+def test_operator_side_expected_epsilon_matches_the_app_accountant():
+    from flare_operator.catalog import expected_epsilon
+
+    assert expected_epsilon(None, 5) is None
+    priv = {"differentialPrivacy": {"enabled": True, "noiseMultiplier": 1.3, "delta": 1e-6}}
+    assert expected_epsilon(priv, 7) == pytest.approx(epsilon_spent(1.3, 7, 1e-6, "rdp"))

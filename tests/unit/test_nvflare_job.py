@@ -101,6 +101,8 @@ def test_capped_aggregation_and_min_clients(app):
         ({"min_clients": 3}, JobBuildError, "min_clients"),
         ({"metadata": {"x": object()}}, JobBuildError, "JSON-serialisable"),
         ({"privacy": {"filters": [{"type": "DXOBlocker"}]}}, ParameterError, "$.filters[0].type"),
+        ({"resume": {"checkpoint": ""}}, JobBuildError, "resume.checkpoint"),
+        ({"resume": {"checkpoint": "/r/g.safetensors", "startRound": 3}}, JobBuildError, "resume.startRound"),
     ],
 )
 def test_errors(app, kwargs, err, fragment):
@@ -140,3 +142,11 @@ def test_building_a_job_imports_neither_torch_nor_nvflare(tmp_path):
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_resume_from_checkpoint(app):
+    files = build_job(app, {"rounds": 3}, SITES, job_name="j", resume={"checkpoint": "/r/g.safetensors", "startRound": 2})
+    args = _cfg(files, "j/app_server/config/config_fed_server.json")["workflows"][0]["args"]
+    assert args["initial_checkpoint"] == "/r/g.safetensors" and args["start_round"] == 2
+    plain = _cfg(build_job(app, {}, SITES, job_name="j"), "j/app_server/config/config_fed_server.json")
+    assert plain["workflows"][0]["args"]["initial_checkpoint"] == "" and plain["workflows"][0]["args"]["start_round"] == 0

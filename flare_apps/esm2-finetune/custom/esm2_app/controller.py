@@ -46,6 +46,8 @@ class Esm2FedAvg(ModelController):
         metadata: dict | None = None,
         min_clients: int | None = None,
         task_timeout: int = 0,
+        initial_checkpoint: str = "",
+        start_round: int = 0,
     ):
         super().__init__(persistor_id="")
         self.params = params
@@ -58,6 +60,8 @@ class Esm2FedAvg(ModelController):
         self.metadata = metadata or {}
         self.min_clients = min_clients
         self.task_timeout = int(task_timeout)
+        self.initial_checkpoint = initial_checkpoint
+        self.start_round = int(start_round)
         self.classes = list(params.get("labels") or LOCATION_CLASSES)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -115,6 +119,18 @@ class Esm2FedAvg(ModelController):
         results_dir = self._results_dir()
         model = model_from_params(self.params, allow_random=bool(self.params.get("allowRandomInit", False)))
         global_params = get_trainable(model)
+        if self.initial_checkpoint:
+            from safetensors.numpy import load_file
+
+            ck = load_file(self.initial_checkpoint)
+            if set(ck) != set(global_params):
+                self.panic(
+                    f"checkpoint {self.initial_checkpoint} does not match the model's trainable parameters "
+                    f"(missing {sorted(set(global_params) - set(ck))[:3]}, unexpected {sorted(set(ck) - set(global_params))[:3]})"
+                )
+                return
+            global_params = {k: ck[k].astype(v.dtype).reshape(v.shape) for k, v in global_params.items()}
+            self.info(f"resuming from {self.initial_checkpoint} at round {self.start_round}")
         n_total = sum(p.numel() for p in model.parameters())
         n_train = sum(v.size for v in global_params.values())
         bytes_down = int(sum(v.nbytes for v in global_params.values()))
@@ -140,6 +156,8 @@ class Esm2FedAvg(ModelController):
             "aggregation": self.aggregation,
             "privacy": self.privacy,
             "history": [],
+            "resumed_from": {"checkpoint": self.initial_checkpoint, "round": self.start_round} if self.initial_checkpoint else None,
+            "last_completed_round": None,
             "final": None,
             "status": "running",
         }
@@ -149,7 +167,7 @@ class Esm2FedAvg(ModelController):
                 json.dump(_jsonable(record), f, indent=2)
 
         dump()
-        for rnd in range(self.num_rounds):
+        for rnd in range(self.start_round, self.num_rounds):
             if self.abort_signal and self.abort_signal.triggered:
                 record["status"] = "aborted"
                 dump()
@@ -179,6 +197,7 @@ class Esm2FedAvg(ModelController):
             record["history"].append(entry)
             self._log_tb(tb, rnd, entry)
             self._save_trainable(global_params, os.path.join(results_dir, "global_trainable.safetensors"))
+            record["last_completed_round"] = rnd
             dump()
 
         # final evaluation of the last global model on every site's holdout
