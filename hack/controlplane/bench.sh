@@ -17,13 +17,15 @@ echo "machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}'
 
 if [[ "${BENCH_COLD:-1}" != 0 ]]; then
   t0=$(now)
-  FLARE_CACHE_DIR="$scratch/cold" GOCACHE="$scratch/gocache" "$here/build.sh" >/dev/null 2>"$scratch/cold.log"
+  if ! FLARE_CACHE_DIR="$scratch/cold" GOCACHE="$scratch/gocache" "$here/build.sh" >/dev/null 2>"$scratch/cold.log"; then
+    echo "cold build failed:"; tail -n 30 "$scratch/cold.log"; exit 1
+  fi
   echo "cold build (empty GOCACHE, shared GOMODCACHE): $(secs "$t0" "$(now)") s   [$(grep -o 'flarecp built in [0-9]*s' "$scratch/cold.log"), $(grep -o 'helm built in [0-9]*s' "$scratch/cold.log")]"
   rm -rf "$scratch/gocache" "$scratch/cold"
 fi
 "$here/build.sh" >/dev/null 2>&1   # make sure GOCACHE is warm for this tree
 t0=$(now)
-FLARE_CACHE_DIR="$scratch/warm" "$here/build.sh" >/dev/null 2>&1
+FLARE_CACHE_DIR="$scratch/warm" "$here/build.sh" >/dev/null 2>"$scratch/warm.log" || { echo "warm build failed:"; tail -n 30 "$scratch/warm.log"; exit 1; }
 echo "warm build (warm GOCACHE, relink flarecp + helm): $(secs "$t0" "$(now)") s"
 t0=$(now)
 bin="$("$here/build.sh" 2>/dev/null | tail -n1)"
