@@ -38,17 +38,18 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     stop = stop or asyncio.Event()
     kube = Kube.from_kubeconfig(kubeconfig)
     runtime = make_runtime(config, kube)
-    operators: list[tuple[str, kopf.OperatorRegistry, list[str]]] = []
+    operators: list[tuple[str, kopf.OperatorRegistry, list[str], bool]] = []  # name, registry, namespaces, scan
     if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
         hub = Hub(config=config, kube=kube, runtime=runtime)
-        operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces)))
+        operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces), True))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
         for settings in config.gateways:
             hub_kube = Kube.from_kubeconfig(settings.hub_kubeconfig) if settings.hub_kubeconfig else kube
             site = Site(config=config, settings=settings, site_kube=kube, hub_kube=hub_kube, runtime=runtime)
             hub_registry, site_registry = gateway_registries(site, kubeconfig)
-            operators.append((f"gateway {settings.site} (hub side)", hub_registry, [settings.hub_namespace]))
-            operators.append((f"gateway {settings.site} (site side)", site_registry, [settings.namespace]))
+            scoped = settings.hub_kubeconfig is None  # a scoped hub credential cannot scan the cluster
+            operators.append((f"gateway {settings.site} (hub side)", hub_registry, [settings.hub_namespace], scoped))
+            operators.append((f"gateway {settings.site} (site side)", site_registry, [settings.namespace], True))
     if not operators:
         raise SystemExit("nothing to run: mode gateway needs at least one entry in gateways")
 
@@ -57,10 +58,10 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     serve(config.metrics_port)
     stop_flag: asyncio.Future = asyncio.get_running_loop().create_future()
     tasks = []
-    for index, (name, registry, namespaces) in enumerate(operators):
+    for index, (name, registry, namespaces, scanning) in enumerate(operators):
         log.info("starting %s on %s", name, ", ".join(namespaces) or "all namespaces")
         tasks.append(asyncio.create_task(kopf.operator(
-            registry=registry, settings=operator_settings(config), standalone=True,
+            registry=registry, settings=operator_settings(config, scanning=scanning), standalone=True,
             clusterwide=not namespaces, namespaces=namespaces, stop_flag=stop_flag,
             liveness_endpoint=liveness_endpoint if index == 0 else None,
         ), name=name))

@@ -52,8 +52,11 @@ def measured(kind: str):
     return wrap
 
 
-def operator_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+def operator_settings(config: OperatorConfig, *, scanning: bool = True) -> kopf.OperatorSettings:
+    """scanning=False for credentials scoped to one namespace (a site's hub credential): Kopf then
+    neither lists namespaces nor CRDs cluster-wide, which such a credential may not do."""
     settings = kopf.OperatorSettings()
+    settings.scanning.disabled = not scanning
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -110,7 +110,7 @@ class ProcessSupervisor:
             with p.log_file.open("ab") as out:
                 p.process = await asyncio.create_subprocess_exec(
                     *p.command, cwd=p.folder, env=p.env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
+                    start_new_session=True, preexec_fn=_die_with_parent,
                 )
             p.started_at = time.monotonic()
             log.info("started %s (pid %s)", p.key, p.process.pid)
@@ -159,6 +159,15 @@ class ProcessSupervisor:
 
     def describe(self) -> str:
         return json.dumps(self.status(), sort_keys=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the operator dies, so no participant outlives it
+    (a restarted operator starts its own; two servers on one port would fight)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 async def _terminate(process: asyncio.subprocess.Process | None) -> None:
