@@ -28,7 +28,7 @@ BASE_PARAMS = {
     "preset": "tiny",
     "maxSeqLength": 64,
     "batchSize": 32,
-    "learningRate": 0.005,
+    "learningRate": 0.001,
     "torchThreads": 1,
     "seed": 0,
 }
