@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down
+.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down bench-compute
 
 ## help: list the targets
 help:
@@ -50,6 +50,10 @@ lint: install
 ## crds: regenerate crds/*.yaml and docs/api.md from operator/flare_operator/api/
 crds: install
 	$(PYTHON) -m flare_operator.cli crds
+
+## bench-compute: ComputeSpec apply -> workloads created, p50/p95 vs applying the manifests directly; API requests per reconcile
+bench-compute: install controlplane
+	$(PYTHON) bench/compute_reconcile.py --count 20
 
 ## demo: start a local control plane, install the CRDs, apply the ESM2 scenario, show `kubectl get flare`
 demo: install controlplane
