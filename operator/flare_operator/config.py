@@ -65,6 +65,9 @@ class OperatorConfig(_Config):
     runtime: RuntimeKind = RuntimeKind.PROCESS
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
+    # Container commands of the kubernetes runtime (None: NVFlare's own server_train / client_train).
+    server_command: list[str] | None = None
+    client_command: list[str] | None = None
     # Where the process runtime keeps workspaces, kits and logs (one folder per federation).
     workdir: Path = Path(".flare-operator")
     # The hub: namespaces with ComputeSpecs/FederatedJobs (empty: all namespaces).

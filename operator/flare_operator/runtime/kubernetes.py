@@ -90,8 +90,8 @@ class KubernetesRuntime:
         await self._k("apply", _configmap(local_config, w.namespace, local, labels, w.owner))
         for manifest in server_manifests(
             fed=w.federation, namespace=w.namespace, spec=w.spec, image=self.config.image,
-            image_pull_policy=self.config.image_pull_policy, command=None, kit_secret=startup_secret,
-            storage_class=self.config.storage_class, workspace_size=self.config.workspace_size,
+            image_pull_policy=self.config.image_pull_policy, command=self.config.server_command,
+            kit_secret=startup_secret, storage_class=self.config.storage_class, workspace_size=self.config.workspace_size,
             operator_labels={"app.kubernetes.io/name": "flare-operator"}, owner=w.owner,
             allow_external_clients=True, operator_namespace=self.config.operator_namespace, local_config=local_config,
         ):
@@ -130,8 +130,8 @@ class KubernetesRuntime:
         host, _, port = (server.get("service", {}).get("target") or "localhost:8002").rpartition(":")
         for manifest in client_manifests(
             fed=w.federation, site=site, spec=w.spec, image=self.config.image,
-            image_pull_policy=self.config.image_pull_policy, command=None, kit_secret=startup_secret,
-            dataset_mounts=mounts, enforcement_configmap=w.enforcement_configmap, server_host=host,
+            image_pull_policy=self.config.image_pull_policy, command=self.config.client_command,
+            kit_secret=startup_secret, dataset_mounts=mounts, enforcement_configmap=w.enforcement_configmap, server_host=host,
             fl_port=int(port), owner=None, participant=w.client_name, local_config=local_config,
         ):
             await self._k("apply", manifest)

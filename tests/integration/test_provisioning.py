@@ -1,0 +1,45 @@
+"""NVFlare provisioning with a kept CA: real certificates, nothing re-keyed needlessly."""
+
+import io
+import json
+import tarfile
+
+import pytest
+from cryptography import x509
+
+from flare_operator.builders.federation import ADMIN_IDENTITY, FederationPlan
+from flare_operator.nvflare.provisioning import provision
+
+pytestmark = pytest.mark.integration
+
+
+def _files(kit: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(kit), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_adding_a_site_keeps_the_ca_and_every_existing_identity():
+    plan = FederationPlan("modeller-esm2-1234abcd", "localhost", 18002, 18003, (("org-a", "org-a"),))
+    first = provision(plan)
+    again = provision(plan, first.ca_state)
+    assert again.kits == first.kits, "re-provisioning the same plan changes nothing (operator restarts)"
+
+    grown = provision(plan.with_clients({"org-a": "org-a", "org-b": "org-b"}), first.ca_state)
+    for name in ("localhost", "org-a", ADMIN_IDENTITY):
+        assert grown.kits[name] == first.kits[name], f"{name} was re-keyed"
+    org_b = _files(grown.kits["org-b"])
+    root = x509.load_pem_x509_certificate(org_b["startup/rootCA.pem"])
+    cert = x509.load_pem_x509_certificate(org_b["startup/client.crt"])
+    assert root == x509.load_pem_x509_certificate(_files(first.kits["org-a"])["startup/rootCA.pem"])
+    assert cert.issuer == root.subject
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "org-b"
+    fed_client = json.loads(org_b["startup/fed_client.json"])
+    assert fed_client["servers"][0]["service"]["target"] == "localhost:18002"
+    assert fed_client["require_signed_jobs"] is True
+
+
+def test_each_federation_has_its_own_root_ca():
+    one = provision(FederationPlan("fed-one", "localhost", 18002, 18003, (("org-a", "org-a"),)))
+    two = provision(FederationPlan("fed-two", "localhost", 18004, 18005, (("org-a", "org-a"),)))
+    root = [x509.load_pem_x509_certificate(_files(p.kits["org-a"])["startup/rootCA.pem"]) for p in (one, two)]
+    assert root[0].public_key() != root[1].public_key()
