@@ -36,7 +36,7 @@ def test_lists_esm2_finetune_from_repo_catalog(monkeypatch):
     assert "esm2-finetune" in apps
     assert "_shared" not in apps
     a = apps["esm2-finetune"]
-    assert a.version == "0.1.0"
+    assert a.version == "1.0.0"
     assert a.summary()["parameters"]["$schema"].endswith("2020-12/schema")
     assert a.resources["client"]["gpu"] == 0
 
