@@ -1,0 +1,163 @@
+"""Admission on a real API server: every org decides at its own site, by its own policy, bound to the
+job's content hash; manual approvals; the privacy-budget ledger under concurrent admission."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.operator_harness import (
+    Consortium,
+    OperatorProcess,
+    apply,
+    compute,
+    create_org_namespace,
+    gateway_config,
+    get,
+    grant,
+    install_crds,
+    wait_phase,
+)
+from tests.support.kube_fixtures import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def policy(namespace: str, mode: str, **spec) -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "metadata": {"name": "default", "namespace": namespace},
+            "spec": {"approvalMode": mode, **spec}}
+
+
+def job(namespace: str, name: str, *, rounds: int = 5, epsilon: float | None = 6, compute_name: str = "esm2") -> dict:
+    dp = {"enabled": True, "epsilon": epsilon} if epsilon else {"enabled": False}
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"computeSpecRef": {"name": compute_name}, "rounds": rounds,
+                     "parameters": {"preset": "tiny"}, "privacy": {"differentialPrivacy": dp}}}
+
+
+def approval(namespace: str, name: str, job_ns: str, job_name: str, content_hash: str, decision: str = "Approve",
+             reason: str = "") -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "JobApproval", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"job": {"namespace": job_ns, "name": job_name}, "contentHash": content_hash,
+                     "decision": decision, "reason": reason}}
+
+
+def decisions(obj: dict) -> dict[str, str]:
+    return {a["org"]: a["decision"] for a in (obj.get("status") or {}).get("approvals", [])}
+
+
+def wait_job(cp, ns, name, phase, timeout=90) -> dict:
+    return wait_phase(cp, "federatedjob", ns, name, phase, timeout=timeout)
+
+
+def ledger(cp, ns, grant_name) -> dict:
+    return (get(cp, "datasetgrant", ns, grant_name).get("status") or {})
+
+
+@pytest.fixture
+def consortium(control_plane, tmp_path):
+    """org-a approves automatically (budget 10 on its grant); org-b decides by hand, requires DP,
+    allows at most 10 rounds and 8 epsilon per job from a budget of 10."""
+    cp = control_plane
+    install_crds(cp)
+    c = Consortium()
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    for ns in (a, b, m):
+        create_org_namespace(cp, ns, ns)
+    apply(cp,
+          grant(a, "scl-a", m, privacy={"dpRequired": True, "epsilonBudget": 10}),
+          grant(b, "scl-b", m, maxRounds=10, privacy={"dpRequired": True, "maxEpsilonPerJob": 8, "epsilonBudget": 10}),
+          policy(a, "Automatic"), policy(b, "Manual", privacyFloor={"dpRequired": True}))
+    sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
+    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites}
+    op = OperatorProcess(cp, tmp_path, config).start()
+    try:
+        apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
+        wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=120)
+        yield c
+    except BaseException:
+        print(op.tail(100))
+        raise
+    finally:
+        op.stop()
+        for ns in (a, b, m):
+            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_automatic_and_manual_approval_bound_to_the_hash(control_plane, consortium):
+    cp, c = control_plane, consortium
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    apply(cp, job(m, "run1"))
+    waiting = wait_job(cp, m, "run1", "AwaitingApproval")
+    assert wait_for(lambda: decisions(get(cp, "federatedjob", m, "run1")) == {a: "Approved", b: "Pending"},
+                    timeout=30, message="org-a approved, org-b pending")
+    approved_cond = next(x for x in get(cp, "federatedjob", m, "run1")["status"]["conditions"] if x["type"] == "Approved")
+    assert f"waiting for {b}" in approved_cond["message"] and "create a JobApproval" in approved_cond["message"]
+    content_hash = waiting["status"]["contentHash"]
+
+    # org-b's admin approves this exact content at org-b's site.
+    apply(cp, approval(b, "run1", m, "run1", content_hash, reason="DP settings reviewed"))
+    queued = wait_job(cp, m, "run1", "Queued")
+    assert decisions(queued) == {a: "Approved", b: "Approved"}
+    assert ledger(cp, b, "scl-b")["epsilonReserved"] == 6
+    assert ledger(cp, a, "scl-a")["epsilonReserved"] == 6
+
+    # The modeller changes the job before it ran: the manual decision no longer counts, the
+    # automatic one is made again for the new hash.
+    cp.kubectl("patch", "federatedjob", "run1", "-n", m, "--type=merge", "-p", '{"spec":{"rounds":6}}')
+    again = wait_job(cp, m, "run1", "AwaitingApproval")
+    assert again["status"]["contentHash"] != content_hash
+    wait_for(lambda: decisions(get(cp, "federatedjob", m, "run1")) == {a: "Approved", b: "Pending"}, timeout=30,
+             message="org-a re-approved, org-b must decide again")
+    wait_for(lambda: ledger(cp, b, "scl-b").get("epsilonReserved", 0) == 0, timeout=30,
+             message="org-b gave the reservation back while it waits")
+
+
+def test_denials_report_every_rule_and_approval_never_overrides_limits(control_plane, consortium):
+    cp, c = control_plane, consortium
+    b, m = c.org("org-b"), c.modeller
+    apply(cp, job(m, "greedy", rounds=20, epsilon=9))
+    rejected = wait_job(cp, m, "greedy", "Rejected")
+    message = next(x for x in rejected["status"]["conditions"] if x["type"] == "Approved")["message"]
+    assert f"{b}: grant scl-b allows at most 10 rounds; job asks 20" in message
+    assert "epsilon at most 8.0 per job; job asks 9.0" in message
+    # An admin's Approve does not lift the org's own limits.
+    apply(cp, approval(b, "greedy", m, "greedy", rejected["status"]["contentHash"]))
+    wait_for(lambda: get(cp, "jobapproval", b, "greedy"), timeout=10)
+    assert wait_job(cp, m, "greedy", "Rejected")["status"]["phase"] == "Rejected"
+    request = get(cp, "accessrequest", b, f"job-{m}-greedy")
+    failed = sorted({r["rule"] for r in request["status"]["rules"] if not r["passed"]})
+    assert failed == ["DifferentialPrivacy", "MaxRounds"]
+
+    # A manual Reject carries the admin's reason to the modeller.
+    apply(cp, job(m, "nope"))
+    waiting = wait_job(cp, m, "nope", "AwaitingApproval")
+    apply(cp, approval(b, "nope", m, "nope", waiting["status"]["contentHash"], decision="Reject",
+                       reason="not this quarter"))
+    refused = wait_job(cp, m, "nope", "Rejected")
+    assert "not this quarter" in json.dumps(refused["status"]["approvals"])
+
+
+def test_budget_exhaustion_and_concurrent_admission(control_plane, consortium):
+    cp, c = control_plane, consortium
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    # Two jobs reach org-a (automatic, budget 10) at the same moment; each wants 6: one only fits.
+    apply(cp, job(m, "twin-1"), job(m, "twin-2"))
+    wait_for(lambda: all(decisions(get(cp, "federatedjob", m, n)).get(a) in ("Approved", "Rejected")
+                         for n in ("twin-1", "twin-2")), timeout=60, message="org-a decided both")
+    outcomes = sorted(decisions(get(cp, "federatedjob", m, n))[a] for n in ("twin-1", "twin-2"))
+    assert outcomes == ["Approved", "Rejected"], outcomes
+    status = ledger(cp, a, "scl-a")
+    assert status["epsilonReserved"] == 6 and len(status["ledger"]) == 1
+    loser = next(n for n in ("twin-1", "twin-2") if decisions(get(cp, "federatedjob", m, n))[a] == "Rejected")
+    request = get(cp, "accessrequest", a, f"job-{m}-{loser}")
+    assert "has 4.0 of 10.0 epsilon left; job asks 6.0" in request["status"]["message"]
+
+    # Deleting the admitted job gives its reservation back; the other job then fits.
+    winner = "twin-2" if loser == "twin-1" else "twin-1"
+    cp.kubectl("delete", "federatedjob", winner, "-n", m, "--timeout=60s")
+    wait_for(lambda: ledger(cp, a, "scl-a").get("epsilonReserved", 0) == 6
+             and decisions(get(cp, "federatedjob", m, loser)).get(a) == "Approved",
+             timeout=60, message="the freed budget admits the other job")
+    assert b  # org-b (manual) still waits for its admin on the remaining job
