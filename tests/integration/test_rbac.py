@@ -46,6 +46,7 @@ def test_roles_keep_each_party_to_its_own_objects(control_plane):
     refused = _as(cp, admin_b, {**approval, "metadata": {"name": "run1", "namespace": a}})
     assert refused.returncode != 0 and "forbidden" in refused.stderr
     assert _as(cp, admin_b, grant(a, "scl-a", m)).returncode != 0
+    assert _as(cp, admin_a, grant(a, "scl-a", m)).returncode == 0
 
     # A modeller runs compute and jobs in its namespace; it cannot grant data or approve jobs.
     compute = {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec", "metadata": {"name": "c", "namespace": m},
