@@ -58,6 +58,10 @@ class SiteSettings(_Config):
     workspace_size: str = "10Gi"
     gpu_class: str = ""
     gpu_count: int = 0
+    # The JobApproval admission webhook (records who decided; refuses unknown jobs and stale hashes),
+    # served by the gateway at https://<webhook_host>:<webhook_port>. 0: no webhook.
+    webhook_port: int = 0
+    webhook_host: str = "127.0.0.1"
 
 
 class OperatorConfig(_Config):

@@ -33,23 +33,36 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
 
     from .handlers.compute import Hub
     from .handlers.gateway import Site
-    from .handlers.registry import gateway_registries, operator_settings, orchestrator_registry
+    from .handlers.registry import (
+        gateway_registries,
+        operator_settings,
+        orchestrator_registry,
+        webhook_settings,
+    )
 
     stop = stop or asyncio.Event()
     kube = Kube.from_kubeconfig(kubeconfig)
     runtime = make_runtime(config, kube)
-    operators: list[tuple[str, kopf.OperatorRegistry, list[str], bool]] = []  # name, registry, namespaces, scan
+    # name, registry, namespaces, Kopf settings
+    operators: list[tuple[str, kopf.OperatorRegistry, list[str], kopf.OperatorSettings]] = []
     if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
         hub = Hub(config=config, kube=kube, runtime=runtime)
-        operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces), True))
+        operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces),
+                          operator_settings(config)))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
-        for settings in config.gateways:
-            hub_kube = Kube.from_kubeconfig(settings.hub_kubeconfig) if settings.hub_kubeconfig else kube
-            site = Site(config=config, settings=settings, site_kube=kube, hub_kube=hub_kube, runtime=runtime)
+        for site_cfg in config.gateways:
+            hub_kube = Kube.from_kubeconfig(site_cfg.hub_kubeconfig) if site_cfg.hub_kubeconfig else kube
+            site = Site(config=config, settings=site_cfg, site_kube=kube, hub_kube=hub_kube, runtime=runtime)
             hub_registry, site_registry = gateway_registries(site, kubeconfig)
-            scoped = settings.hub_kubeconfig is None  # a scoped hub credential cannot scan the cluster
-            operators.append((f"gateway {settings.site} (hub side)", hub_registry, [settings.hub_namespace], scoped))
-            operators.append((f"gateway {settings.site} (site side)", site_registry, [settings.namespace], True))
+            # A hub credential scoped to one namespace may not list namespaces or CRDs cluster-wide.
+            can_scan = site_cfg.hub_kubeconfig is None
+            operators.append((f"gateway {site_cfg.site} (hub side)", hub_registry, [site_cfg.hub_namespace],
+                              operator_settings(config, scanning=can_scan)))
+            site_settings = operator_settings(config)
+            if site_cfg.webhook_port:
+                webhook_settings(site_settings, site_cfg, config.workdir)
+            operators.append((f"gateway {site_cfg.site} (site side)", site_registry, [site_cfg.namespace],
+                              site_settings))
     if not operators:
         raise SystemExit("nothing to run: mode gateway needs at least one entry in gateways")
 
@@ -58,10 +71,10 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     serve(config.metrics_port)
     stop_flag: asyncio.Future = asyncio.get_running_loop().create_future()
     tasks = []
-    for index, (name, registry, namespaces, scanning) in enumerate(operators):
+    for index, (name, registry, namespaces, settings) in enumerate(operators):
         log.info("starting %s on %s", name, ", ".join(namespaces) or "all namespaces")
         tasks.append(asyncio.create_task(kopf.operator(
-            registry=registry, settings=operator_settings(config, scanning=scanning), standalone=True,
+            registry=registry, settings=settings, standalone=True,
             clusterwide=not namespaces, namespaces=namespaces, stop_flag=stop_flag,
             liveness_endpoint=liveness_endpoint if index == 0 else None,
         ), name=name))

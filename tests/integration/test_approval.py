@@ -13,6 +13,7 @@ from tests.operator_harness import (
     apply,
     compute,
     create_org_namespace,
+    free_port,
     gateway_config,
     get,
     grant,
@@ -70,7 +71,9 @@ def consortium(control_plane, tmp_path):
           grant(b, "scl-b", m, maxRounds=10, privacy={"dpRequired": True, "maxEpsilonPerJob": 8, "epsilonBudget": 10}),
           policy(a, "Automatic"), policy(b, "Manual", privacyFloor={"dpRequired": True}))
     sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
-    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites}
+    sites[1]["webhookPort"] = free_port()  # org-b records who decided through its admission webhook
+    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+              "workdir": str(tmp_path / "work")}
     op = OperatorProcess(cp, tmp_path, config).start()
     try:
         apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
@@ -161,3 +164,37 @@ def test_budget_exhaustion_and_concurrent_admission(control_plane, consortium):
              and decisions(get(cp, "federatedjob", m, loser)).get(a) == "Approved",
              timeout=60, message="the freed budget admits the other job")
     assert b  # org-b (manual) still waits for its admin on the remaining job
+
+
+def test_the_webhook_records_who_decided_and_refuses_unknown_jobs_and_stale_hashes(control_plane, consortium):
+    from flare_operator.builders.rbac import ORG_ADMIN_ROLE, org_admin_cluster_role, role_binding
+
+    cp, c = control_plane, consortium
+    b, m = c.org("org-b"), c.modeller
+    apply(cp, org_admin_cluster_role(), role_binding(b, ORG_ADMIN_ROLE, user=f"alice-{b}", cluster_role=True))
+    alice = cp.user_kubeconfig(f"alice-{b}", groups=[f"{b}-admins"])
+    apply(cp, job(m, "run2"))
+    waiting = wait_job(cp, m, "run2", "AwaitingApproval")
+    good = approval(b, "run2", m, "run2", waiting["status"]["contentHash"])
+    good["metadata"]["annotations"] = {"flareop.io/decided-by": '{"username": "the-ceo", "groups": []}'}
+
+    def as_alice(manifest):
+        import yaml
+
+        return cp.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), kubeconfig=alice, check=False)
+
+    stale = as_alice(approval(b, "stale", m, "run2", "sha256:" + "0" * 64))
+    assert stale.returncode != 0 and "now has content hash" in stale.stderr and "review it again" in stale.stderr
+    unknown = as_alice(approval(b, "ghost", m, "no-such-job", waiting["status"]["contentHash"]))
+    assert unknown.returncode != 0 and f"no FederatedJob {m}/no-such-job asks anything of {b}" in unknown.stderr
+    assert as_alice(good).returncode == 0, "a current approval is admitted"
+
+    recorded = wait_for(lambda: (get(cp, "jobapproval", b, "run2").get("status") or {}).get("decidedBy"),
+                        timeout=30, message="decidedBy recorded")
+    assert recorded == {"username": f"alice-{b}", "groups": [f"{b}-admins", "system:authenticated"]}
+    # Nobody can rewrite who decided afterwards.
+    cp.kubectl("annotate", "jobapproval", "run2", "-n", b, "--overwrite",
+               'flareop.io/decided-by={"username": "the-ceo", "groups": []}')
+    annotation = get(cp, "jobapproval", b, "run2")["metadata"]["annotations"]["flareop.io/decided-by"]
+    assert f"alice-{b}" in annotation
+    assert wait_job(cp, m, "run2", "Queued")["status"]["phase"] == "Queued"

@@ -19,7 +19,7 @@ from pathlib import Path
 import kopf
 
 from ..api.kinds import GROUP, VERSION
-from ..config import FINALIZER, OperatorConfig
+from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import RECONCILE_SECONDS, RECONCILES
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
@@ -50,6 +50,17 @@ def measured(kind: str):
         return run
 
     return wrap
+
+
+def webhook_settings(settings: kopf.OperatorSettings, site: SiteSettings, workdir: Path) -> None:
+    """Serve the site's admission webhook and let Kopf keep its webhook configurations current."""
+    from ..runtime.tls import write_webhook_certs
+
+    ca, cert, key = write_webhook_certs(workdir / "webhook" / site.site, site.webhook_host)
+    settings.admission.server = kopf.WebhookServer(
+        addr=site.webhook_host, port=site.webhook_port, host=site.webhook_host, certfile=str(cert),
+        pkeyfile=str(key), cafile=str(ca))
+    # Not Kopf's managed mode: builders/admission.py scopes each site's webhook to its namespace.
 
 
 def operator_settings(config: OperatorConfig, *, scanning: bool = True) -> kopf.OperatorSettings:
@@ -191,6 +202,11 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     for plural in ("datasetgrants", "orgpolicies", "jobapprovals"):
         kopf.on.event(GROUP, VERSION, plural, registry=site_registry)(inputs_changed)
+
+    if site.settings.webhook_port:
+        from .admission import register_admission
+
+        register_admission(site_registry, site)
 
     @kopf.on.probe(registry=site_registry, id="site")
     def probe(**_) -> str:

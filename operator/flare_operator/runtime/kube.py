@@ -50,6 +50,10 @@ _CORE = [
     Resource("events.k8s.io/v1", "Event", "events"),
     Resource("rbac.authorization.k8s.io/v1", "Role", "roles"),
     Resource("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    Resource("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "mutatingwebhookconfigurations",
+             namespaced=False),
+    Resource("admissionregistration.k8s.io/v1", "ValidatingWebhookConfiguration", "validatingwebhookconfigurations",
+             namespaced=False),
 ]
 RESOURCES: dict[str, Resource] = {r.kind: r for r in _CORE}
 RESOURCES.update({k.kind: Resource(API_VERSION, k.kind, k.plural) for k in KINDS})
