@@ -34,7 +34,9 @@ def main():
             t = get_trainable(m)
             per_round = 2 * a.sites * params_nbytes(t)
             full = full or per_round
-            label = f"last{a.last_n}" if mode == "lastN" else (f"lora-r{a.lora_r}" if mode == "lora" else mode)
+            label = (
+                f"last{a.last_n}" if mode == "lastN" else (f"lora-r{a.lora_r}" if mode == "lora" else mode)
+            )
             n = sum(v.size for v in t.values())
             print(f"{preset:>6} {label:>10} {n:>12,} {per_round:>14,} {per_round / full:>8.4f}")
             rows.append((preset, label, n, per_round, per_round / full))

@@ -36,29 +36,62 @@ def make_data(out: Path, **kw) -> dict:
 def env(work: Path) -> dict:
     e = dict(os.environ)
     (work / "tmp").mkdir(parents=True, exist_ok=True)
-    e.update({"TMPDIR": str(work / "tmp"), "NVFLARE_SIMULATOR_WORKSPACE_ROOT": str(work / "simroot"),
-              "OMP_NUM_THREADS": e.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"})
+    e.update(
+        {
+            "TMPDIR": str(work / "tmp"),
+            "NVFLARE_SIMULATOR_WORKSPACE_ROOT": str(work / "simroot"),
+            "OMP_NUM_THREADS": e.get("OMP_NUM_THREADS", "1"),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     e["PATH"] = str(Path(PY).parent) + os.pathsep + e.get("PATH", "")
     return e
 
 
-def run_federation(work: Path, data: dict, params: dict, job_name: str, privacy=None, aggregation=None,
-                   sites: list[str] | None = None) -> dict:
+def run_federation(
+    work: Path,
+    data: dict,
+    params: dict,
+    job_name: str,
+    privacy=None,
+    aggregation=None,
+    sites: list[str] | None = None,
+) -> dict:
     """Build the esm2-finetune job and run it in the NVFlare simulator; returns metrics.json."""
     from flare_operator.builders.nvflare_job import build_job, write_job
     from flare_operator.catalog import load_app
 
     names = sites or list(data["sites"])
-    files = build_job(load_app("esm2-finetune"), params,
-                      [{"name": n, "datasetPath": data["sites"][n]["path"]} for n in names],
-                      job_name=job_name, privacy=privacy, aggregation=aggregation)
+    files = build_job(
+        load_app("esm2-finetune"),
+        params,
+        [{"name": n, "datasetPath": data["sites"][n]["path"]} for n in names],
+        job_name=job_name,
+        privacy=privacy,
+        aggregation=aggregation,
+    )
     job = write_job(files, work / "jobs")
     ws = work / "ws"
     log = work / "simulator.log"
     with open(log, "w") as f:
-        r = subprocess.run([PY, "-m", "nvflare.private.fed.app.simulator.simulator", str(job), "-w", str(ws),
-                            "-c", ",".join(names), "-t", str(len(names))], env=env(work), cwd=work,
-                           stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(
+            [
+                PY,
+                "-m",
+                "nvflare.private.fed.app.simulator.simulator",
+                str(job),
+                "-w",
+                str(ws),
+                "-c",
+                ",".join(names),
+                "-t",
+                str(len(names)),
+            ],
+            env=env(work),
+            cwd=work,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     metrics = ws / "server" / "simulate_job" / "app_server" / "results" / "metrics.json"
     if r.returncode != 0 or not metrics.exists():
         raise RuntimeError(f"simulator failed ({r.returncode}); see {log}:\n{log.read_text()[-3000:]}")

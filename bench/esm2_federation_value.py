@@ -81,24 +81,42 @@ def _run(code):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--steps", type=int, default=15, help="local steps per site per round")
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=10, help="local steps per site per round")
     ap.add_argument("--alpha", type=float, default=0.5)
-    ap.add_argument("--samples-per-site", type=int, default=400)
-    ap.add_argument("--lr", type=float, default=0.005)
+    ap.add_argument("--samples-per-site", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     budget = a.sites * a.rounds * a.steps
-    params = {"preset": "tiny", "maxSeqLength": 64, "batchSize": 32, "learningRate": a.lr, "torchThreads": 1,
-              "seed": a.seed, "rounds": a.rounds, "localSteps": a.steps}
+    params = {
+        "preset": "tiny",
+        "maxSeqLength": 64,
+        "batchSize": 32,
+        "learningRate": a.lr,
+        "torchThreads": 1,
+        "seed": a.seed,
+        "rounds": a.rounds,
+        "localSteps": a.steps,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-fv-") as tmp:
         work = Path(tmp)
-        data = make_data(work / "data", sites=a.sites, samples_per_site=a.samples_per_site, min_len=30, max_len=60,
-                         alpha=a.alpha, seed=a.seed, test_samples=400)
+        data = make_data(
+            work / "data",
+            sites=a.sites,
+            samples_per_site=a.samples_per_site,
+            min_len=30,
+            max_len=60,
+            alpha=a.alpha,
+            seed=a.seed,
+            test_samples=400,
+        )
         names = list(data["sites"])
         site_rows = {n: _rows(data["sites"][n]["path"]) for n in names}
         union = _write(work / "union.csv", [r for n in names for r in site_rows[n]])
-        pooled = _write(work / "pooled_val.csv", [r for n in names for r in site_rows[n] if r["split"] == "val"])
+        pooled = _write(
+            work / "pooled_val.csv", [r for n in names for r in site_rows[n] if r["split"] == "val"]
+        )
         test = data["test"]["path"]
 
         fed = run_federation(work / "fed", data, params, "bench-fedvalue")
@@ -108,32 +126,54 @@ def main():
         add_app_paths()
         from esm2_app import LOCATION_CLASSES
 
-        fed_test = _run(FED_TEST.format(paths=APP_PATHS, model=str(fed_model), test=test, classes=list(LOCATION_CLASSES),
-                                        max_len=64))
-        fed_pooled = {"accuracy": fed["final"]["global"]["val_accuracy"], "macro_f1": fed["final"]["global"]["val_macro_f1"]}
+        fed_test = _run(
+            FED_TEST.format(
+                paths=APP_PATHS, model=str(fed_model), test=test, classes=list(LOCATION_CLASSES), max_len=64
+            )
+        )
+        fed_pooled = {
+            "accuracy": fed["final"]["global"]["val_accuracy"],
+            "macro_f1": fed["final"]["global"]["val_macro_f1"],
+        }
 
         def trained(train_path):
             p = {**params, "localSteps": budget}
-            return _run(SCORE.format(paths=APP_PATHS, params=json.dumps(_full(p)), train=train_path, pooled=pooled,
-                                     test=test, rounds=1))
+            return _run(
+                SCORE.format(
+                    paths=APP_PATHS,
+                    params=json.dumps(_full(p)),
+                    train=train_path,
+                    pooled=pooled,
+                    test=test,
+                    rounds=1,
+                )
+            )
 
         central = trained(union)
         alone = {n: trained(data["sites"][n]["path"]) for n in names}
 
-    print(f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, budget {budget} optimizer steps "
-          f"(batch 32) each; machine: {machine()}")
-    counts = {n: {k: v for k, v in data['sites'][n]['label_counts'].items() if v} for n in names}
+    print(
+        f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, budget {budget} optimizer steps "
+        f"(batch 32) each; machine: {machine()}"
+    )
+    counts = {n: {k: v for k, v in data["sites"][n]["label_counts"].items() if v} for n in names}
     print(f"# site label counts: {json.dumps(counts)}")
-    print(f"{'run':<28} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {'vs centralised':>15}")
+    print(
+        f"{'run':<28} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {'vs centralised':>15}"
+    )
     c = central["pooled"]["accuracy"]
     rows = [("centralised on union (base)", central["pooled"], central["test"])]
     rows.append((f"federated ({a.rounds}x{a.steps} steps/site)", fed_pooled, fed_test))
     rows += [(f"{n} alone", alone[n]["pooled"], alone[n]["test"]) for n in names]
     for name, p, t in rows:
-        print(f"{name:<28} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} {p['accuracy'] / c:>15.3f}")
+        print(
+            f"{name:<28} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} {p['accuracy'] / c:>15.3f}"
+        )
     ok1 = fed_pooled["accuracy"] >= 0.97 * c
     ok2 = all(fed_pooled["accuracy"] > alone[n]["pooled"]["accuracy"] for n in names)
-    print(f"federated >= 0.97 x centralised: {'yes' if ok1 else 'NO'}; above every site alone: {'yes' if ok2 else 'NO'}")
+    print(
+        f"federated >= 0.97 x centralised: {'yes' if ok1 else 'NO'}; above every site alone: {'yes' if ok2 else 'NO'}"
+    )
 
 
 def _full(p):

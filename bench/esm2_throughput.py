@@ -52,12 +52,26 @@ def main():
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    params = {"preset": a.preset, "allowRandomInit": a.preset != "tiny", "rounds": a.rounds, "localSteps": a.steps,
-              "batchSize": a.batch, "maxSeqLength": a.max_len, "torchThreads": a.threads, "learningRate": 1e-3}
+    params = {
+        "preset": a.preset,
+        "allowRandomInit": a.preset != "tiny",
+        "rounds": a.rounds,
+        "localSteps": a.steps,
+        "batchSize": a.batch,
+        "maxSeqLength": a.max_len,
+        "torchThreads": a.threads,
+        "learningRate": 1e-3,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-tp-") as tmp:
         work = Path(tmp)
-        data = make_data(work / "data", sites=1, samples_per_site=800, min_len=a.max_len // 2,
-                         max_len=a.max_len - 2, seed=0)
+        data = make_data(
+            work / "data",
+            sites=1,
+            samples_per_site=800,
+            min_len=a.max_len // 2,
+            max_len=a.max_len - 2,
+            seed=0,
+        )
         path = data["sites"]["site-1"]["path"]
         plain1 = plain_run(params, path)
         fed = run_federation(work / "fed", data, params, "bench-throughput")
@@ -66,11 +80,18 @@ def main():
     base = sps(plain1) + sps(plain2)
     inside = [h["sites"]["site-1"]["seq_per_s"] for h in fed["history"][1:]]
     hist = fed["history"]
-    eff = [hist[i]["sites"]["site-1"]["samples_seen"] / (hist[i]["time"] - hist[i - 1]["time"]) for i in range(1, len(hist))]
+    eff = [
+        hist[i]["sites"]["site-1"]["samples_seen"] / (hist[i]["time"] - hist[i - 1]["time"])
+        for i in range(1, len(hist))
+    ]
     b, i, e = sum(base) / len(base), sum(inside) / len(inside), sum(eff) / len(eff)
-    print(f"# local-training throughput, preset {a.preset}, batch {a.batch} x {a.max_len} tokens, "
-          f"{a.steps} steps/round, {a.threads} torch threads; machine: {machine()}")
-    print(f"plain torch loop (baseline)        {b:8.1f} seq/s   (runs: {', '.join(f'{x:.0f}' for x in base)})")
+    print(
+        f"# local-training throughput, preset {a.preset}, batch {a.batch} x {a.max_len} tokens, "
+        f"{a.steps} steps/round, {a.threads} torch threads; machine: {machine()}"
+    )
+    print(
+        f"plain torch loop (baseline)        {b:8.1f} seq/s   (runs: {', '.join(f'{x:.0f}' for x in base)})"
+    )
     print(f"inside the NVFlare client          {i:8.1f} seq/s   ratio {i / b:.3f}  (target >= 0.95)")
     print(f"per round incl. NVFlare overhead   {e:8.1f} seq/s   ratio {e / b:.3f}")
     return {"baseline": b, "inside": i, "effective": e}

@@ -61,8 +61,16 @@ def e2e_data(tmp_path_factory) -> dict:
     return write_dataset(GeneratorConfig(**DATA_ARGS), out)
 
 
-def build_job_dir(dest: Path, params: dict, data: dict, job_name: str, privacy=None, aggregation=None, metadata=None,
-                  resume=None) -> Path:
+def build_job_dir(
+    dest: Path,
+    params: dict,
+    data: dict,
+    job_name: str,
+    privacy=None,
+    aggregation=None,
+    metadata=None,
+    resume=None,
+) -> Path:
     from flare_operator.builders.nvflare_job import build_job, write_job
     from flare_operator.catalog import load_app
 
@@ -85,9 +93,23 @@ def run_simulator(job_dir: Path, workdir: Path, sites: list[str], timeout: int =
     log = workdir / "simulator.log"
     with open(log, "w") as f:
         proc = subprocess.run(
-            [PY, "-m", "nvflare.private.fed.app.simulator.simulator", str(job_dir), "-w", str(ws),
-             "-c", ",".join(sites), "-t", str(len(sites))],
-            env=private_env(workdir), cwd=workdir, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+            [
+                PY,
+                "-m",
+                "nvflare.private.fed.app.simulator.simulator",
+                str(job_dir),
+                "-w",
+                str(ws),
+                "-c",
+                ",".join(sites),
+                "-t",
+                str(len(sites)),
+            ],
+            env=private_env(workdir),
+            cwd=workdir,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
         )
     text = log.read_text()
     results = ws / "server" / "simulate_job" / "app_server" / "results"
@@ -119,16 +141,28 @@ def provision(root: Path, sites: list[str]) -> dict:
 
     admin = "admin@hub.example"
     participants = [
-        {"name": "localhost", "type": "server", "org": "hub", "fed_learn_port": free_port(), "admin_port": free_port()}
+        {
+            "name": "localhost",
+            "type": "server",
+            "org": "hub",
+            "fed_learn_port": free_port(),
+            "admin_port": free_port(),
+        }
     ]
     participants += [{"name": s, "type": "client", "org": f"org_{i}"} for i, s in enumerate(sites)]
     participants.append({"name": admin, "type": "admin", "org": "hub", "role": "project_admin"})
     orgs = {p["name"]: p["org"] for p in participants}  # prepare_project consumes the dicts
-    project = prepare_project({"api_version": 3, "name": "esm2e2e", "description": "e2e", "participants": participants})
+    project = prepare_project(
+        {"api_version": 3, "name": "esm2e2e", "description": "e2e", "participants": participants}
+    )
     ctx = Provisioner(
         str(root),
-        [WorkspaceBuilder(template_file=["master_template.yml"]), StaticFileBuilder(config_folder="config", scheme="grpc"),
-         CertBuilder(), SignatureBuilder()],
+        [
+            WorkspaceBuilder(template_file=["master_template.yml"]),
+            StaticFileBuilder(config_folder="config", scheme="grpc"),
+            CertBuilder(),
+            SignatureBuilder(),
+        ],
     ).provision(project)
     prod = Path(ctx.get("current_prod_dir"))
     # private job store / snapshot paths instead of /tmp/nvflare
@@ -152,16 +186,35 @@ class PocFederation:
     def _start(self, name: str, module: str, extra: list[str]):
         kit = self.info["prod"] / name
         log = open(self.root / f"{name}.log", "w")
-        cmd = [PY, "-u", "-m", module, "-m", str(kit), "-s", extra[0], "--set", "secure_train=true", *extra[1:],
-               "config_folder=config"]
-        p = subprocess.Popen(cmd, cwd=kit, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cmd = [
+            PY,
+            "-u",
+            "-m",
+            module,
+            "-m",
+            str(kit),
+            "-s",
+            extra[0],
+            "--set",
+            "secure_train=true",
+            *extra[1:],
+            "config_folder=config",
+        ]
+        p = subprocess.Popen(
+            cmd, cwd=kit, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append((name, p, log))
 
     def start(self, timeout: float = 120):
-        self._start("localhost", "nvflare.private.fed.app.server.server_train", ["fed_server.json", "org=hub"])
+        self._start(
+            "localhost", "nvflare.private.fed.app.server.server_train", ["fed_server.json", "org=hub"]
+        )
         for s in self.sites:
-            self._start(s, "nvflare.private.fed.app.client.client_train",
-                        ["fed_client.json", f"uid={s}", f"org={self.info['orgs'][s]}"])
+            self._start(
+                s,
+                "nvflare.private.fed.app.client.client_train",
+                ["fed_client.json", f"uid={s}", f"org={self.info['orgs'][s]}"],
+            )
         from nvflare.fuel.flare_api.flare_api import new_secure_session
 
         deadline = time.time() + timeout
@@ -170,7 +223,9 @@ class PocFederation:
             self._check_alive()
             try:
                 if self.session is None:
-                    self.session = new_secure_session(self.info["admin"], str(self.info["prod"] / self.info["admin"]), timeout=5.0)
+                    self.session = new_secure_session(
+                        self.info["admin"], str(self.info["prod"] / self.info["admin"]), timeout=5.0
+                    )
                 clients = {c.name for c in self.session.get_connected_client_list()}
                 if set(self.sites) <= clients:
                     return self

@@ -33,11 +33,20 @@ def runs(tmp_path_factory, e2e_data):
             privacy = None
             params = dict(FULL)
             if kind == "dp":
-                privacy = {"differentialPrivacy": {"enabled": True, "clipNorm": 1.0, "noiseMultiplier": 1.0, "delta": 1e-5}}
+                privacy = {
+                    "differentialPrivacy": {
+                        "enabled": True,
+                        "clipNorm": 1.0,
+                        "noiseMultiplier": 1.0,
+                        "delta": 1e-5,
+                    }
+                }
             elif kind == "lora":
                 params = {"mode": "lora", "rounds": 2, "localSteps": 5, "lora": {"r": 4}}
             aggregation = {"weighting": "capped", "maxShare": 0.5} if kind == "lora" else None
-            job = build_job_dir(work / "jobs", params, e2e_data, f"esm2-{kind}", privacy=privacy, aggregation=aggregation)
+            job = build_job_dir(
+                work / "jobs", params, e2e_data, f"esm2-{kind}", privacy=privacy, aggregation=aggregation
+            )
             cache[kind] = run_simulator(job, work, SITES)
         return cache[kind]
 
@@ -107,11 +116,16 @@ def test_dp_run_reports_finite_epsilon_and_differs(runs):
     # same seed, data and schedule: only the DP noise/clipping differs
     from safetensors.numpy import load_file
 
-    a, b = load_file(str(dp / "global_trainable.safetensors")), load_file(str(plain / "global_trainable.safetensors"))
+    a, b = (
+        load_file(str(dp / "global_trainable.safetensors")),
+        load_file(str(plain / "global_trainable.safetensors")),
+    )
     assert a.keys() == b.keys()
     assert any(not np.allclose(a[k], b[k]) for k in a)
     pm = load_metrics(plain)
-    assert pm["history"][0]["global"]["val_accuracy"] == pytest.approx(m["history"][0]["global"]["val_accuracy"])
+    assert pm["history"][0]["global"]["val_accuracy"] == pytest.approx(
+        m["history"][0]["global"]["val_accuracy"]
+    )
 
 
 def test_lora_sends_fewer_bytes_than_full(runs):
@@ -134,8 +148,13 @@ def test_resume_from_last_global_checkpoint(runs, tmp_path, e2e_data):
     full = runs("full")
     fm = load_metrics(full)
     ckpt = full / "global_trainable.safetensors"
-    job = build_job_dir(tmp_path / "jobs", {**FULL, "rounds": 4, "localSteps": 5}, e2e_data, "esm2-resume",
-                        resume={"checkpoint": str(ckpt), "startRound": fm["last_completed_round"] + 1})
+    job = build_job_dir(
+        tmp_path / "jobs",
+        {**FULL, "rounds": 4, "localSteps": 5},
+        e2e_data,
+        "esm2-resume",
+        resume={"checkpoint": str(ckpt), "startRound": fm["last_completed_round"] + 1},
+    )
     m = load_metrics(run_simulator(job, tmp_path, SITES))
     assert m["status"] == "completed" and [h["round"] for h in m["history"]] == [3]
     assert m["resumed_from"]["round"] == 3
@@ -145,8 +164,13 @@ def test_resume_from_last_global_checkpoint(runs, tmp_path, e2e_data):
 
 def test_poc_provisioned_federation(tmp_path, e2e_data):
     """Provisioned server + 2 clients as real processes, job submitted through the FLARE API."""
-    job = build_job_dir(tmp_path / "jobs", {"mode": "full", "rounds": 2, "localSteps": 20}, e2e_data, "esm2-poc",
-                        metadata={"contentHash": "sha256:test"})
+    job = build_job_dir(
+        tmp_path / "jobs",
+        {"mode": "full", "rounds": 2, "localSteps": 20},
+        e2e_data,
+        "esm2-poc",
+        metadata={"contentHash": "sha256:test"},
+    )
     fed = PocFederation(tmp_path / "poc", SITES)
     try:
         fed.start()

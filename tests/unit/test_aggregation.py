@@ -18,7 +18,9 @@ def test_sample_weighting_is_proportional():
 
 
 def test_uniform():
-    assert aggregation_weights({"a": 1000, "b": 1, "c": 5}, "uniform") == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    assert aggregation_weights({"a": 1000, "b": 1, "c": 5}, "uniform") == pytest.approx(
+        {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
+    )
 
 
 def test_capped_caps_the_largest_site_and_redistributes_proportionally():

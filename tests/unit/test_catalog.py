@@ -149,9 +149,29 @@ def test_broken_yaml(tmp_path):
 
 
 def test_privacy_and_aggregation_settings():
-    p = validate_privacy({"differentialPrivacy": {"enabled": True}, "filters": [{"type": "ExcludeVars", "args": {"exclude_vars": "classifier"}}]})
-    assert p["differentialPrivacy"] == {"enabled": True, "clipNorm": 1.0, "noiseMultiplier": 1.0, "delta": 1e-5, "accountant": "rdp"}
-    assert validate_privacy(None) == {"differentialPrivacy": {"enabled": False, "clipNorm": 1.0, "noiseMultiplier": 1.0, "delta": 1e-5, "accountant": "rdp"}, "filters": []}
+    p = validate_privacy(
+        {
+            "differentialPrivacy": {"enabled": True},
+            "filters": [{"type": "ExcludeVars", "args": {"exclude_vars": "classifier"}}],
+        }
+    )
+    assert p["differentialPrivacy"] == {
+        "enabled": True,
+        "clipNorm": 1.0,
+        "noiseMultiplier": 1.0,
+        "delta": 1e-5,
+        "accountant": "rdp",
+    }
+    assert validate_privacy(None) == {
+        "differentialPrivacy": {
+            "enabled": False,
+            "clipNorm": 1.0,
+            "noiseMultiplier": 1.0,
+            "delta": 1e-5,
+            "accountant": "rdp",
+        },
+        "filters": [],
+    }
     with pytest.raises(ParameterError, match=r"\$.differentialPrivacy.delta"):
         validate_privacy({"differentialPrivacy": {"delta": 1}})
     with pytest.raises(ParameterError, match=r"\$.filters\[0\].type"):

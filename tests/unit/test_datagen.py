@@ -84,9 +84,26 @@ def test_motifs_are_present():
 def test_cli_writes_sites_manifest_and_parquet(tmp_path):
     out = tmp_path / "data"
     r = subprocess.run(
-        [sys.executable, "-m", "flare_operator.datagen", "--sites", "2", "--out", str(out), "--seed", "0",
-         "--samples-per-site", "50", "--format", "parquet", "--site-names", "org-a,org-b"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "flare_operator.datagen",
+            "--sites",
+            "2",
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+            "--samples-per-site",
+            "50",
+            "--format",
+            "parquet",
+            "--site-names",
+            "org-a,org-b",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     printed = json.loads(r.stdout)
     assert set(printed["sites"]) == {"org-a", "org-b"}
@@ -101,12 +118,28 @@ def test_cli_writes_sites_manifest_and_parquet(tmp_path):
 
 def test_cli_csv_and_bad_args(tmp_path):
     out = tmp_path / "c"
-    subprocess.run([sys.executable, "-m", "flare_operator.datagen", "--sites", "1", "--out", str(out),
-                    "--samples-per-site", "20"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flare_operator.datagen",
+            "--sites",
+            "1",
+            "--out",
+            str(out),
+            "--samples-per-site",
+            "20",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with open(out / "site-1.csv") as f:
         assert next(csv.reader(f)) == ["sequence", "label", "split"]
-    r = subprocess.run([sys.executable, "-m", "flare_operator.datagen", "--out", str(out), "--alpha", "0"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flare_operator.datagen", "--out", str(out), "--alpha", "0"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "alpha must be > 0" in r.stderr
 
 

@@ -36,7 +36,9 @@ def test_missing_file(tmp_path):
 
 def test_missing_column(tmp_path):
     p = _csv(tmp_path, "seq,label\nMKV,Nucleus\n")
-    with pytest.raises(DataError, match=r"missing required column\(s\) \['sequence'\]; found columns \['seq', 'label'\]"):
+    with pytest.raises(
+        DataError, match=r"missing required column\(s\) \['sequence'\]; found columns \['seq', 'label'\]"
+    ):
         read_table(p)
 
 
@@ -45,12 +47,17 @@ def test_unknown_labels_listed_with_rows(tmp_path):
     with pytest.raises(DataError) as ei:
         load_site_data(p, CLASSES, CharTokenizer(), 32)
     msg = str(ei.value)
-    assert "unknown label(s) 'Golgi' (rows [2, 4])" in msg and "'12' (rows [3])" in msg and "Peroxisome" in msg
+    assert (
+        "unknown label(s) 'Golgi' (rows [2, 4])" in msg and "'12' (rows [3])" in msg and "Peroxisome" in msg
+    )
 
 
 def test_bad_sequence_characters(tmp_path):
     p = _csv(tmp_path, "sequence,label\nMKV,Nucleus\nMK1V,Nucleus\n,Nucleus\n")
-    with pytest.raises(DataError, match=r"2 row\(s\) with an empty sequence or characters outside the amino-acid alphabet \(rows \[2, 3\]\)"):
+    with pytest.raises(
+        DataError,
+        match=r"2 row\(s\) with an empty sequence or characters outside the amino-acid alphabet \(rows \[2, 3\]\)",
+    ):
         load_site_data(p, CLASSES, CharTokenizer(), 32)
 
 

@@ -31,11 +31,21 @@ def _cfg(files, path):
 
 
 def test_layout_and_meta(app):
-    files = build_job(app, {"rounds": 4}, SITES, job_name="j1", metadata={"uid": "abc", "contentHash": "sha256:x"})
+    files = build_job(
+        app, {"rounds": 4}, SITES, job_name="j1", metadata={"uid": "abc", "contentHash": "sha256:x"}
+    )
     meta = _cfg(files, "j1/meta.json")
-    assert meta["deploy_map"] == {"app_server": ["server"], "app_site-1": ["site-1"], "app_site-2": ["site-2"]}
+    assert meta["deploy_map"] == {
+        "app_server": ["server"],
+        "app_site-1": ["site-1"],
+        "app_site-2": ["site-2"],
+    }
     assert meta["min_clients"] == 2 and meta["name"] == "j1"
-    assert meta["flareop"] == {"app": {"id": "esm2-finetune", "version": app.version}, "uid": "abc", "contentHash": "sha256:x"}
+    assert meta["flareop"] == {
+        "app": {"id": "esm2-finetune", "version": app.version},
+        "uid": "abc",
+        "contentHash": "sha256:x",
+    }
     for prefix in ("j1/app_server", "j1/app_site-1", "j1/app_site-2"):
         assert f"{prefix}/custom/esm2_app/modeling.py" in files
         assert f"{prefix}/custom/flare_app_common/dp.py" in files
@@ -65,15 +75,25 @@ def test_each_site_gets_only_its_own_dataset_path(app):
 
 def test_dp_and_nvflare_filters_on_train_results(app):
     privacy = {
-        "differentialPrivacy": {"enabled": True, "clipNorm": 0.5, "noiseMultiplier": 1.2, "accountant": "pld"},
-        "filters": [{"type": "ExcludeVars", "args": {"exclude_vars": "classifier"}},
-                    {"type": "PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}}],
+        "differentialPrivacy": {
+            "enabled": True,
+            "clipNorm": 0.5,
+            "noiseMultiplier": 1.2,
+            "accountant": "pld",
+        },
+        "filters": [
+            {"type": "ExcludeVars", "args": {"exclude_vars": "classifier"}},
+            {"type": "PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}},
+        ],
     }
     files = build_job(app, {}, SITES, job_name="j", privacy=privacy)
     trf = _cfg(files, "j/app_site-2/config/config_fed_client.json")["task_result_filters"]
     assert trf[0]["tasks"] == ["train"]
     f = trf[0]["filters"]
-    assert f[0] == {"path": DP_FILTER, "args": {"clip_norm": 0.5, "noise_multiplier": 1.2, "delta": 1e-5, "accountant": "pld"}}
+    assert f[0] == {
+        "path": DP_FILTER,
+        "args": {"clip_norm": 0.5, "noise_multiplier": 1.2, "delta": 1e-5, "accountant": "pld"},
+    }
     assert f[1]["path"] == "nvflare.app_common.filters.exclude_vars.ExcludeVars"
     assert f[2]["path"] == "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy"
     srv = _cfg(files, "j/app_server/config/config_fed_server.json")["workflows"][0]["args"]
@@ -81,7 +101,9 @@ def test_dp_and_nvflare_filters_on_train_results(app):
 
 
 def test_capped_aggregation_and_min_clients(app):
-    files = build_job(app, {}, SITES, job_name="j", aggregation={"weighting": "capped", "maxShare": 0.6}, min_clients=1)
+    files = build_job(
+        app, {}, SITES, job_name="j", aggregation={"weighting": "capped", "maxShare": 0.6}, min_clients=1
+    )
     args = _cfg(files, "j/app_server/config/config_fed_server.json")["workflows"][0]["args"]
     assert args["aggregation"] == {"weighting": "capped", "maxShare": 0.6} and args["min_clients"] == 1
     with pytest.raises(ParameterError, match="infeasible"):
@@ -145,8 +167,13 @@ def test_building_a_job_imports_neither_torch_nor_nvflare(tmp_path):
 
 
 def test_resume_from_checkpoint(app):
-    files = build_job(app, {"rounds": 3}, SITES, job_name="j", resume={"checkpoint": "/r/g.safetensors", "startRound": 2})
+    files = build_job(
+        app, {"rounds": 3}, SITES, job_name="j", resume={"checkpoint": "/r/g.safetensors", "startRound": 2}
+    )
     args = _cfg(files, "j/app_server/config/config_fed_server.json")["workflows"][0]["args"]
     assert args["initial_checkpoint"] == "/r/g.safetensors" and args["start_round"] == 2
     plain = _cfg(build_job(app, {}, SITES, job_name="j"), "j/app_server/config/config_fed_server.json")
-    assert plain["workflows"][0]["args"]["initial_checkpoint"] == "" and plain["workflows"][0]["args"]["start_round"] == 0
+    assert (
+        plain["workflows"][0]["args"]["initial_checkpoint"] == ""
+        and plain["workflows"][0]["args"]["start_round"] == 0
+    )

@@ -20,8 +20,16 @@ class GaussianDPFilter(DXOFilter):
     Only WEIGHT_DIFF results are accepted: a full-weights result cannot be clipped as an update.
     """
 
-    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0, delta: float = 1e-5, accountant: str = "rdp"):
-        super().__init__(supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF])
+    def __init__(
+        self,
+        clip_norm: float = 1.0,
+        noise_multiplier: float = 1.0,
+        delta: float = 1e-5,
+        accountant: str = "rdp",
+    ):
+        super().__init__(
+            supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF]
+        )
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.delta = float(delta)
@@ -37,7 +45,9 @@ class GaussianDPFilter(DXOFilter):
             dxo = None
         if dxo is None or dxo.data_kind != DataKind.WEIGHT_DIFF:
             kind = getattr(dxo, "data_kind", None)
-            self.log_error(fl_ctx, f"GaussianDPFilter: refusing to release a {kind} result (needs WEIGHT_DIFF)")
+            self.log_error(
+                fl_ctx, f"GaussianDPFilter: refusing to release a {kind} result (needs WEIGHT_DIFF)"
+            )
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         return super().process(shareable, fl_ctx)
 
@@ -60,7 +70,9 @@ class GaussianDPFilter(DXOFilter):
                 "dp_accountant": self.accountant,
             }
         )
-        self.log_info(fl_ctx, f"DP: update norm {norm:.4f} clipped to {self.clip_norm}, epsilon so far {eps:.4f}")
+        self.log_info(
+            fl_ctx, f"DP: update norm {norm:.4f} clipped to {self.clip_norm}, epsilon so far {eps:.4f}"
+        )
         return dxo
 
 

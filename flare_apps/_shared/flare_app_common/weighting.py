@@ -45,7 +45,9 @@ def cap_weights(raw: Mapping[str, float], max_share: float) -> dict[str, float]:
             capped[k] = max_share
 
 
-def aggregation_weights(sample_counts: Mapping[str, int], weighting: str = "sample", max_share: float = 1.0) -> dict[str, float]:
+def aggregation_weights(
+    sample_counts: Mapping[str, int], weighting: str = "sample", max_share: float = 1.0
+) -> dict[str, float]:
     """Normalised weights per site (sum 1) for the chosen weighting."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; one of {WEIGHTINGS}")

@@ -165,7 +165,10 @@ def build_job(
     n_min = len(site_specs) if min_clients is None else int(min_clients)
     if not 1 <= n_min <= len(site_specs):
         raise JobBuildError(f"min_clients must be between 1 and {len(site_specs)}, got {min_clients}")
-    if any(f["type"] == "PercentilePrivacy" for f in priv["filters"]) and app.nvflare.get("paramsTransfer") != "DIFF":
+    if (
+        any(f["type"] == "PercentilePrivacy" for f in priv["filters"])
+        and app.nvflare.get("paramsTransfer") != "DIFF"
+    ):
         raise JobBuildError("PercentilePrivacy needs an app that sends parameter differences")
     meta_extra = {"app": {"id": app.id, "version": app.version}, **dict(metadata or {})}
     try:
@@ -239,12 +242,19 @@ def build_job(
             ],
             "components": [],
             "task_data_filters": [],
-            "task_result_filters": [{"tasks": ["train"], "filters": result_filters}] if result_filters else [],
+            "task_result_filters": [{"tasks": ["train"], "filters": result_filters}]
+            if result_filters
+            else [],
         }
         files[f"{root}/{app_name}/config/config_fed_client.json"] = _json(client_cfg)
         files.update(_custom_files(app, f"{root}/{app_name}/custom"))
         files[f"{root}/{app_name}/custom/site_config.json"] = _json(
-            {"site": s.name, "datasetPath": s.dataset_path, "params": p, "app": {"id": app.id, "version": app.version}}
+            {
+                "site": s.name,
+                "datasetPath": s.dataset_path,
+                "params": p,
+                "app": {"id": app.id, "version": app.version},
+            }
         )
     meta = {
         "name": job_name,

@@ -196,7 +196,11 @@ def list_apps(root: str | os.PathLike | None = None) -> list[App]:
     r = catalog_root(root)
     if not r.is_dir():
         raise CatalogError(f"catalog root {r} is not a directory (set {ENV_VAR})")
-    return [load_app_dir(d) for d in sorted(r.iterdir()) if d.is_dir() and not d.name.startswith(("_", ".")) and (d / APP_FILE).exists()]
+    return [
+        load_app_dir(d)
+        for d in sorted(r.iterdir())
+        if d.is_dir() and not d.name.startswith(("_", ".")) and (d / APP_FILE).exists()
+    ]
 
 
 def load_app(app_id: str, version: str | None = None, root: str | os.PathLike | None = None) -> App:
@@ -204,7 +208,11 @@ def load_app(app_id: str, version: str | None = None, root: str | os.PathLike | 
         raise CatalogError(f"invalid app id {app_id!r}")
     d = catalog_root(root) / app_id
     if not (d / APP_FILE).is_file():
-        known = [a.name for a in catalog_root(root).iterdir() if (a / APP_FILE).is_file()] if catalog_root(root).is_dir() else []
+        known = (
+            [a.name for a in catalog_root(root).iterdir() if (a / APP_FILE).is_file()]
+            if catalog_root(root).is_dir()
+            else []
+        )
         raise CatalogError(f"unknown app {app_id!r}; the catalog has {sorted(known)}")
     app = load_app_dir(d)
     if version is not None and version != app.version:
@@ -229,7 +237,9 @@ def validate_against(schema: Mapping, params: Any, what: str) -> dict:
     if not isinstance(params, Mapping):
         raise ParameterError(what, [ParamError("$", f"must be an object, got {type(params).__name__}")])
     full = apply_defaults(schema, params)
-    errs = sorted(Draft202012Validator(schema).iter_errors(full), key=lambda e: (list(e.absolute_path), e.message))
+    errs = sorted(
+        Draft202012Validator(schema).iter_errors(full), key=lambda e: (list(e.absolute_path), e.message)
+    )
     if errs:
         out = []
         for e in errs:

@@ -24,7 +24,9 @@ def _dp_module(root: str | os.PathLike | None = None):
     return mod
 
 
-def expected_epsilon(privacy: Mapping | None, rounds: int, root: str | os.PathLike | None = None) -> float | None:
+def expected_epsilon(
+    privacy: Mapping | None, rounds: int, root: str | os.PathLike | None = None
+) -> float | None:
     """Epsilon per site after ``rounds`` rounds under ``privacy`` (validated shape); None without DP."""
     from .schemas import validate_privacy
 

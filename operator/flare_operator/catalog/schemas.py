@@ -38,24 +38,46 @@ PRIVACY_SCHEMA: dict = {
                 "allOf": [
                     {
                         "if": {"properties": {"type": {"const": "ExcludeVars"}}},
-                        "then": {"properties": {"args": {"additionalProperties": False, "properties": {
-                            "exclude_vars": {"type": ["string", "array"]}}}}},
+                        "then": {
+                            "properties": {
+                                "args": {
+                                    "additionalProperties": False,
+                                    "properties": {"exclude_vars": {"type": ["string", "array"]}},
+                                }
+                            }
+                        },
                     },
                     {
                         "if": {"properties": {"type": {"const": "PercentilePrivacy"}}},
-                        "then": {"properties": {"args": {"additionalProperties": False, "properties": {
-                            "percentile": {"type": "integer", "minimum": 0, "maximum": 100},
-                            "gamma": {"type": "number", "exclusiveMinimum": 0}}}}},
+                        "then": {
+                            "properties": {
+                                "args": {
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "percentile": {"type": "integer", "minimum": 0, "maximum": 100},
+                                        "gamma": {"type": "number", "exclusiveMinimum": 0},
+                                    },
+                                }
+                            }
+                        },
                     },
                     {
                         "if": {"properties": {"type": {"const": "SVTPrivacy"}}},
-                        "then": {"properties": {"args": {"additionalProperties": False, "properties": {
-                            "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                            "epsilon": {"type": "number", "exclusiveMinimum": 0},
-                            "noise_var": {"type": "number", "exclusiveMinimum": 0},
-                            "gamma": {"type": "number", "exclusiveMinimum": 0},
-                            "tau": {"type": "number"},
-                            "optimize_vars_only": {"type": "boolean"}}}}},
+                        "then": {
+                            "properties": {
+                                "args": {
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                        "epsilon": {"type": "number", "exclusiveMinimum": 0},
+                                        "noise_var": {"type": "number", "exclusiveMinimum": 0},
+                                        "gamma": {"type": "number", "exclusiveMinimum": 0},
+                                        "tau": {"type": "number"},
+                                        "optimize_vars_only": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
                     },
                 ],
             },
@@ -89,6 +111,11 @@ def validate_aggregation(aggregation: Mapping | None, n_sites: int | None = None
 
         raise ParameterError(
             "aggregation",
-            [ParamError("$.maxShare", f"{out['maxShare']} is infeasible for {n_sites} sites (needs >= {1 / n_sites:.4f})")],
+            [
+                ParamError(
+                    "$.maxShare",
+                    f"{out['maxShare']} is infeasible for {n_sites} sites (needs >= {1 / n_sites:.4f})",
+                )
+            ],
         )
     return out

@@ -26,9 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--site-names", default="", help="comma-separated names (default site-1..N)")
     a = p.parse_args(argv)
     cfg = GeneratorConfig(
-        sites=a.sites, samples_per_site=a.samples_per_site, alpha=a.alpha, val_fraction=a.val_fraction,
-        min_len=a.min_len, max_len=a.max_len, motif_noise=a.motif_noise, label_noise=a.label_noise,
-        test_samples=a.test_samples, seed=a.seed, fmt=a.format,
+        sites=a.sites,
+        samples_per_site=a.samples_per_site,
+        alpha=a.alpha,
+        val_fraction=a.val_fraction,
+        min_len=a.min_len,
+        max_len=a.max_len,
+        motif_noise=a.motif_noise,
+        label_noise=a.label_noise,
+        test_samples=a.test_samples,
+        seed=a.seed,
+        fmt=a.format,
         site_names=[s for s in a.site_names.split(",") if s] or None,
     )
     try:
@@ -36,8 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    json.dump({k: {n: {"samples": s["samples"], "path": s["path"]} for n, s in v.items()} if k == "sites" else v
-               for k, v in manifest.items() if k in ("sites", "test")}, sys.stdout, indent=2)
+    json.dump(
+        {
+            k: {n: {"samples": s["samples"], "path": s["path"]} for n, s in v.items()} if k == "sites" else v
+            for k, v in manifest.items()
+            if k in ("sites", "test")
+        },
+        sys.stdout,
+        indent=2,
+    )
     print()
     return 0
 

@@ -77,7 +77,14 @@ def _pick(rng: np.random.Generator, alphabet: str, n: int) -> str:
 
 
 def _signal_peptide(rng):
-    return "M" + _pick(rng, "KR", int(rng.integers(1, 3))) + _pick(rng, "LLAVIF", int(rng.integers(8, 13))) + _pick(rng, "AGS", 1) + "X" + "A"
+    return (
+        "M"
+        + _pick(rng, "KR", int(rng.integers(1, 3)))
+        + _pick(rng, "LLAVIF", int(rng.integers(8, 13)))
+        + _pick(rng, "AGS", 1)
+        + "X"
+        + "A"
+    )
 
 
 def _tm(rng):
@@ -160,7 +167,9 @@ def make_samples(rng: np.random.Generator, labels: np.ndarray, cfg: GeneratorCon
     return out
 
 
-def dirichlet_split(rng: np.random.Generator, labels: np.ndarray, n_sites: int, alpha: float) -> list[np.ndarray]:
+def dirichlet_split(
+    rng: np.random.Generator, labels: np.ndarray, n_sites: int, alpha: float
+) -> list[np.ndarray]:
     """Indices per site: for every class, its samples are divided by a Dirichlet(alpha) draw."""
     per_site: list[list[int]] = [[] for _ in range(n_sites)]
     for c in np.unique(labels):
@@ -228,7 +237,13 @@ def write_dataset(cfg: GeneratorConfig, out_dir: str | os.PathLike) -> dict:
     data = generate(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"seed": cfg.seed, "alpha": cfg.alpha, "classes": list(LOCATION_CLASSES), "format": cfg.fmt, "sites": {}}
+    manifest = {
+        "seed": cfg.seed,
+        "alpha": cfg.alpha,
+        "classes": list(LOCATION_CLASSES),
+        "format": cfg.fmt,
+        "sites": {},
+    }
     for name, rows in data["sites"].items():
         p = out / f"{name}.{cfg.fmt}"
         _write_rows(p, rows, cfg.fmt)

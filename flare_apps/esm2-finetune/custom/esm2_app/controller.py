@@ -73,7 +73,14 @@ class Esm2FedAvg(ModelController):
     def _site_metrics(self, res: FLModel) -> tuple[str, dict]:
         site = res.meta.get("client_name", "?")
         m = dict(res.metrics or {})
-        for k in ("dp_epsilon", "dp_delta", "dp_rounds", "dp_update_norm", "dp_noise_multiplier", "dp_clip_norm"):
+        for k in (
+            "dp_epsilon",
+            "dp_delta",
+            "dp_rounds",
+            "dp_update_norm",
+            "dp_noise_multiplier",
+            "dp_clip_norm",
+        ):
             if k in res.meta:
                 m[k] = res.meta[k]
         if res.params is not None:
@@ -89,7 +96,9 @@ class Esm2FedAvg(ModelController):
             accs = [m["val_accuracy"] for m in per_site.values()]
             out["val_accuracy_min_site"] = float(min(accs))
             out["val_accuracy_max_site"] = float(max(accs))
-        losses = [(m["train_loss"], m.get("train_samples", 1)) for m in per_site.values() if "train_loss" in m]
+        losses = [
+            (m["train_loss"], m.get("train_samples", 1)) for m in per_site.values() if "train_loss" in m
+        ]
         if losses:
             tot = sum(n for _, n in losses)
             out["train_loss"] = float(sum(loss * n for loss, n in losses) / max(tot, 1))
@@ -98,7 +107,9 @@ class Esm2FedAvg(ModelController):
     def _aggregate(self, global_params: dict, results: list[FLModel], weights: dict) -> dict:
         new = {}
         for k, g in global_params.items():
-            contrib = [(weights[r.meta["client_name"]], r.params[k]) for r in results if r.params and k in r.params]
+            contrib = [
+                (weights[r.meta["client_name"]], r.params[k]) for r in results if r.params and k in r.params
+            ]
             wsum = sum(w for w, _ in contrib)
             if not contrib or wsum <= 0:
                 new[k] = g  # e.g. excluded by ExcludeVars at every site
@@ -152,11 +163,17 @@ class Esm2FedAvg(ModelController):
             "rounds_planned": self.num_rounds,
             "mode": self.params.get("mode"),
             "preset": self.params.get("preset"),
-            "parameters": {"total": int(n_total), "trainable": int(n_train), "bytes_per_transfer": bytes_down},
+            "parameters": {
+                "total": int(n_total),
+                "trainable": int(n_train),
+                "bytes_per_transfer": bytes_down,
+            },
             "aggregation": self.aggregation,
             "privacy": self.privacy,
             "history": [],
-            "resumed_from": {"checkpoint": self.initial_checkpoint, "round": self.start_round} if self.initial_checkpoint else None,
+            "resumed_from": {"checkpoint": self.initial_checkpoint, "round": self.start_round}
+            if self.initial_checkpoint
+            else None,
             "last_completed_round": None,
             "final": None,
             "status": "running",
@@ -175,7 +192,12 @@ class Esm2FedAvg(ModelController):
             self.info(f"round {rnd + 1}/{self.num_rounds}")
             results = self.send_model_and_wait(
                 task_name="train",
-                data=FLModel(params=global_params, params_type=ParamsType.FULL, current_round=rnd, total_rounds=self.num_rounds),
+                data=FLModel(
+                    params=global_params,
+                    params_type=ParamsType.FULL,
+                    current_round=rnd,
+                    total_rounds=self.num_rounds,
+                ),
                 min_responses=self.min_clients,
                 timeout=self.task_timeout,
             )
@@ -186,14 +208,21 @@ class Esm2FedAvg(ModelController):
             per_site = dict(self._site_metrics(r) for r in results)
             counts = {s: int(m.get("train_samples", 0)) for s, m in per_site.items()}
             weights = aggregation_weights(
-                counts, self.aggregation.get("weighting", "sample"), float(self.aggregation.get("maxShare", 1.0))
+                counts,
+                self.aggregation.get("weighting", "sample"),
+                float(self.aggregation.get("maxShare", 1.0)),
             )
             for s in per_site:
                 per_site[s]["aggregation_weight"] = weights[s]
             global_params = self._aggregate(global_params, results, weights)
-            entry = {"round": rnd, "evaluated": "initial model" if rnd == 0 else f"global after round {rnd - 1}",
-                     "global": self._global_eval(per_site), "sites": per_site, "bytes_sent_to_each_site": bytes_down,
-                     "time": time.time() - t_start}
+            entry = {
+                "round": rnd,
+                "evaluated": "initial model" if rnd == 0 else f"global after round {rnd - 1}",
+                "global": self._global_eval(per_site),
+                "sites": per_site,
+                "bytes_sent_to_each_site": bytes_down,
+                "time": time.time() - t_start,
+            }
             record["history"].append(entry)
             self._log_tb(tb, rnd, entry)
             self._save_trainable(global_params, os.path.join(results_dir, "global_trainable.safetensors"))
@@ -203,14 +232,21 @@ class Esm2FedAvg(ModelController):
         # final evaluation of the last global model on every site's holdout
         results = self.send_model_and_wait(
             task_name="validate",
-            data=FLModel(params=global_params, params_type=ParamsType.FULL, current_round=self.num_rounds,
-                         total_rounds=self.num_rounds),
+            data=FLModel(
+                params=global_params,
+                params_type=ParamsType.FULL,
+                current_round=self.num_rounds,
+                total_rounds=self.num_rounds,
+            ),
             min_responses=self.min_clients,
             timeout=self.task_timeout,
         )
         per_site = dict(self._site_metrics(r) for r in results)
-        record["final"] = {"evaluated": f"global after round {self.num_rounds - 1}", "global": self._global_eval(per_site),
-                           "sites": per_site}
+        record["final"] = {
+            "evaluated": f"global after round {self.num_rounds - 1}",
+            "global": self._global_eval(per_site),
+            "sites": per_site,
+        }
         self._log_tb(tb, self.num_rounds, record["final"])
         eps = {}
         for entry in record["history"]:
@@ -258,15 +294,23 @@ class Esm2FedAvg(ModelController):
             "for subcellular localisation; raw data never left the data owners.",
             "",
             "## Training",
-            f"- preset: `{p.get('preset')}`" + (f", weights from `{p.get('pretrainedPath')}`" if p.get("pretrainedPath") else " (random init)"),
-            f"- mode: `{p.get('mode')}`" + (f" (last {p.get('lastN')} layers)" if p.get("mode") == "lastN" else "")
+            f"- preset: `{p.get('preset')}`"
+            + (
+                f", weights from `{p.get('pretrainedPath')}`" if p.get("pretrainedPath") else " (random init)"
+            ),
+            f"- mode: `{p.get('mode')}`"
+            + (f" (last {p.get('lastN')} layers)" if p.get("mode") == "lastN" else "")
             + (f" (LoRA {p.get('lora')})" if p.get("mode") == "lora" else ""),
             f"- rounds: {len(r['history'])} of {self.num_rounds}; local steps/round: {p.get('localSteps') or str(p.get('localEpochs')) + ' epoch(s)'}; "
             f"batch {p.get('batchSize')}; lr {p.get('learningRate')}; max length {p.get('maxSeqLength')}; seed {p.get('seed')}",
             f"- parameters: {r['parameters']['trainable']} trainable of {r['parameters']['total']} "
             f"({r['parameters']['bytes_per_transfer']} bytes per transfer)",
             f"- aggregation: {self.aggregation.get('weighting', 'sample')}"
-            + (f" (max share {self.aggregation.get('maxShare')})" if self.aggregation.get("weighting") == "capped" else ""),
+            + (
+                f" (max share {self.aggregation.get('maxShare')})"
+                if self.aggregation.get("weighting") == "capped"
+                else ""
+            ),
             "",
             "## Data owners (sites)",
             "",

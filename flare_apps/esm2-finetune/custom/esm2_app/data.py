@@ -55,7 +55,9 @@ def read_table(path: str) -> dict[str, list]:
     if not os.path.exists(path):
         raise DataError(f"dataset not found: {path}")
     if os.path.isdir(path):
-        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith((".csv", ".parquet", ".pq")))
+        files = sorted(
+            os.path.join(path, f) for f in os.listdir(path) if f.endswith((".csv", ".parquet", ".pq"))
+        )
         if not files:
             raise DataError(f"dataset directory {path} has no .csv or .parquet files")
     else:
@@ -99,8 +101,12 @@ def parse_labels(raw: list, classes: list[str], path: str) -> np.ndarray:
             bad.setdefault(s, []).append(row + 1)
             out.append(-1)
     if bad:
-        detail = "; ".join(f"{k!r} (rows {v[:3]}{'...' if len(v) > 3 else ''})" for k, v in list(bad.items())[:5])
-        raise DataError(f"{path}: unknown label(s) {detail}; expected one of {classes} or 0..{len(classes) - 1}")
+        detail = "; ".join(
+            f"{k!r} (rows {v[:3]}{'...' if len(v) > 3 else ''})" for k, v in list(bad.items())[:5]
+        )
+        raise DataError(
+            f"{path}: unknown label(s) {detail}; expected one of {classes} or 0..{len(classes) - 1}"
+        )
     return np.array(out, dtype=np.int64)
 
 
@@ -119,7 +125,9 @@ def check_sequences(seqs: list, path: str) -> list[str]:
     return out
 
 
-def split_indices(splits: list | None, n: int, val_fraction: float, seed: int, path: str) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    splits: list | None, n: int, val_fraction: float, seed: int, path: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Train/holdout indices: from the split column when present, else a seeded random holdout."""
     if splits is not None and any(s not in (None, "") for s in splits):
         norm = [("" if s is None else str(s).strip().lower()) for s in splits]
@@ -151,7 +159,9 @@ def encode(tokenizer, seqs: list[str], max_len: int) -> tuple[list[list[int]], i
     return ids, truncated
 
 
-def load_site_data(path: str, classes: list[str], tokenizer, max_len: int, val_fraction: float = 0.2, seed: int = 0):
+def load_site_data(
+    path: str, classes: list[str], tokenizer, max_len: int, val_fraction: float = 0.2, seed: int = 0
+):
     """(train Dataset, holdout Dataset) for one site."""
     t = read_table(path)
     seqs = check_sequences(t["sequence"], path)
@@ -159,7 +169,13 @@ def load_site_data(path: str, classes: list[str], tokenizer, max_len: int, val_f
     tr, va = split_indices(t.get("split"), len(seqs), val_fraction, seed, path)
     ids, truncated = encode(tokenizer, seqs, max_len)
     if truncated:
-        log.warning("%s: %d of %d sequences longer than maxSeqLength=%d were truncated", path, truncated, len(seqs), max_len)
+        log.warning(
+            "%s: %d of %d sequences longer than maxSeqLength=%d were truncated",
+            path,
+            truncated,
+            len(seqs),
+            max_len,
+        )
     tr_set = Dataset([ids[i] for i in tr], labels[tr], int(sum(len(seqs[i]) > max_len - 2 for i in tr)))
     va_set = Dataset([ids[i] for i in va], labels[va], int(sum(len(seqs[i]) > max_len - 2 for i in va)))
     return tr_set, va_set

@@ -70,7 +70,14 @@ def esm_config(preset: str, num_labels: int, labels: list[str] | None = None):
     )
 
 
-def build_model(preset: str, num_labels: int, pretrained_path: str = "", seed: int = 0, labels=None, allow_random: bool = False):
+def build_model(
+    preset: str,
+    num_labels: int,
+    pretrained_path: str = "",
+    seed: int = 0,
+    labels=None,
+    allow_random: bool = False,
+):
     """EsmForSequenceClassification: random ``tiny`` (or any preset with allow_random) or from a local checkpoint.
 
     ``pretrained_path`` is a local directory in Hugging Face format (config.json +
@@ -83,7 +90,9 @@ def build_model(preset: str, num_labels: int, pretrained_path: str = "", seed: i
     torch.manual_seed(seed)
     if pretrained_path:
         if not os.path.isdir(pretrained_path):
-            raise ModelError(f"pretrainedPath {pretrained_path!r} is not a directory (expected a Hugging Face checkpoint)")
+            raise ModelError(
+                f"pretrainedPath {pretrained_path!r} is not a directory (expected a Hugging Face checkpoint)"
+            )
         kw = {}
         if labels:
             kw = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
@@ -92,7 +101,9 @@ def build_model(preset: str, num_labels: int, pretrained_path: str = "", seed: i
         )
         cfg = model.config
         if cfg.pad_token_id != 1 or cfg.vocab_size != 33:
-            raise ModelError(f"{pretrained_path}: not an ESM2 checkpoint (pad_token_id={cfg.pad_token_id}, vocab={cfg.vocab_size})")
+            raise ModelError(
+                f"{pretrained_path}: not an ESM2 checkpoint (pad_token_id={cfg.pad_token_id}, vocab={cfg.vocab_size})"
+            )
         if preset in PRESETS and preset != "tiny":
             hidden, layers, _, _ = PRESETS[preset]
             if (cfg.hidden_size, cfg.num_hidden_layers) != (hidden, layers):
@@ -158,7 +169,9 @@ def trainable_names(model) -> list[str]:
 
 def get_trainable(model) -> dict[str, np.ndarray]:
     """The parameters that travel: trainable ones only, as float32 numpy arrays."""
-    return {n: p.detach().float().cpu().numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().float().cpu().numpy().copy() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def set_trainable(model, params: dict) -> None:

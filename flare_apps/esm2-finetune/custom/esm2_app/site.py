@@ -20,7 +20,11 @@ def model_from_params(p: dict, allow_random: bool = False):
     """Build the model exactly as every participant does (same seed -> same frozen weights)."""
     classes = list(p.get("labels") or LOCATION_CLASSES)
     model = build_model(
-        p["preset"], len(classes), p.get("pretrainedPath", ""), seed=int(p["seed"]), labels=classes,
+        p["preset"],
+        len(classes),
+        p.get("pretrainedPath", ""),
+        seed=int(p["seed"]),
+        labels=classes,
         allow_random=allow_random,
     )
     return apply_mode(model, p["mode"], int(p.get("lastN", 1)), p.get("lora"), seed=int(p["seed"]))
@@ -39,7 +43,11 @@ class SiteTrainer:
         self.model = model_from_params(params, allow_random=allow_random).to(self.device)
         tok = make_tokenizer()
         self.train_ds, self.val_ds = load_site_data(
-            dataset_path, self.classes, tok, int(params["maxSeqLength"]), float(params.get("valFraction", 0.2)),
+            dataset_path,
+            self.classes,
+            tok,
+            int(params["maxSeqLength"]),
+            float(params.get("valFraction", 0.2)),
             int(params["seed"]),
         )
         site_seed = int(params["seed"]) * 1000 + sum(site_name.encode())
@@ -72,7 +80,12 @@ class SiteTrainer:
 
     def train_round(self) -> dict:
         stats = train_steps(
-            self.model, self.stream, self.steps_per_round(), float(self.p["learningRate"]), self.device, self.bf16,
+            self.model,
+            self.stream,
+            self.steps_per_round(),
+            float(self.p["learningRate"]),
+            self.device,
+            self.bf16,
             float(self.p.get("weightDecay", 0.0)),
         )
         stats["train_samples"] = int(len(self.train_ds))

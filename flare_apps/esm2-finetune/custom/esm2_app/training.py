@@ -63,7 +63,9 @@ class BatchStream:
         return ids, mask, torch.from_numpy(self.ds.labels[idx])
 
 
-def train_steps(model, stream: BatchStream, steps: int, lr: float, device, bf16: bool = False, weight_decay: float = 0.0):
+def train_steps(
+    model, stream: BatchStream, steps: int, lr: float, device, bf16: bool = False, weight_decay: float = 0.0
+):
     """Run ``steps`` optimizer steps (fresh AdamW each call, as in FedAvg). Returns stats."""
     import torch
 
