@@ -70,3 +70,49 @@ def test_errors():
         cap_weights({"a": -1, "b": 1}, 1.0)
     assert aggregation_weights({}, "sample") == {}
     assert aggregation_weights({"a": 0, "b": 0}, "sample") == pytest.approx({"a": 0.5, "b": 0.5})
+
+
+def _controller(weighting="sample"):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "flare_apps" / "esm2-finetune" / "custom"))
+    from esm2_app.controller import Esm2FedAvg
+
+    return Esm2FedAvg(
+        params={"preset": "tiny", "mode": "full"}, sites=["a", "b"], aggregation={"weighting": weighting}
+    )
+
+
+def _result(site, params, **metrics):
+    from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+    return FLModel(params=params, params_type=ParamsType.DIFF, metrics=metrics, meta={"client_name": site})
+
+
+def test_server_applies_weighted_mean_of_differences():
+    import numpy as np
+
+    ctl = _controller()
+    g = {"w": np.array([1.0, 1.0], dtype=np.float32), "h": np.zeros(3, dtype=np.float32)}
+    res = [
+        _result("a", {"w": np.array([2.0, 0.0], dtype=np.float32), "h": np.ones(3, dtype=np.float32)}),
+        # site b's filter excluded "h" (ExcludeVars): h averages over the sites that sent it
+        _result("b", {"w": np.array([-2.0, 4.0], dtype=np.float32)}),
+    ]
+    new = ctl._aggregate(g, res, {"a": 0.75, "b": 0.25})
+    assert new["w"] == pytest.approx([1.0 + 0.75 * 2 - 0.25 * 2, 1.0 + 0.25 * 4])
+    assert new["h"] == pytest.approx([1.0, 1.0, 1.0])
+    assert new["w"].dtype == np.float32
+    # a tensor no site sent keeps its global value
+    new2 = ctl._aggregate({"z": np.ones(2, dtype=np.float32)}, res, {"a": 0.5, "b": 0.5})
+    assert new2["z"] == pytest.approx([1.0, 1.0])
+
+
+def test_server_pools_confusion_matrices_for_global_metrics():
+    ctl = _controller()
+    per_site = {
+        "a": {"val_confusion": [[8, 2], [0, 0]], "val_accuracy": 0.8, "train_loss": 1.0, "train_samples": 30},
+        "b": {"val_confusion": [[0, 0], [5, 5]], "val_accuracy": 0.5, "train_loss": 2.0, "train_samples": 10},
+    }
+    g = ctl._global_eval(per_site)
+    assert g["val_accuracy"] == pytest.approx(13 / 20)
+    assert g["val_accuracy_min_site"] == 0.5 and g["val_accuracy_max_site"] == 0.8
+    assert g["train_loss"] == pytest.approx((30 * 1.0 + 10 * 2.0) / 40)

@@ -177,3 +177,27 @@ def test_resume_from_checkpoint(app):
         plain["workflows"][0]["args"]["initial_checkpoint"] == ""
         and plain["workflows"][0]["args"]["start_round"] == 0
     )
+
+
+def test_generated_filter_configs_instantiate(app):
+    """The NVFlare filter classes accept exactly the args the builder writes."""
+    import importlib
+
+    privacy = {
+        "differentialPrivacy": {"enabled": True},
+        "filters": [
+            {"type": "ExcludeVars", "args": {"exclude_vars": "classifier"}},
+            {"type": "PercentilePrivacy", "args": {"percentile": 10, "gamma": 0.01}},
+            {
+                "type": "SVTPrivacy",
+                "args": {"fraction": 0.1, "epsilon": 0.1, "noise_var": 0.1, "gamma": 1e-5, "tau": 1e-6},
+            },
+        ],
+    }
+    files = build_job(app, {}, SITES, job_name="j", privacy=privacy)
+    filters = _cfg(files, "j/app_site-1/config/config_fed_client.json")["task_result_filters"][0]["filters"]
+    sys.path.insert(0, str(app.path.parent / "_shared"))
+    for f in filters:
+        mod, cls = f["path"].rsplit(".", 1)
+        obj = getattr(importlib.import_module(mod), cls)(**f["args"])
+        assert obj is not None
