@@ -44,10 +44,17 @@ def widget_crd() -> dict:
                                     "required": ["size"],
                                     "properties": {
                                         "size": {"type": "integer", "minimum": 1, "maximum": 10},
-                                        "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                                        "color": {
+                                            "type": "string",
+                                            "enum": ["red", "blue"],
+                                            "default": "red",
+                                        },
                                     },
                                     "x-kubernetes-validations": [
-                                        {"rule": "self.color != 'blue' || self.size > 2", "message": "blue widgets need size > 2"}
+                                        {
+                                            "rule": "self.color != 'blue' || self.size > 2",
+                                            "message": "blue widgets need size > 2",
+                                        }
                                     ],
                                 },
                                 "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -121,7 +128,9 @@ def test_custom_resource_round_trips(kube, namespace, widget_crd_installed):
         ({"size": 2, "color": "blue"}, "blue widgets need size > 2"),
     ],
 )
-def test_invalid_custom_resource_is_rejected_by_the_server(kube, namespace, widget_crd_installed, spec, message):
+def test_invalid_custom_resource_is_rejected_by_the_server(
+    kube, namespace, widget_crd_installed, spec, message
+):
     co = client.CustomObjectsApi(kube)
     with pytest.raises(ApiException) as err:
         co.create_namespaced_custom_object(GROUP, "v1", namespace, "widgets", widget("bad", **spec))
@@ -226,8 +235,14 @@ def test_rbac_confines_a_user_to_its_namespace(control_plane, kube):
             org_a,
             {
                 "metadata": {"name": "org-a-admins"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "configmap-editor"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "org-a-admins"}],
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "configmap-editor",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "org-a-admins"}
+                ],
             },
         )
         alice = control_plane.user_kubeconfig("alice", ["org-a-admins"])
@@ -235,7 +250,9 @@ def test_rbac_confines_a_user_to_its_namespace(control_plane, kube):
         assert whoami["status"]["userInfo"]["username"] == "alice"
         assert "org-a-admins" in whoami["status"]["userInfo"]["groups"]
 
-        control_plane.kubectl("-n", org_a, "create", "configmap", "allowed", "--from-literal=k=v", kubeconfig=alice)
+        control_plane.kubectl(
+            "-n", org_a, "create", "configmap", "allowed", "--from-literal=k=v", kubeconfig=alice
+        )
         denied = control_plane.kubectl(
             "-n", org_b, "create", "configmap", "denied", "--from-literal=k=v", kubeconfig=alice, check=False
         )

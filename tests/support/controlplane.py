@@ -90,8 +90,8 @@ def processes_mentioning(text: str) -> list[int]:
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace"
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             )
         except OSError:
             continue
@@ -217,9 +217,7 @@ class ControlPlane:
     ) -> subprocess.CompletedProcess:
         """Run kubectl (the flarecp multi-call one) against this cluster; text output."""
         cmd = [str(bin_dir() / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
-        proc = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc

@@ -180,7 +180,10 @@ def strip_finalizers(api, ns: str) -> int:
             name = obj["metadata"]["name"]
             try:
                 raw_request(
-                    api, "PATCH", f"{base}/{name}", {"metadata": {"finalizers": None}},
+                    api,
+                    "PATCH",
+                    f"{base}/{name}",
+                    {"metadata": {"finalizers": None}},
                     "application/merge-patch+json",
                 )
                 stripped += 1
