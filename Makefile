@@ -55,12 +55,14 @@ crds: install
 bench-compute: install controlplane
 	$(PYTHON) bench/compute_reconcile.py --count 20
 
-## demo: start a local control plane, install the CRDs, apply the ESM2 scenario, show `kubectl get flare`
+## demo: local control plane, CRDs, the operator, the ESM2 consortium scenario up to an approved job
 demo: install controlplane
 	@bash hack/demo.sh
 
-## demo-down: stop what `make demo` started
-demo-down: cluster-down
+## demo-down: stop what `make demo` started (operator, NVFlare processes, control plane)
+demo-down:
+	-@test -f .demo/operator.pid && kill $$(cat .demo/operator.pid) 2>/dev/null; rm -f .demo/operator.pid
+	@$(MAKE) --no-print-directory cluster-down
 
 include hack/controlplane/controlplane.mk
 -include flare_apps/apps.mk

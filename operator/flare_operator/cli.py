@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--kubeconfig", type=Path, default=None, help="default: in-cluster, then ~/.kube/config")
     run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true")
+    sub.add_parser("rbac", help="print the ClusterRoles flare-modeller and flare-org-admin as YAML")
     validate = sub.add_parser("validate", help="validate flareop.io manifests offline, as the API server would")
     validate.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         from .api import crdgen
 
         return crdgen.main(["--root", str(args.root)] + (["--check"] if args.check else []))
+    if args.command == "rbac":
+        from .builders.rbac import modeller_cluster_role, org_admin_cluster_role
+
+        print(yaml.safe_dump_all([modeller_cluster_role(), org_admin_cluster_role()], sort_keys=False), end="")
+        return 0
     if args.command == "run":
         from .main import main as run_operator
 
