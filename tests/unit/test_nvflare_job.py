@@ -201,3 +201,40 @@ def test_generated_filter_configs_instantiate(app):
         mod, cls = f["path"].rsplit(".", 1)
         obj = getattr(importlib.import_module(mod), cls)(**f["args"])
         assert obj is not None
+
+
+def test_api_shapes_translate_to_builder_settings(app):
+    from flare_operator.builders.nvflare_job import aggregation_from_api, privacy_from_api
+    from flare_operator.catalog import expected_epsilon
+
+    priv = privacy_from_api(
+        {"differentialPrivacy": {"enabled": True, "epsilon": 8, "delta": 1e-5, "clipNorm": 1.0}}, 5
+    )
+    dp = priv["differentialPrivacy"]
+    assert "epsilon" not in dp and dp["clipNorm"] == 1.0
+    eps = expected_epsilon(priv, 5)
+    assert 7.9 < eps <= 8.0  # calibrated: the target is met, and not by a wide margin
+    assert privacy_from_api({"differentialPrivacy": {"enabled": False}}, 5) == {
+        "differentialPrivacy": {"enabled": False}
+    }
+    with pytest.raises(JobBuildError, match="epsilon is required"):
+        privacy_from_api({"differentialPrivacy": {"enabled": True}}, 5)
+    assert aggregation_from_api({"weighting": "Capped", "maxSiteShare": 0.6}) == {
+        "weighting": "capped",
+        "maxShare": 0.6,
+    }
+    assert aggregation_from_api({"weighting": "SampleCount"}) == {"weighting": "sample"}
+    assert aggregation_from_api(None) == {"weighting": "sample"}
+    with pytest.raises(JobBuildError, match="unknown aggregation weighting"):
+        aggregation_from_api({"weighting": "Median"})
+    files = build_job(
+        app,
+        {"rounds": 5},
+        SITES,
+        job_name="j",
+        privacy=priv,
+        aggregation=aggregation_from_api({"weighting": "Uniform"}),
+    )
+    assert _cfg(files, "j/app_site-1/config/config_fed_client.json")["task_result_filters"][0]["filters"][0][
+        "args"
+    ]["noise_multiplier"] == pytest.approx(dp["noiseMultiplier"])

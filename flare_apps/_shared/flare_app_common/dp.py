@@ -59,3 +59,25 @@ def clip_and_noise(
         noised = a * scale + (rng.normal(0.0, std, size=a.shape) if std > 0 else 0.0)
         out[k] = noised.astype(orig.dtype if np.issubdtype(orig.dtype, np.floating) else np.float32)
     return out, norm
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float, rounds: int, delta: float, accountant: str = "rdp", tol: float = 1e-3
+) -> float:
+    """Smallest noise multiplier whose epsilon after ``rounds`` rounds is <= ``target_epsilon`` (bisection)."""
+    if target_epsilon <= 0:
+        raise ValueError("target epsilon must be > 0")
+    if rounds <= 0:
+        raise ValueError("rounds must be > 0")
+    lo, hi = 1e-3, 1.0
+    while epsilon_spent(hi, rounds, delta, accountant) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e5:
+            raise ValueError(f"epsilon {target_epsilon} is unreachable for {rounds} rounds at delta {delta}")
+    while hi - lo > tol * hi:
+        mid = (lo + hi) / 2
+        if epsilon_spent(mid, rounds, delta, accountant) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -267,6 +267,50 @@ def build_job(
     return dict(sorted(files.items()))
 
 
+def privacy_from_api(privacy: Mapping | None, rounds: int) -> dict:
+    """FederatedJob ``spec.privacy`` (target ``epsilon``, ``delta``, ``clipNorm``) -> ``build_job``'s ``privacy``.
+
+    The noise multiplier is calibrated (RDP accountant) so that each site's epsilon after
+    ``rounds`` rounds is at most the target. Already-built shapes (``noiseMultiplier``) pass through.
+    Needs the dp-accounting package when DP is enabled.
+    """
+    from ..catalog import noise_multiplier_for_epsilon
+
+    privacy = dict(privacy or {})
+    dp = dict(privacy.get("differentialPrivacy") or {})
+    out: dict = {k: v for k, v in privacy.items() if k != "differentialPrivacy"}
+    if dp.get("enabled") and "noiseMultiplier" not in dp:
+        eps = dp.pop("epsilon", None)
+        if eps is None:
+            raise JobBuildError(
+                "privacy.differentialPrivacy.epsilon is required when differential privacy is enabled"
+            )
+        delta = float(dp.get("delta", 1e-5))
+        dp["noiseMultiplier"] = noise_multiplier_for_epsilon(
+            float(eps), int(rounds), delta, dp.get("accountant", "rdp")
+        )
+    else:
+        dp.pop("epsilon", None)
+    out["differentialPrivacy"] = dp
+    return out
+
+
+_WEIGHTING_FROM_API = {"samplecount": "sample", "sample": "sample", "uniform": "uniform", "capped": "capped"}
+
+
+def aggregation_from_api(aggregation: Mapping | None) -> dict:
+    """FederatedJob ``spec.aggregation`` (``SampleCount|Uniform|Capped``, ``maxSiteShare``) -> ``build_job``'s."""
+    a = dict(aggregation or {})
+    w = str(a.get("weighting", "SampleCount"))
+    if w.lower() not in _WEIGHTING_FROM_API:
+        raise JobBuildError(f"unknown aggregation weighting {w!r} (SampleCount, Uniform or Capped)")
+    out = {"weighting": _WEIGHTING_FROM_API[w.lower()]}
+    share = a.get("maxSiteShare", a.get("maxShare"))
+    if share is not None:
+        out["maxShare"] = float(share)
+    return out
+
+
 def job_content_hash(files: Mapping[str, bytes]) -> str:
     """sha256 over the sorted (path, bytes) pairs: what the sites approve."""
     h = hashlib.sha256()

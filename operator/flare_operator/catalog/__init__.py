@@ -18,7 +18,7 @@ from .loader import (
     shared_dir,
     validate_params,
 )
-from .privacy import expected_epsilon
+from .privacy import expected_epsilon, noise_multiplier_for_epsilon
 from .schemas import AGGREGATION_SCHEMA, PRIVACY_SCHEMA, validate_aggregation, validate_privacy
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "list_apps",
     "load_app",
     "load_app_dir",
+    "noise_multiplier_for_epsilon",
     "shared_dir",
     "validate_aggregation",
     "validate_params",

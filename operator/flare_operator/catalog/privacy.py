@@ -38,3 +38,20 @@ def expected_epsilon(
         return float(mod.epsilon_spent(p["noiseMultiplier"], int(rounds), p["delta"], p["accountant"]))
     except ModuleNotFoundError as e:  # dp-accounting not installed
         raise CatalogError(f"epsilon accounting needs the dp-accounting package: {e}") from e
+
+
+def noise_multiplier_for_epsilon(
+    target_epsilon: float,
+    rounds: int,
+    delta: float,
+    accountant: str = "rdp",
+    root: str | os.PathLike | None = None,
+) -> float:
+    """Smallest Gaussian noise multiplier that keeps each site's epsilon after ``rounds`` at or below the target."""
+    try:
+        mod = _dp_module(root)
+        return float(
+            mod.calibrate_noise_multiplier(float(target_epsilon), int(rounds), float(delta), accountant)
+        )
+    except ModuleNotFoundError as e:
+        raise CatalogError(f"epsilon accounting needs the dp-accounting package: {e}") from e
