@@ -141,7 +141,7 @@ def processes_under(path: Path) -> list[str]:
         except OSError:
             continue
         if str(path) in cmd:
-            found.append(f"{proc.name}: {cmd[:160]}")
+            found.append(f"{proc.name}: {cmd}")
     return found
 
 

@@ -32,6 +32,11 @@ def _list(cp, kind: str, namespace: str, selector: str = "flareop.io/federation"
     return json.loads(cp.kubectl("get", kind, "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]
 
 
+def generations(cp, *namespaces: str) -> dict[str, int]:
+    return {f"{ns}/{s['metadata']['name']}": s["metadata"]["generation"]
+            for ns in namespaces for s in _list(cp, "statefulsets", ns)}
+
+
 def _dataset_claim(namespace: str) -> dict:
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "scl-data", "namespace": namespace},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}
@@ -115,12 +120,13 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
                     for ns in (modeller, org_a, org_b) for kind in ("statefulsets", "services", "secrets",
                                                                     "networkpolicies", "configmaps")
                     for o in _list(cp, kind, ns)}
+        sts_generations = generations(cp, modeller, org_a, org_b)
         op.stop()
         op = OperatorProcess(cp, tmp_path, config, name="operator-restarted").start()
         # Let the restarted operator go over everything a few times (resume + timers).
         wait_for(lambda: reconciles(config["metricsPort"], "ComputeSpec") >= 3
                  and reconciles(config["metricsPort"], "AccessRequest") >= 6, timeout=60, message="reconciled")
-        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=60)
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
         after = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
                  for ns in (modeller, org_a, org_b) for kind in ("statefulsets", "services", "secrets",
                                                                  "networkpolicies", "configmaps")
@@ -128,6 +134,8 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
         assert after.keys() == versions.keys(), "a restart neither adds nor removes objects"
         changed = [k for k in versions if after[k] != versions[k] and k[0] != "StatefulSet"]
         assert not changed, f"a restart re-keyed or rewrote {changed}"
+        # StatefulSets' status moves on its own; their spec (generation) must not.
+        assert {k: v for k, v in generations(cp, modeller, org_a, org_b).items()} == sts_generations
 
         # Scale to zero: GPUs released, workspaces kept; and back.
         cp.kubectl("patch", "computespec", "esm2", "-n", modeller, "--type=merge", "-p", '{"spec":{"active":false}}')

@@ -5,6 +5,8 @@ NVFlare server and two real clients connected per the FLARE API."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
@@ -70,6 +72,18 @@ def test_compute_spec_runs_a_federation_and_cleans_up(control_plane, consortium,
             assert req["status"]["decision"] == "Approved" and req["spec"]["consumerOrg"] == modeller
         assert len(processes_under(workdir)) >= 3, "server and two clients run as processes"
         ca_before = get(cp, "secret", modeller, f"{status['project']}-ca")["data"]["cert.json"]
+
+        # A client that crashes is restarted by the site's supervisor and reconnects.
+        def client_pids():
+            return {int(p.split(":")[0]) for p in processes_under(workdir)
+                    if "client_train" in p and f"uid={org_a}" in p}
+
+        (crashed,) = client_pids()
+        os.kill(crashed, signal.SIGKILL)
+        wait_for(lambda: client_pids() - {crashed}, timeout=60, message="org-a's client restarted")
+        wait_for(lambda: get(cp, "accessrequest", org_a, f"compute-{modeller}-esm2")["status"].get("clientReady"),
+                 timeout=60, message="org-a reports its client running again")
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
 
         # Deactivate: everything stops, identities stay.
         cp.kubectl("patch", "computespec", "esm2", "-n", modeller, "--type=merge", "-p", '{"spec":{"active":false}}')
