@@ -21,13 +21,29 @@ from esm2_app.site import SiteTrainer  # noqa: E402
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
 
 
+def resolve_dataset(path: str) -> str:
+    """A job names a dataset by reference (`dataset:<id>`) when the hub must not know where it is:
+    the site's own config ($FLAREOP_SITE_CONFIG, written by the site's gateway) says where."""
+    if not path.startswith("dataset:"):
+        return path
+    dataset_id = path.split(":", 1)[1]
+    config_file = os.environ.get("FLAREOP_SITE_CONFIG")
+    if not config_file or not os.path.exists(config_file):
+        raise SystemExit(f"dataset {dataset_id}: this site has no FLAREOP_SITE_CONFIG to resolve it")
+    with open(config_file) as f:
+        datasets = json.load(f).get("datasets", {})
+    if dataset_id not in datasets:
+        raise SystemExit(f"dataset {dataset_id} is not granted at this site (known: {sorted(datasets)})")
+    return datasets[dataset_id]
+
+
 def main():
     with open(os.path.join(HERE, "site_config.json")) as f:
         cfg = json.load(f)
     flare.init()
     site = flare.get_site_name()
     t0 = time.perf_counter()
-    trainer = SiteTrainer(cfg["params"], cfg["datasetPath"], site)
+    trainer = SiteTrainer(cfg["params"], resolve_dataset(cfg["datasetPath"]), site)
     print(
         f"[{site}] model ready in {time.perf_counter() - t0:.1f}s: {len(trainer.train_ds)} train / "
         f"{len(trainer.val_ds)} holdout sequences, {trainer.truncated} truncated, device {trainer.device}"

@@ -85,6 +85,13 @@ class ApiModel(BaseModel):
             raise ValueError("; ".join(failed))
         return self
 
+    @classmethod
+    def own_fields(cls, data: dict[str, Any] | None) -> dict[str, Any]:
+        """The entries of `data` this model declares: a status may carry fields written by others
+        (Kopf, a person), which must neither fail parsing nor count as our change."""
+        aliases = {f.alias or name for name, f in cls.model_fields.items()}
+        return {k: v for k, v in (data or {}).items() if k in aliases}
+
     def to_wire(self) -> dict[str, Any]:
         """The JSON the API server stores: camelCase, no nulls."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

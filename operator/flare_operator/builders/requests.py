@@ -32,6 +32,26 @@ def kit_secret_name(request_name: str) -> str:
     return _short(f"{request_name}-kit", 253)
 
 
+def _request_object(request: AccessRequestSpec, hub_namespace: str, federation: str) -> dict:
+    """The AccessRequest object: named and labelled after its source, so the source can find it."""
+    src = request.source
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AccessRequest",
+        "metadata": {
+            "name": access_request_name(RequestKind(src.kind), src.namespace, src.name),
+            "namespace": hub_namespace,
+            "labels": {
+                LABEL_FEDERATION: federation,
+                LABEL_SOURCE_NAMESPACE: src.namespace,
+                LABEL_SOURCE_NAME: _short(src.name),
+                LABEL_REQUEST_KIND: RequestKind(src.kind).value,
+            },
+        },
+        "spec": request.to_wire(),
+    }
+
+
 def datasets_by_org(spec: ComputeSpecSpec) -> dict[str, tuple[str, ...]]:
     grouped: dict[str, list[str]] = defaultdict(list)
     for ref in spec.datasets:
@@ -54,21 +74,7 @@ def compute_access_request(*, org: str, hub_namespace: str, source_namespace: st
         participating_orgs=list(by_org),
         content_hash=content_hash,
     )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "AccessRequest",
-        "metadata": {
-            "name": access_request_name(RequestKind.COMPUTE, source_namespace, source_name),
-            "namespace": hub_namespace,
-            "labels": {
-                LABEL_FEDERATION: federation,
-                LABEL_SOURCE_NAMESPACE: source_namespace,
-                LABEL_SOURCE_NAME: _short(source_name),
-                LABEL_REQUEST_KIND: RequestKind.COMPUTE.value,
-            },
-        },
-        "spec": request.to_wire(),
-    }
+    return _request_object(request, hub_namespace, federation)
 
 
 def job_access_request(*, org: str, hub_namespace: str, source_namespace: str, source_name: str, source_uid: str,
@@ -90,18 +96,4 @@ def job_access_request(*, org: str, hub_namespace: str, source_namespace: str, s
         aggregation=job.aggregation,
         content_hash=content_hash,
     )
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "AccessRequest",
-        "metadata": {
-            "name": access_request_name(RequestKind.JOB, source_namespace, source_name),
-            "namespace": hub_namespace,
-            "labels": {
-                LABEL_FEDERATION: federation,
-                LABEL_SOURCE_NAMESPACE: source_namespace,
-                LABEL_SOURCE_NAME: _short(source_name),
-                LABEL_REQUEST_KIND: RequestKind.JOB.value,
-            },
-        },
-        "spec": request.to_wire(),
-    }
+    return _request_object(request, hub_namespace, federation)

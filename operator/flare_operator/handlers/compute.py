@@ -111,7 +111,7 @@ class Federation:
         self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.generation = meta.get("generation", 1)
         self.spec = ComputeSpecSpec.model_validate(body["spec"])
-        self.previous = ComputeSpecStatus.model_validate(_our_status(body))
+        self.previous = ComputeSpecStatus.model_validate(ComputeSpecStatus.own_fields(body.get("status")))
         self.fed = naming.federation_name(self.namespace, self.name)
         self.owner = owner_reference(body)
         self.labels = {LABEL_FEDERATION: self.fed}
@@ -176,6 +176,20 @@ class Federation:
         conds = set_condition(list(self.previous.conditions), type_=ConditionType.READY, status=False,
                               reason=Reason.INVALID_SPEC, message=message, generation=self.generation, now=_now())
         return ComputeSpecStatus(phase="Failed", observed_generation=self.generation, conditions=conds)
+
+    async def existing_server(self) -> ServerWorkload | None:
+        """The provisioned server (kits from its Secrets), without provisioning anything."""
+        names = self._names()
+        server_kit = await self.hub.k("get", "Secret", self.namespace, names["server"])
+        admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])
+        ca = await self.hub.k("get", "Secret", self.namespace, names["ca"])
+        plan = secret_bytes(ca, PLAN_KEY)
+        if not (server_kit and admin_kit and plan):
+            return None
+        return ServerWorkload(federation=self.fed, namespace=self.namespace,
+                              server_name=_plan_from_json(plan.decode()).server_host, spec=self.spec,
+                              kit=secret_bytes(server_kit, KIT_KEY) or b"", admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"",
+                              kit_secret=names["server"], owner=self.owner)
 
     async def _provision(self, requests: dict[str, dict]) -> tuple[ServerWorkload, FederationPlan]:
         """Ensure the NVFlare project has exactly these clients; re-provision only when that changes."""
@@ -258,13 +272,6 @@ def _plan_from_json(text: str) -> FederationPlan:
                           extra_host_names=tuple(d.get("extra_host_names", ())))
 
 
-def _our_status(body: dict) -> dict:
-    """Our status fields only (Kopf or a person may have left others)."""
-    fields = ComputeSpecStatus.model_fields
-    aliases = {f.alias or n for n, f in fields.items()}
-    return {k: v for k, v in (body.get("status") or {}).items() if k in aliases}
-
-
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
@@ -272,7 +279,7 @@ def _now() -> datetime:
 async def write_status(hub: Hub, body: dict, status: ComputeSpecStatus) -> None:
     """Patch only when something changed; an Event when the phase changes."""
     new = status.to_wire()
-    old = _our_status(body)
+    old = ComputeSpecStatus.own_fields(body.get("status"))
     if new == old:
         return
     meta = body["metadata"]

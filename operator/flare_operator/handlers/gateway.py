@@ -20,7 +20,7 @@ from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
 from ..api.conditions import ConditionType, Reason
 from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus
-from ..api.gateway import DatasetSummary, GatewaySpec
+from ..api.gateway import DatasetSummary, GatewaySpec, GatewayStatus
 from ..api.job_approval import JobApprovalSpec
 from ..api.kinds import API_VERSION
 from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
@@ -32,7 +32,7 @@ from ..policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
 from ..runtime.kube import Conflict, Kube
 from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
-from ..status.conditions import set_condition
+from ..status.conditions import Conditions
 from .compute import KIT_KEY, secret_bytes
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,13 @@ def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpe
     """The AccessRequest's status for this evaluation; decidedAt moves only when the answer changes."""
     same = previous.decision == ev.decision and previous.decided_hash == spec.content_hash
     decided = ev.decision != Decision.PENDING
-    conds = set_condition(list(previous.conditions), type_=ConditionType.DECIDED, status=decided,
-                          reason=ev.reason, message=ev.message, generation=generation, now=now)
+    conds = Conditions(previous.conditions, generation=generation, now=now)
+    conds.set(ConditionType.DECIDED, decided, ev.reason, ev.message)
     ready_ok = ev.decision == Decision.APPROVED and (client_ready is not False)
-    conds = set_condition(conds, type_=ConditionType.READY, status=ready_ok,
-                          reason=Reason.RECONCILED if ready_ok else ev.reason,
-                          message=ev.message if not ready_ok or client_ready is None else "client running",
-                          generation=generation, now=now)
+    conds.set(ConditionType.READY, ready_ok, Reason.RECONCILED if ready_ok else ev.reason,
+              ev.message if not ready_ok or client_ready is None else "client running")
     return AccessRequestStatus(
-        observed_generation=generation, conditions=conds, decision=ev.decision, reason=ev.reason,
+        observed_generation=generation, conditions=conds.items, decision=ev.decision, reason=ev.reason,
         message=ev.message, rules=ev.status_rules(), decided_hash=spec.content_hash,
         decided_at=previous.decided_at if same and previous.decided_at else now,
         epsilon_reserved=ev.epsilon_to_reserve or None, client_ready=client_ready,
@@ -131,7 +129,7 @@ class RequestAnswer:
         self.name, self.hub_namespace = meta["name"], meta["namespace"]
         self.generation = meta.get("generation", 1)
         self.spec = AccessRequestSpec.model_validate(body["spec"])
-        self.previous = AccessRequestStatus.model_validate(_known(body.get("status") or {}, AccessRequestStatus))
+        self.previous = AccessRequestStatus.model_validate(AccessRequestStatus.own_fields(body.get("status")))
         self.federation = (meta.get("labels") or {}).get(LABEL_FEDERATION, "")
 
     async def _evaluate(self) -> tuple[Evaluation, list[GrantView]]:
@@ -181,7 +179,7 @@ class RequestAnswer:
         obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
         if obj is None:
             return
-        current = DatasetGrantStatus.model_validate(_known(obj.get("status") or {}, DatasetGrantStatus))
+        current = DatasetGrantStatus.model_validate(DatasetGrantStatus.own_fields(obj.get("status")))
         updated = change(DatasetGrantSpec.model_validate(obj["spec"]), current)
         if updated == current:
             return
@@ -222,7 +220,7 @@ class RequestAnswer:
 
     async def _write(self, status: AccessRequestStatus) -> None:
         new = status.to_wire()
-        if new == _known(self.body.get("status") or {}, AccessRequestStatus):
+        if new == AccessRequestStatus.own_fields(self.body.get("status")):
             return
         await self.site.hub("apply_status", "AccessRequest", self.hub_namespace, self.name, new)
         STATUS_WRITES.labels("AccessRequest").inc()
@@ -250,10 +248,6 @@ def _reserve(key: str, uid: str, epsilon: float):
     return change
 
 
-def _known(status: dict, model: type) -> dict:
-    aliases = {f.alias or n for n, f in model.model_fields.items()}
-    return {k: v for k, v in status.items() if k in aliases}
-
 
 # --- registration on the hub -----------------------------------------------------------------------
 
@@ -278,21 +272,14 @@ async def heartbeat(site: Site) -> None:
     grants = await read_grants(site)
     stored = await site.hub("apply", gateway_object(site, grants))
     now = _now()
-    previous = (stored.get("status") or {}).get("conditions") or []
-    from ..api.common import Condition
-
-    conds = set_condition([Condition.model_validate(c) for c in previous], type_=ConditionType.CONNECTED,
-                          status=True, reason=Reason.HEARTBEAT, message=f"{site.settings.site} reported in",
-                          generation=stored["metadata"].get("generation"), now=now)
-    conds = set_condition(conds, type_=ConditionType.READY, status=True, reason=Reason.HEARTBEAT,
-                          message="gateway connected", generation=stored["metadata"].get("generation"), now=now)
-    clients = await site.runtime.clients_running(site.settings)
-    status = {
-        "observedGeneration": stored["metadata"].get("generation"),
-        "conditions": [c.to_wire() for c in conds],
-        "lastHeartbeatTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "datasetsOffered": len(stored["spec"].get("datasets") or []),
-        "clientsRunning": clients,
-        "operatorVersion": __version__,
-    }
-    await site.hub("apply_status", "Gateway", site.settings.hub_namespace, site.settings.site, status)
+    generation = stored["metadata"].get("generation")
+    previous = GatewayStatus.model_validate(GatewayStatus.own_fields(stored.get("status")))
+    conds = Conditions(previous.conditions, generation=generation, now=now)
+    conds.set(ConditionType.CONNECTED, True, Reason.HEARTBEAT, f"{site.settings.site} reported in")
+    conds.set(ConditionType.READY, True, Reason.HEARTBEAT, "gateway connected")
+    status = GatewayStatus(
+        observed_generation=generation, conditions=conds.items, last_heartbeat_time=now,
+        datasets_offered=len(stored["spec"].get("datasets") or []),
+        clients_running=await site.runtime.clients_running(site.settings), operator_version=__version__,
+    )
+    await site.hub("apply_status", "Gateway", site.settings.hub_namespace, site.settings.site, status.to_wire())

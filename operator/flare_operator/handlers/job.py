@@ -29,10 +29,6 @@ def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
-def _known(status: dict) -> dict:
-    aliases = {f.alias or n for n, f in FederatedJobStatus.model_fields.items()}
-    return {k: v for k, v in status.items() if k in aliases}
-
 
 class Admission:
     def __init__(self, hub: Hub, body: dict):
@@ -42,7 +38,8 @@ class Admission:
         self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.generation = meta.get("generation", 1)
         self.spec = FederatedJobSpec.model_validate(body["spec"])
-        self.previous = FederatedJobStatus.model_validate(_known(body.get("status") or {}))
+        self.previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(body.get("status")))
+        self.compute: dict | None = None  # the ComputeSpec object, once reconcile read it
 
     def _observed(self, **kw) -> ObservedAdmission:
         return ObservedAdmission(generation=self.generation, previous=self.previous,
@@ -50,6 +47,7 @@ class Admission:
 
     async def reconcile(self) -> FederatedJobStatus:
         compute_obj = await self.hub.k("get", "ComputeSpec", self.namespace, self.spec.compute_spec_ref.name)
+        self.compute = compute_obj
         if compute_obj is None:
             return admission_status(self._observed(
                 content_hash=None, approvals=(), compute_ready=False,
@@ -95,7 +93,7 @@ class Admission:
 
 async def write_job_status(hub: Hub, body: dict, status: FederatedJobStatus) -> None:
     new = status.to_wire()
-    old = _known(body.get("status") or {})
+    old = FederatedJobStatus.own_fields(body.get("status"))
     if new == old:
         return
     meta = body["metadata"]

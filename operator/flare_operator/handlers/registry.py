@@ -18,12 +18,14 @@ from pathlib import Path
 
 import kopf
 
+from ..api.job import FINISHED_PHASES, FederatedJobStatus
 from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import RECONCILE_SECONDS, RECONCILES
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
+from .run import Run, abort_if_running
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,14 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
             fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
-            await write_job_status(hub, fresh, await Admission(hub, fresh).reconcile())
+            previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
+            if previous.phase in FINISHED_PHASES:
+                return
+            admission = Admission(hub, fresh)
+            status = await admission.reconcile()
+            if admission.compute is not None:
+                status = await Run(hub, fresh, status, admission.compute).step()
+            await write_job_status(hub, fresh, status)
 
     kopf.on.resume(*jobs, registry=registry)(reconcile_job)
     kopf.on.create(*jobs, registry=registry)(reconcile_job)
@@ -143,6 +152,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     @kopf.on.delete(*jobs, registry=registry)
     async def job_deleted(body: kopf.Body, **_) -> None:
         async with hub.lock(body["metadata"]["uid"]):
+            await abort_if_running(hub, dict(body))
             await Admission(hub, dict(body)).delete()
 
     @kopf.on.probe(registry=registry, id="compute_specs")

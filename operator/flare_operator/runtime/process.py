@@ -83,7 +83,7 @@ class ProcessSupervisor:
         return self.workdir / federation / participant
 
     async def ensure(self, federation: str, participant: str, *, role: str, org: str, kit: bytes,
-                     kit_digest: str) -> Participant:
+                     kit_digest: str, env: dict[str, str] | None = None) -> Participant:
         """Run the participant with this kit; restart it if the kit changed; no-op otherwise."""
         key = f"{federation}/{participant}"
         current = self.participants.get(key)
@@ -98,8 +98,8 @@ class ProcessSupervisor:
         private_resources(folder)
         tmp = folder / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-        p = Participant(key, folder, participant_command(role, folder, participant, org), kit_digest, env)
+        full_env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1", **(env or {})}
+        p = Participant(key, folder, participant_command(role, folder, participant, org), kit_digest, full_env)
         p.task = asyncio.create_task(self._supervise(p), name=f"supervise {key}")
         self.participants[key] = p
         return p

@@ -25,6 +25,9 @@ from .process import ProcessSupervisor
 log = logging.getLogger(__name__)
 
 
+SITE_CONFIG_ENV = "FLAREOP_SITE_CONFIG"  # where a client's jobs find the site's own config (dataset paths)
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -120,6 +123,14 @@ class ProcessRuntime:
             log.info("FLARE API of %s not answering yet: %s", w.federation, err)
             return []
 
+    def server_job_file(self, w: ServerWorkload, job_id: str, relative: str) -> bytes | None:
+        """A file of a running job in the server's workspace (e.g. the app's live metrics)."""
+        path = self.supervisor.folder(w.federation, w.server_name) / job_id / relative
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
     async def remove_server(self, federation: str, namespace: str) -> None:
         self._drop_admin(federation)
         await self.supervisor.stop_federation(federation, remove=True)
@@ -134,7 +145,8 @@ class ProcessRuntime:
         folder = self.supervisor.folder(key_fed, w.client_name)
         _write_site_local(folder, w)
         await self.supervisor.ensure(key_fed, w.client_name, role="client", org=w.site.org, kit=w.kit,
-                                     kit_digest=digest(w.kit) + _site_local_digest(w))
+                                     kit_digest=digest(w.kit) + _site_local_digest(w),
+                                     env={SITE_CONFIG_ENV: str(folder / "site.json")})
 
     async def client_running(self, w: ClientWorkload) -> bool:
         return self.supervisor.running(_client_federation(w.federation, w.site.org), w.client_name)
@@ -162,7 +174,8 @@ def site_local_config(w: ClientWorkload) -> dict:
     """What only the site knows, handed to its client: where each dataset is, which hashes it approved."""
     return {
         "org": w.site.org,
-        "datasets": {d.dataset_id: d.path or f"/data/{d.dataset_id}" for d in w.datasets},
+        "datasets": {d.dataset_id: str(Path(d.path).resolve()) if d.path else f"/data/{d.dataset_id}"
+                     for d in w.datasets},
         "enforcementConfigMap": w.enforcement_configmap,
     }
 

@@ -9,7 +9,7 @@ from ..api.common import Decision
 from ..api.compute import ComputePhase, ComputeSpecStatus, SiteStatus
 from ..api.conditions import ConditionType as T
 from ..api.conditions import Reason as R
-from .conditions import set_condition
+from .conditions import Conditions
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,8 @@ class ObservedCompute:
 
 
 def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
-    conds = list(o.previous.conditions)
-
-    def cond(type_: str, ok: bool | None, reason: str, message: str) -> None:
-        nonlocal conds
-        conds = set_condition(conds, type_=type_, status=ok, reason=reason, message=message,
-                              generation=o.generation, now=now)
+    conds = Conditions(o.previous.conditions, generation=o.generation, now=now)
+    cond = conds.set
 
     missing = [s.org for s in o.sites if not s.gateway]
     denied = [s for s in o.sites if s.decision == Decision.REJECTED]
@@ -82,7 +78,7 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
     elif missing or denied:
         phase, ready = ComputePhase.FAILED if denied else ComputePhase.PENDING, False
         reason = R.DATASET_DENIED if denied else R.GATEWAY_MISSING
-        msg = next(c.message for c in conds if c.type == T.DATASETS_GRANTED)
+        msg = conds.message(T.DATASETS_GRANTED)
     elif not granted:
         phase, ready, reason, msg = ComputePhase.PENDING, False, R.AWAITING_SITES, f"waiting for {', '.join(waiting)}"
     elif not o.provisioned:
@@ -98,7 +94,7 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
     sites = [SiteStatus(org=s.org, site=s.org, datasets=list(s.datasets), decision=s.decision, message=s.message,
                         client_ready=s.client_ready) for s in o.sites]
     return ComputeSpecStatus(
-        phase=phase, observed_generation=o.generation, conditions=conds, server_endpoint=o.server_endpoint,
+        phase=phase, observed_generation=o.generation, conditions=conds.items, server_endpoint=o.server_endpoint,
         project=o.project, sites=sites,
         ready_clients=f"{sum(s.client_ready for s in o.sites)}/{len(o.sites)}",
     )

@@ -18,6 +18,23 @@ def set_condition(conditions: list[Condition], *, type_: str, status: bool | Non
     return [updated if c.type == type_ else c for c in conditions] if previous else [*conditions, updated]
 
 
+class Conditions:
+    """Builds one status's condition list: every set() keeps the others and their transition times."""
+
+    def __init__(self, previous: list[Condition], *, generation: int | None, now: datetime):
+        self.items = list(previous)
+        self.generation = generation
+        self.now = now
+
+    def set(self, type_: str, ok: bool | None, reason: str, message: str) -> None:
+        self.items = set_condition(self.items, type_=type_, status=ok, reason=reason, message=message,
+                                   generation=self.generation, now=self.now)
+
+    def message(self, type_: str) -> str:
+        found = get_condition(self.items, type_)
+        return found.message if found else ""
+
+
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 

@@ -13,7 +13,7 @@ from ..api.common import Decision
 from ..api.conditions import ConditionType as T
 from ..api.conditions import Reason as R
 from ..api.job import FederatedJobStatus, JobPhase, OrgDecision
-from .conditions import set_condition
+from .conditions import Conditions
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,8 @@ class ObservedAdmission:
 
 
 def admission_status(o: ObservedAdmission, now: datetime) -> FederatedJobStatus:
-    conds = list(o.previous.conditions)
-
-    def cond(type_: str, ok: bool | None, reason: str, message: str) -> None:
-        nonlocal conds
-        conds = set_condition(conds, type_=type_, status=ok, reason=reason, message=message,
-                              generation=o.generation, now=now)
+    conds = Conditions(o.previous.conditions, generation=o.generation, now=now)
+    cond = conds.set
 
     current = [a if a.decided_hash == o.content_hash else ObservedApproval(a.org, Decision.PENDING,
                "the job or its compute changed since this org decided: it decides again") for a in o.approvals]
@@ -75,6 +71,6 @@ def admission_status(o: ObservedAdmission, now: datetime) -> FederatedJobStatus:
     approvals = [OrgDecision(org=a.org, decision=a.decision, message=a.message[:1024],
                              content_hash=a.decided_hash, decided_at=a.decided_at) for a in o.approvals]
     return o.previous.model_copy(update={
-        "phase": phase, "observed_generation": o.generation, "conditions": conds,
+        "phase": phase, "observed_generation": o.generation, "conditions": conds.items,
         "content_hash": o.content_hash, "approvals": approvals,
     })
