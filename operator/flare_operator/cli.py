@@ -29,6 +29,27 @@ def _validate(paths: list[Path]) -> int:
     return 1 if failures else 0
 
 
+def _report(args) -> int:
+    from .sdk.report import format_table, load_metrics, plot_accuracy, round_rows
+
+    metrics_file = args.metrics
+    if metrics_file is None:
+        if not args.job:
+            raise SystemExit("give --metrics FILE or --job NAME")
+        from .runtime.kube import Kube
+
+        job = Kube.from_kubeconfig(args.kubeconfig).get("FederatedJob", args.namespace, args.job)
+        location = ((job or {}).get("status") or {}).get("results", {}).get("location")
+        if not location:
+            raise SystemExit(f"FederatedJob {args.namespace}/{args.job} has no results (yet)")
+        metrics_file = Path(location) / "metrics.json"
+    metrics = load_metrics(metrics_file)
+    print(format_table(*round_rows(metrics)))
+    if args.plot:
+        print(f"plot: {plot_accuracy(metrics, args.plot)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flare-operator", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--kubeconfig", type=Path, default=None, help="default: in-cluster, then ~/.kube/config")
     run.add_argument("--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true")
+    report = sub.add_parser("report", help="a finished job's per-round table (and --plot PNG)")
+    report.add_argument("--metrics", type=Path, help="a results metrics.json")
+    report.add_argument("--job", help="FederatedJob name (its status names the results location)")
+    report.add_argument("-n", "--namespace", default="default")
+    report.add_argument("--kubeconfig", type=Path, default=None)
+    report.add_argument("--plot", type=Path, help="write a PNG of accuracy per round per site here")
     sub.add_parser("rbac", help="print the ClusterRoles flare-modeller and flare-org-admin as YAML")
     validate = sub.add_parser("validate", help="validate flareop.io manifests offline, as the API server would")
     validate.add_argument("paths", nargs="+", type=Path)
@@ -53,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         from .api import crdgen
 
         return crdgen.main(["--root", str(args.root)] + (["--check"] if args.check else []))
+    if args.command == "report":
+        return _report(args)
     if args.command == "rbac":
         from .builders.rbac import modeller_cluster_role, org_admin_cluster_role
 

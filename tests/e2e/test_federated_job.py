@@ -24,6 +24,7 @@ from tests.operator_harness import (
     operator_config,
     wait_phase,
 )
+from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +75,14 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
         assert metrics["status"] == "completed" and len(metrics["history"]) == 2
         assert metrics["job"]["metadata"]["uid"] == done["metadata"]["uid"]
         assert metrics["job"]["metadata"]["contentHash"] == status["contentHash"]
+        # Each site turns its reservation into the epsilon its client's accountant reported.
+        for org, grant_name in ((a, "scl-a"), (b, "scl-b")):
+            reported = next(s["epsilonSpent"] for s in status["siteMetrics"] if s["site"] == org)
+            ledger = wait_for(lambda org=org, g=grant_name: (get(cp, "datasetgrant", org, g).get("status") or {})
+                              if (get(cp, "datasetgrant", org, g).get("status") or {}).get("epsilonSpent") else None,
+                              timeout=60, message=f"{org}'s ledger records the spend")
+            assert ledger["epsilonSpent"] == pytest.approx(reported) and ledger["epsilonReserved"] == 0
+            assert ledger["ledger"][0]["spent"] is True
         # The hub never learnt where the data is: the job named it by reference.
         request = get(cp, "accessrequest", a, f"job-{m}-run1")
         assert str(paths[0]) not in json.dumps(request) and str(paths[0]) not in json.dumps(done)

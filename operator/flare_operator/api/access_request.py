@@ -41,6 +41,16 @@ class RequestSource(ApiModel):
     cel_rules = (immutable("source is immutable: create a new AccessRequest for another object"),)
 
 
+class JobOutcome(ApiModel):
+    phase: str = Field(
+        max_length=16, description="How the job ended: Succeeded, Failed, TimedOut or Aborted.",
+        json_schema_extra={"enum": ["Succeeded", "Failed", "TimedOut", "Aborted"]},
+    )
+    epsilon_spent: float | None = Field(
+        None, ge=0, description="Epsilon this org's site spent per the job's accountant (None: not reported)."
+    )
+
+
 class AccessRequestSpec(ApiModel):
     source: RequestSource = Field(description="The object this request is made for.")
     org: OrgName = Field(description="The org asked (owner of this namespace).")
@@ -62,6 +72,10 @@ class AccessRequestSpec(ApiModel):
     differential_privacy: DifferentialPrivacy | None = Field(None, description="Job only: DP settings.")
     aggregation: Aggregation | None = Field(None, description="Job only: aggregation weighting.")
     content_hash: ContentHash = Field(description="Hash of the job + compute content a decision binds to.")
+    outcome: JobOutcome | None = Field(
+        None, description="Job only: set by the orchestrator once the job ended; the site then turns its epsilon "
+        "reservation into spent epsilon (the reserved amount when none is reported).",
+    )
 
 
 class RuleResult(ApiModel):

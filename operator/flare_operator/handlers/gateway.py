@@ -139,6 +139,9 @@ class RequestAnswer:
         return ev, grants
 
     async def reconcile(self) -> None:
+        if self.spec.outcome is not None:
+            await self._spend()  # the job ended: its decision stands, its reservation becomes spent
+            return
         ev, grants = await self._evaluate()
         client_ready: bool | None = None
         if self.spec.source.kind == RequestKind.COMPUTE:
@@ -168,6 +171,16 @@ class RequestAnswer:
                 log.info("ledger of %s changed meanwhile (attempt %d): deciding again", self.name, attempt + 1)
                 ev, _ = await self._evaluate()
         raise kopf_retry("the privacy-budget ledger kept changing; will decide again")
+
+    async def _spend(self) -> None:
+        uid = self.spec.source.uid
+        for grant in await read_grants(self.site):
+            entry = ledger.entry(grant.status, uid)
+            if entry is None or entry.spent:
+                continue
+            spent = self.spec.outcome.epsilon_spent
+            amount = entry.epsilon if spent is None else spent
+            await self._update_ledger(grant.name, lambda spec, st, amount=amount: ledger.spend(st, uid, amount))
 
     async def _release_all(self, uid: str) -> None:
         for grant in await read_grants(self.site):

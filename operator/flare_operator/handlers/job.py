@@ -15,6 +15,7 @@ from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
 from ..api.job import FederatedJobSpec, FederatedJobStatus
 from ..builders import naming
+from ..builders.federation import client_name
 from ..builders.requests import LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org, job_access_request
 from ..catalog import loader as catalog
 from ..policy.content_hash import content_hash
@@ -83,10 +84,26 @@ class Admission:
             compute_message=f"ComputeSpec {compute_obj['metadata']['name']} is {compute_phase or 'not ready'}"),
             _now())
 
+    async def record_outcome(self, status: FederatedJobStatus) -> None:
+        """Tell every org how the job ended (its epsilon spent), once, in its Job AccessRequest."""
+        eps = {s.site: s.epsilon_spent for s in status.site_metrics}
+        for request in await self.hub.k("list", "AccessRequest", None, labels=self._request_labels()):
+            if request["spec"].get("outcome"):
+                continue
+            org = request["spec"]["org"]
+            outcome = {"phase": str(status.phase)}
+            if eps.get(client_name(org)) is not None:
+                outcome["epsilonSpent"] = eps[client_name(org)]
+            meta = request["metadata"]
+            await self.hub.k("merge_patch", "AccessRequest", meta["namespace"], meta["name"],
+                             {"spec": {"outcome": outcome}})
+
+    def _request_labels(self) -> dict:
+        return {LABEL_SOURCE_NAMESPACE: self.namespace, LABEL_SOURCE_NAME: self.name,
+                "flareop.io/request-kind": "Job"}
+
     async def delete(self) -> None:
-        labels = {LABEL_SOURCE_NAMESPACE: self.namespace, LABEL_SOURCE_NAME: self.name,
-                  "flareop.io/request-kind": "Job"}
-        for request in await self.hub.k("list", "AccessRequest", None, labels=labels):
+        for request in await self.hub.k("list", "AccessRequest", None, labels=self._request_labels()):
             meta = request["metadata"]
             await self.hub.k("delete", "AccessRequest", meta["namespace"], meta["name"])
 

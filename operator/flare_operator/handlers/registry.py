@@ -18,7 +18,7 @@ from pathlib import Path
 
 import kopf
 
-from ..api.job import FINISHED_PHASES, FederatedJobStatus
+from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import RECONCILE_SECONDS, RECONCILES
@@ -136,13 +136,17 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
             previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
-            if previous.phase in FINISHED_PHASES:
-                return
             admission = Admission(hub, fresh)
+            if previous.phase in FINISHED_PHASES:
+                if previous.phase != JobPhase.REJECTED:
+                    await admission.record_outcome(previous)
+                return
             status = await admission.reconcile()
             if admission.compute is not None:
                 status = await Run(hub, fresh, status, admission.compute).step()
             await write_job_status(hub, fresh, status)
+            if status.phase in FINISHED_PHASES and status.phase != JobPhase.REJECTED:
+                await admission.record_outcome(status)
 
     kopf.on.resume(*jobs, registry=registry)(reconcile_job)
     kopf.on.create(*jobs, registry=registry)(reconcile_job)
