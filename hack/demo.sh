@@ -10,7 +10,7 @@ start=$(date +%s)
 mkdir -p "$DEMO_DIR"
 
 make --no-print-directory cluster-up CLUSTER_DIR="$CLUSTER_DIR"
-export KUBECONFIG=$PWD/$CLUSTER_DIR/kubeconfig
+export KUBECONFIG="$(cd "$CLUSTER_DIR" && pwd)/kubeconfig"
 BIN="$(hack/controlplane/build.sh | tail -n1)"
 KUBECTL="$BIN/kubectl"
 PY=.venv/bin/python
