@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from tests.sample_data import CRD_DIR
-from tests.support.kube_fixtures import wait_for
+from tests.support.kube_fixtures import strip_finalizers, wait_for
 
 
 def install_crds(cp) -> None:
@@ -37,6 +37,21 @@ class Consortium:
     @property
     def modeller(self) -> str:
         return self.org("modeller")
+
+
+def remove_namespaces(cp, *namespaces: str) -> None:
+    """End of a test: strip finalizers (no operator runs any more to honour them), then delete.
+
+    Left behind, objects with the operator's finalizer would be adopted by the next test's
+    operator (it watches all namespaces) and keep it busy retrying their deletion.
+    """
+    api = cp.api_client()
+    try:
+        for ns in namespaces:
+            strip_finalizers(api, ns)
+            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    finally:
+        api.close()
 
 
 def create_org_namespace(cp, namespace: str, org: str) -> None:
@@ -150,6 +165,8 @@ def gateway_config(org: str, namespace: str) -> dict:
 
 
 def operator_config(workdir: Path, gateways: list[dict], mode: str = "all", **extra) -> dict:
+    """Tests share one API server: pass namespaces=[the test's consumer namespace] so the
+    orchestrator never adopts another test's leftovers."""
     return {"mode": mode, "runtime": "process", "workdir": str(workdir / "flare"), "resyncSeconds": 2,
             "heartbeatSeconds": 5, "gateways": gateways, **extra}
 

@@ -22,6 +22,7 @@ from tests.operator_harness import (
     grant,
     install_crds,
     operator_config,
+    remove_namespaces,
     wait_phase,
 )
 from tests.support.kube_fixtures import wait_for
@@ -41,7 +42,7 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
     apply(cp, grant(a, "scl-a", m, path=str(paths[0])), grant(b, "scl-b", m, path=str(paths[1])),
           {**policy, "metadata": {"name": "default", "namespace": a}},
           {**policy, "metadata": {"name": "default", "namespace": b}})
-    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)])
+    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m])
     op = OperatorProcess(cp, tmp_path, config).start()
     try:
         apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
@@ -91,5 +92,4 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
         raise
     finally:
         op.stop()
-        for ns in (a, b, m):
-            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        remove_namespaces(cp, a, b, m)

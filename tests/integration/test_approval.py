@@ -18,6 +18,7 @@ from tests.operator_harness import (
     get,
     grant,
     install_crds,
+    remove_namespaces,
     wait_phase,
 )
 from tests.support.kube_fixtures import wait_for
@@ -73,6 +74,7 @@ def consortium(control_plane, tmp_path):
     sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
     sites[1]["webhookPort"] = free_port()  # org-b records who decided through its admission webhook
     config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+              "namespaces": [m],
               "workdir": str(tmp_path / "work")}
     op = OperatorProcess(cp, tmp_path, config).start()
     try:
@@ -84,8 +86,7 @@ def consortium(control_plane, tmp_path):
         raise
     finally:
         op.stop()
-        for ns in (a, b, m):
-            cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        remove_namespaces(cp, a, b, m)
 
 
 def test_automatic_and_manual_approval_bound_to_the_hash(control_plane, consortium):
@@ -160,9 +161,15 @@ def test_budget_exhaustion_and_concurrent_admission(control_plane, consortium):
     # Deleting the admitted job gives its reservation back; the other job then fits.
     winner = "twin-2" if loser == "twin-1" else "twin-1"
     cp.kubectl("delete", "federatedjob", winner, "-n", m, "--timeout=60s")
-    wait_for(lambda: ledger(cp, a, "scl-a").get("epsilonReserved", 0) == 6
-             and decisions(get(cp, "federatedjob", m, loser)).get(a) == "Approved",
-             timeout=60, message="the freed budget admits the other job")
+    try:
+        wait_for(lambda: ledger(cp, a, "scl-a").get("epsilonReserved", 0) == 6
+                 and decisions(get(cp, "federatedjob", m, loser)).get(a) == "Approved",
+                 timeout=60, message="the freed budget admits the other job")
+    except TimeoutError:
+        print(json.dumps({"ledger": ledger(cp, a, "scl-a"), "loser": get(cp, "federatedjob", m, loser)["status"],
+                          "requests": cp.kubectl("get", "accessrequests", "-A", "-o", "yaml").stdout[-6000:]},
+                         indent=1, default=str))
+        raise
     assert b  # org-b (manual) still waits for its admin on the remaining job
 
 

@@ -21,6 +21,7 @@ from tests.operator_harness import (
     grant,
     install_crds,
     reconciles,
+    remove_namespaces,
     wait_phase,
 )
 from tests.support.kube_fixtures import wait_for
@@ -57,8 +58,7 @@ def consortium(control_plane):
         create_org_namespace(control_plane, c.org(name), c.org(name))
         control_plane.kubectl("label", "namespace", c.org(name), "pod-security.kubernetes.io/enforce=restricted")
     yield c
-    for name in ("org-a", "org-b", "modeller"):
-        control_plane.kubectl("delete", "namespace", c.org(name), "--wait=false", check=False)
+    remove_namespaces(control_plane, *(c.org(name) for name in ("org-a", "org-b", "modeller")))
 
 
 def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, consortium, tmp_path):
@@ -73,7 +73,7 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
         sites.append(site)
     config = {"mode": "all", "runtime": "kubernetes", "image": "registry.example/flare-runtime:test",
               "resyncSeconds": 2, "heartbeatSeconds": 5, "workspaceSize": "3Gi", "gateways": sites,
-              "metricsPort": free_port()}
+              "metricsPort": free_port(), "namespaces": [modeller]}
     # kwok's nodes carry no custom label: give one GPU node the label org-b's site schedules onto.
     nodes = json.loads(cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     cp.kubectl("label", "node", nodes[-1]["metadata"]["name"], "flareop.io/gpu=true", "--overwrite")

@@ -21,6 +21,7 @@ from tests.operator_harness import (
     install_crds,
     operator_config,
     processes_under,
+    remove_namespaces,
     running_operator,
     wait_phase,
 )
@@ -36,15 +37,15 @@ def consortium(control_plane):
     for name in ("org-a", "org-b", "modeller"):
         create_org_namespace(control_plane, c.org(name), c.org(name))
     yield c
-    for name in ("org-a", "org-b", "modeller"):
-        control_plane.kubectl("delete", "namespace", c.org(name), "--wait=false", check=False)
+    remove_namespaces(control_plane, *(c.org(name) for name in ("org-a", "org-b", "modeller")))
 
 
 def test_compute_spec_runs_a_federation_and_cleans_up(control_plane, consortium, tmp_path):
     cp, c = control_plane, consortium
     org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.modeller
     apply(cp, grant(org_a, "scl-a", modeller), grant(org_b, "scl-b", modeller))
-    config = operator_config(tmp_path, [gateway_config(org_a, org_a), gateway_config(org_b, org_b)])
+    config = operator_config(tmp_path, [gateway_config(org_a, org_a), gateway_config(org_b, org_b)],
+                             namespaces=[modeller])
     workdir = tmp_path / "flare"
     with running_operator(cp, tmp_path, config) as op:
         wait_for(lambda: get(cp, "gateway", org_b, org_b), timeout=60, message="gateways registered")
@@ -108,7 +109,8 @@ def test_a_site_that_does_not_grant_runs_nothing(control_plane, consortium, tmp_
     cp, c = control_plane, consortium
     org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.modeller
     apply(cp, grant(org_a, "scl-a", modeller), grant(org_b, "scl-b", "someone-else"))
-    config = operator_config(tmp_path, [gateway_config(org_a, org_a), gateway_config(org_b, org_b)])
+    config = operator_config(tmp_path, [gateway_config(org_a, org_a), gateway_config(org_b, org_b)],
+                             namespaces=[modeller])
     with running_operator(cp, tmp_path, config):
         wait_for(lambda: get(cp, "gateway", org_b, org_b), timeout=60, message="gateways registered")
         apply(cp, compute(modeller, "esm2", [(org_a, "scl-a"), (org_b, "scl-b")]))

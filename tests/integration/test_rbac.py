@@ -13,7 +13,14 @@ from flare_operator.builders.rbac import (
     org_admin_cluster_role,
     role_binding,
 )
-from tests.operator_harness import Consortium, apply, create_org_namespace, grant, install_crds
+from tests.operator_harness import (
+    Consortium,
+    apply,
+    create_org_namespace,
+    grant,
+    install_crds,
+    remove_namespaces,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,5 +73,4 @@ def test_roles_keep_each_party_to_its_own_objects(control_plane):
     assert other.returncode != 0 and "forbidden" in other.stderr
     grants = cp.kubectl("get", "datasetgrants", "-n", a, kubeconfig=gateway_a, check=False)
     assert grants.returncode != 0, "the hub credential does not reach the site's own objects"
-    for ns in (a, b, m):
-        cp.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    remove_namespaces(cp, a, b, m)

@@ -135,7 +135,9 @@ class JobPhase(StrEnum):
     SUSPENDED = "Suspended"
 
 
-FINISHED_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.TIMED_OUT, JobPhase.ABORTED, JobPhase.REJECTED})
+FINISHED_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.TIMED_OUT, JobPhase.ABORTED})
+"""A job in these phases ran and ended. Rejected is not among them: the sites decide again when
+their inputs change (a grant raised, budget freed), so a rejected job can still be admitted."""
 
 
 class OrgDecision(ApiModel):

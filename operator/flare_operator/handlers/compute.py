@@ -35,6 +35,7 @@ from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ServerWorkload, WorkloadRuntime
 from ..status.compute import ObservedCompute, ObservedSite, compute_status
 from ..status.conditions import get_condition
+from .objects import ObjectView
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +102,15 @@ def secret_bytes(obj: dict | None, key: str) -> bytes | None:
     return base64.b64decode(value) if value else None
 
 
-class Federation:
+class Federation(ObjectView):
     """One ComputeSpec's reconcile, over what it reads once."""
 
+    spec_model = ComputeSpecSpec
+    status_model = ComputeSpecStatus
+
     def __init__(self, hub: Hub, body: dict):
+        super().__init__(body)
         self.hub = hub
-        self.body = body
-        meta = body["metadata"]
-        self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.generation = meta.get("generation", 1)
-        self.spec = ComputeSpecSpec.model_validate(body["spec"])
-        self.previous = ComputeSpecStatus.model_validate(ComputeSpecStatus.own_fields(body.get("status")))
         self.fed = naming.federation_name(self.namespace, self.name)
         self.owner = owner_reference(body)
         self.labels = {LABEL_FEDERATION: self.fed}

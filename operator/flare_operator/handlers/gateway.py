@@ -34,6 +34,7 @@ from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
 from ..status.conditions import Conditions
 from .compute import KIT_KEY, secret_bytes
+from .objects import ObjectView
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +120,17 @@ def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpe
     )
 
 
-class RequestAnswer:
+class RequestAnswer(ObjectView):
     """One AccessRequest's reconcile at the site."""
 
+    spec_model = AccessRequestSpec
+    status_model = AccessRequestStatus
+
     def __init__(self, site: Site, body: dict):
+        super().__init__(body)
         self.site = site
-        self.body = body
-        meta = body["metadata"]
-        self.name, self.hub_namespace = meta["name"], meta["namespace"]
-        self.generation = meta.get("generation", 1)
-        self.spec = AccessRequestSpec.model_validate(body["spec"])
-        self.previous = AccessRequestStatus.model_validate(AccessRequestStatus.own_fields(body.get("status")))
-        self.federation = (meta.get("labels") or {}).get(LABEL_FEDERATION, "")
+        self.hub_namespace = self.namespace
+        self.federation = self.labels.get(LABEL_FEDERATION, "")
 
     async def _evaluate(self) -> tuple[Evaluation, list[GrantView]]:
         grants = await read_grants(self.site)

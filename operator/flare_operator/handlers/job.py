@@ -22,6 +22,7 @@ from ..policy.content_hash import content_hash
 from ..runtime.metrics import STATUS_WRITES
 from ..status.job import ObservedAdmission, ObservedApproval, admission_status
 from .compute import Hub, SpecError, _now, org_hub_namespaces, org_of_namespace
+from .objects import ObjectView
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,13 @@ def _time(text: str | None) -> datetime | None:
 
 
 
-class Admission:
+class Admission(ObjectView):
+    spec_model = FederatedJobSpec
+    status_model = FederatedJobStatus
+
     def __init__(self, hub: Hub, body: dict):
+        super().__init__(body)
         self.hub = hub
-        self.body = body
-        meta = body["metadata"]
-        self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.generation = meta.get("generation", 1)
-        self.spec = FederatedJobSpec.model_validate(body["spec"])
-        self.previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(body.get("status")))
         self.compute: dict | None = None  # the ComputeSpec object, once reconcile read it
 
     def _observed(self, **kw) -> ObservedAdmission:

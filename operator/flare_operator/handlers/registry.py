@@ -18,7 +18,7 @@ from pathlib import Path
 
 import kopf
 
-from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
+from ..api.job import FINISHED_PHASES, FederatedJobStatus
 from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import RECONCILE_SECONDS, RECONCILES
@@ -138,14 +138,13 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
             previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
             admission = Admission(hub, fresh)
             if previous.phase in FINISHED_PHASES:
-                if previous.phase != JobPhase.REJECTED:
-                    await admission.record_outcome(previous)
+                await admission.record_outcome(previous)
                 return
             status = await admission.reconcile()
             if admission.compute is not None:
                 status = await Run(hub, fresh, status, admission.compute).step()
             await write_job_status(hub, fresh, status)
-            if status.phase in FINISHED_PHASES and status.phase != JobPhase.REJECTED:
+            if status.phase in FINISHED_PHASES:
                 await admission.record_outcome(status)
 
     kopf.on.resume(*jobs, registry=registry)(reconcile_job)

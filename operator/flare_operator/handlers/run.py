@@ -27,6 +27,7 @@ from ..catalog import loader as catalog
 from ..runtime.workloads import ProcessRuntime, ServerWorkload
 from ..status.conditions import Conditions
 from .compute import Federation, Hub
+from .objects import ObjectView
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class Run:
+class Run(ObjectView):
+    spec_model = FederatedJobSpec
+    status_model = FederatedJobStatus
+
     def __init__(self, hub: Hub, body: dict, admitted: FederatedJobStatus, compute: dict):
+        super().__init__(body)
         self.hub = hub
-        self.body = body
-        meta = body["metadata"]
-        self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.spec = FederatedJobSpec.model_validate(body["spec"])
         self.status = admitted
         self.compute = compute
-        self.conds = Conditions(admitted.conditions, generation=meta.get("generation", 1), now=_now())
+        self.conds = Conditions(admitted.conditions, generation=self.generation, now=_now())
 
     def _with(self, phase: JobPhase, reason: str, message: str, **fields) -> FederatedJobStatus:
         ready = phase == JobPhase.SUCCEEDED
