@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("-n", "--namespace", default="default")
     report.add_argument("--kubeconfig", type=Path, default=None)
     report.add_argument("--plot", type=Path, help="write a PNG of accuracy per round per site here")
-    sub.add_parser("rbac", help="print the ClusterRoles flare-modeller and flare-org-admin as YAML")
+    rbac = sub.add_parser("rbac", help="print the ClusterRoles flare-modeller and flare-org-admin as YAML "
+                          "(or, with --gateway-hub, a site's scoped hub credential's Role and RoleBinding)")
+    rbac.add_argument("--gateway-hub", metavar="NAMESPACE",
+                      help="an org's hub namespace: print the Role flare-gateway there, bound to --user")
+    rbac.add_argument("--user", help="with --gateway-hub: the site's hub identity (e.g. gateway-org-b)")
     validate = sub.add_parser("validate", help="validate flareop.io manifests offline, as the API server would")
     validate.add_argument("paths", nargs="+", type=Path)
     args = parser.parse_args(argv)
@@ -83,9 +87,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "rbac":
-        from .builders.rbac import modeller_cluster_role, org_admin_cluster_role
+        from .builders.rbac import (
+            gateway_hub_role,
+            modeller_cluster_role,
+            org_admin_cluster_role,
+            role_binding,
+        )
 
-        print(yaml.safe_dump_all([modeller_cluster_role(), org_admin_cluster_role()], sort_keys=False), end="")
+        if args.gateway_hub:
+            if not args.user:
+                parser.error("rbac --gateway-hub needs --user (the site's identity on the hub)")
+            role = gateway_hub_role(args.gateway_hub)
+            objs = [role, role_binding(args.gateway_hub, role["metadata"]["name"], user=args.user)]
+        else:
+            objs = [modeller_cluster_role(), org_admin_cluster_role()]
+        print(yaml.safe_dump_all(objs, sort_keys=False), end="")
         return 0
     if args.command == "run":
         from .main import main as run_operator
