@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down bench-compute
+.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute
 
 ## help: list the targets
 help:
@@ -63,6 +63,14 @@ demo: install controlplane
 demo-down:
 	-@test -f .demo/operator.pid && kill $$(cat .demo/operator.pid) 2>/dev/null; rm -f .demo/operator.pid
 	@$(MAKE) --no-print-directory cluster-down
+
+## demo-multicluster: the same scenario with the hub, org-a and org-b on three control planes; sites connect outbound with scoped hub credentials
+demo-multicluster: install controlplane
+	@bash hack/demo-multicluster.sh
+
+## demo-multicluster-down: stop what `make demo-multicluster` started (its 3 operators, NVFlare processes, 3 control planes)
+demo-multicluster-down:
+	@bash hack/demo-multicluster.sh down
 
 include hack/controlplane/controlplane.mk
 -include flare_apps/apps.mk
