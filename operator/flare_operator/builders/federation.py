@@ -64,3 +64,23 @@ def project_dict(plan: FederationPlan) -> dict[str, Any]:
             {"name": ADMIN_IDENTITY, "type": "admin", "org": HUB_ORG, "role": "project_admin"},
         ],
     }
+
+
+# --- site enforcement inside each NVFlare client ---------------------------------------------------
+
+ENFORCEMENT_COMPONENT = "flare_operator.nvflare.enforcement.ApprovedJobsOnly"
+ENFORCEMENT_RESOURCES_FILE = "flareop_enforcement__p_resources.json"
+"""In a client's local/ folder: NVFlare loads ``local/*__p_resources.json`` into the client's parent
+process only (nvflare/apis/workspace.py get_config_files_for_startup), where jobs are scheduled and
+deployed; job processes never see it and no job can replace it."""
+
+
+def enforcement_resources(approved_file: str, org: str) -> dict[str, Any]:
+    """The site configuration that adds the enforcement component to a client (ENFORCEMENT_RESOURCES_FILE)."""
+    return {
+        "format_version": 2,
+        "components": [
+            {"id": "flareop_site_enforcement", "path": ENFORCEMENT_COMPONENT,
+             "args": {"approved_file": approved_file, "org": org}},
+        ],
+    }

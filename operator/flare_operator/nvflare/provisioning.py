@@ -72,6 +72,32 @@ def pack_kit(participant_dir: Path) -> bytes:
     return buf.getvalue()
 
 
+def with_local_files(kit: bytes, files: dict[str, bytes]) -> bytes:
+    """The kit with ``files`` added to (or replacing those in) its local/ folder, packed as
+    deterministically as ``pack_kit`` (the site's own configuration, e.g. its enforcement component)."""
+    entries: dict[str, bytes] = {}
+    modes: dict[str, int] = {}
+    with tarfile.open(fileobj=io.BytesIO(kit), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                entries[member.name] = extracted.read()
+                modes[member.name] = member.mode
+    for name, data in files.items():
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not a plain file name: {name!r}")
+        entries[f"local/{name}"] = data
+        modes[f"local/{name}"] = 0o600
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name in sorted(entries):
+            info = tarfile.TarInfo(name)
+            info.size = len(entries[name])
+            info.mode = modes[name]
+            tar.addfile(info, io.BytesIO(entries[name]))
+    return buf.getvalue()
+
+
 def unpack_kit(kit: bytes, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(kit), mode="r:gz") as tar:
