@@ -197,3 +197,25 @@ def test_with_local_files_adds_the_file_deterministically():
     with pytest.raises(ValueError):
         with_local_files(kit, {"../startup/x": b""})
 
+
+def test_process_runtime_updates_the_document_atomically_and_only_on_change(tmp_path):
+    from flare_operator.config import SiteSettings
+    from flare_operator.runtime.workloads import ProcessRuntime
+
+    runtime = ProcessRuntime(tmp_path)
+    site = SiteSettings(org="org-b", site="org-b", namespace="org-b", hub_namespace="org-b")
+    seen: list[str | None] = []
+
+    def change(text):
+        seen.append(text)
+        return render(APPROVED)
+
+    asyncio.run(runtime.update_approved_jobs("fed", site, "org-b", change))
+    path = tmp_path / "site-org-b" / "fed" / "org-b" / "enforcement" / APPROVED_FILE
+    assert seen == [None] and parse(path.read_text()) == APPROVED
+    mtime = path.stat().st_mtime_ns
+    asyncio.run(runtime.update_approved_jobs("fed", site, "org-b", change))
+    assert seen[-1] == render(APPROVED) and path.stat().st_mtime_ns == mtime  # unchanged: not rewritten
+    asyncio.run(runtime.update_approved_jobs("fed", site, "org-b", lambda text: None))
+    assert parse(path.read_text()) == APPROVED
+    assert [p.name for p in path.parent.iterdir()] == [APPROVED_FILE]  # no temporary file left

@@ -108,6 +108,12 @@ def client_name(fed: str, site: str) -> str:
     return _derived(fed, site, STATEFULSET_NAME_MAX)
 
 
+def enforcement_configmap_name(fed: str) -> str:
+    """ConfigMap (in a site's namespace) with the site's approved jobs of federation ``fed``,
+    mounted read-only into its client (policy/site_enforcement.py)."""
+    return _derived(fed, "approved-jobs", LABEL_VALUE_MAX)
+
+
 def kit_secret_name(fed: str, participant: str) -> str:
     """Secret holding one participant's startup kit (server, a client, or the admin)."""
     return _derived(fed, f"kit-{participant}", LABEL_VALUE_MAX)

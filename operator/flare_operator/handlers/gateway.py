@@ -4,6 +4,11 @@ DatasetGrants, OrgPolicy and JobApprovals, and runs the NVFlare clients it appro
 It talks to two API servers (the same one in single-cluster deployments): its site's, where the
 owner's objects and clients live, and the hub's, where it may touch only its org's namespace. It
 connects outbound only. Every decision about the org's data is made here, from the site's objects.
+
+Each job decision is also written, before it is published on the hub, into the site's
+approved-jobs document next to its NVFlare client (policy/site_enforcement.py), which the client's
+enforcement component checks every job against: the hub cannot run at this site what was not
+approved here.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from ..api.job_approval import JobApprovalSpec
 from ..api.kinds import API_VERSION
 from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
 from ..builders.federation import client_name
+from ..builders.naming import enforcement_configmap_name
 from ..builders.requests import LABEL_FEDERATION, kit_secret_name
 from ..config import OperatorConfig, SiteSettings
 from ..policy import ledger
 from ..policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
+from ..policy.site_enforcement import ApprovedJob, ApprovedJobs, parse, render
 from ..runtime.kube import Conflict, Kube
 from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
@@ -141,6 +148,7 @@ class RequestAnswer(ObjectView):
     async def reconcile(self) -> None:
         if self.spec.outcome is not None:
             await self._spend()  # the job ended: its decision stands, its reservation becomes spent
+            await self._enforce(approved=False)  # and the client takes it no more
             return
         ev, grants = await self._evaluate()
         client_ready: bool | None = None
@@ -148,6 +156,8 @@ class RequestAnswer(ObjectView):
             client_ready = await self._converge_client(ev, grants)
         else:
             ev = await self._hold_budget(ev)
+            # The client must allow the job before the hub can see it approved (and submit it).
+            await self._enforce(approved=ev.decision == Decision.APPROVED)
         status = answer(self.previous, ev, self.spec, self.generation, client_ready, _now())
         await self._write(status)
 
@@ -171,6 +181,28 @@ class RequestAnswer(ObjectView):
                 log.info("ledger of %s changed meanwhile (attempt %d): deciding again", self.name, attempt + 1)
                 ev, _ = await self._evaluate()
         raise kopf_retry("the privacy-budget ledger kept changing; will decide again")
+
+    async def _enforce(self, *, approved: bool) -> None:
+        """Add this job (uid + the content hash decided on) to the site's approved-jobs document, or
+        withdraw it. Derived from this site's own evaluation only, never from a status on the hub."""
+        if not self.federation:
+            log.warning("AccessRequest %s has no %s label: its job cannot be allowed at the client",
+                        self.name, LABEL_FEDERATION)
+            return
+        source, org = self.spec.source, self.site.settings.org
+        entry = ApprovedJob(source.uid, self.spec.content_hash, f"{source.namespace}/{source.name}")
+
+        def change(text: str | None) -> str | None:
+            if text is None and not approved:
+                return None  # nothing to withdraw (and no client folder/ConfigMap to create)
+            try:
+                current = parse(text) if text is not None else ApprovedJobs(org)
+            except ValueError as err:
+                log.warning("approved-jobs document of %s is invalid (%s): writing it anew", self.federation, err)
+                current = ApprovedJobs(org)
+            return render(current.with_job(entry) if approved else current.without(source.uid))
+
+        await self.site.runtime.update_approved_jobs(self.federation, self.site.settings, self._client_name, change)
 
     async def _spend(self) -> None:
         uid = self.spec.source.uid
@@ -229,7 +261,7 @@ class RequestAnswer(ObjectView):
             active=self.spec.active)
         return ClientWorkload(federation=self.federation, site=self.site.settings, client_name=self._client_name,
                               spec=compute, kit=kit, kit_secret=kit_secret_name(self.name),
-                              datasets=tuple(datasets), enforcement_configmap=f"{self.federation}-approved-jobs")
+                              datasets=tuple(datasets), enforcement_configmap=enforcement_configmap_name(self.federation))
 
     async def _write(self, status: AccessRequestStatus) -> None:
         new = status.to_wire()
@@ -246,6 +278,7 @@ class RequestAnswer(ObjectView):
         if self.spec.source.kind == RequestKind.COMPUTE:
             await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
             return
+        await self._enforce(approved=False)
         await self._release_all(self.spec.source.uid)
 
 

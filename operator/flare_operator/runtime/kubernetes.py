@@ -16,11 +16,13 @@ import tarfile
 from typing import Any
 
 from ..builders import naming
+from ..builders.federation import ENFORCEMENT_RESOURCES_FILE, enforcement_resources
 from ..builders.requests import LABEL_FEDERATION
-from ..builders.workloads import STATE_DIR, DatasetMount, client_manifests, server_manifests
+from ..builders.workloads import ENFORCEMENT_DIR, STATE_DIR, DatasetMount, client_manifests, server_manifests
 from ..config import OperatorConfig, SiteSettings
+from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
 from .kube import Kube
-from .workloads import ClientWorkload, ServerWorkload, site_local_config
+from .workloads import ApprovedChange, ClientWorkload, ServerWorkload, site_local_config
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class KubernetesRuntime:
     def __init__(self, config: OperatorConfig, kube: Kube):
         self.config = config
         self.kube = kube
+        self._approved_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def _k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
@@ -120,12 +123,15 @@ class KubernetesRuntime:
                   else DatasetMount(d.dataset_id, host_path=d.path) for d in w.datasets]
         local["site.json"] = json.dumps({**site_local_config(w),
                                          "datasets": {m.dataset_id: m.path for m in mounts}}, sort_keys=True)
+        local[ENFORCEMENT_RESOURCES_FILE] = json.dumps(
+            enforcement_resources(f"{ENFORCEMENT_DIR}/{APPROVED_FILE}", site.org), indent=1)
         startup_secret = naming.kit_secret_name(w.federation, w.client_name)
         local_config = f"{startup_secret}-local"
         await self._k("apply", _secret(startup_secret, site.namespace, startup, labels, None))
         await self._k("apply", _configmap(local_config, site.namespace, local, labels, None))
-        await self._k("apply", _configmap(w.enforcement_configmap, site.namespace,
-                                          {"approved.json": json.dumps({"approved": []})}, labels, None))
+        # Created empty if absent, never overwritten here: its content is the gateway's decisions.
+        await self.update_approved_jobs(w.federation, site, w.client_name,
+                                        lambda text: readable_or_empty(text, site.org))
         server = json.loads(startup.get("fed_client.json", b"{}")).get("servers", [{}])[0]
         host, _, port = (server.get("service", {}).get("target") or "localhost:8002").rpartition(":")
         for manifest in client_manifests(
@@ -142,6 +148,21 @@ class KubernetesRuntime:
 
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
         await self._remove(site.namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "client"})
+
+    async def update_approved_jobs(self, federation: str, site: SiteSettings, client_name: str,
+                                   change: ApprovedChange) -> None:
+        """The ConfigMap ``<federation>-approved-jobs``, server-side applied. The kubelet refreshes the
+        mounted file in place (within its sync period, about a minute): no Pod restarts."""
+        name = naming.enforcement_configmap_name(federation)
+        lock = self._approved_locks.setdefault((site.namespace, name), asyncio.Lock())
+        async with lock:
+            current = await self._k("get", "ConfigMap", site.namespace, name)
+            text = None if current is None else (current.get("data") or {}).get(APPROVED_FILE)
+            new = change(text)
+            if new is None or new == text:
+                return
+            labels = naming.standard_labels(federation, "client", site.org)
+            await self._k("apply", _configmap(name, site.namespace, {APPROVED_FILE: new}, labels, None))
 
     async def clients_running(self, site: SiteSettings) -> int:
         items = await self._k("list", "StatefulSet", site.namespace,

@@ -11,21 +11,28 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ..api.compute import ComputeSpecSpec
-from ..builders.federation import ADMIN_IDENTITY
+from ..builders.federation import ADMIN_IDENTITY, ENFORCEMENT_RESOURCES_FILE, enforcement_resources
 from ..config import SiteSettings
 from ..nvflare.admin import FlareAdmin
-from ..nvflare.provisioning import unpack_kit
+from ..nvflare.provisioning import unpack_kit, with_local_files
+from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
 from .process import ProcessSupervisor
 
 log = logging.getLogger(__name__)
 
 
 SITE_CONFIG_ENV = "FLAREOP_SITE_CONFIG"  # where a client's jobs find the site's own config (dataset paths)
+ENFORCEMENT_FOLDER = "enforcement"  # process runtime: <client folder>/enforcement/approved.json
+
+ApprovedChange = Callable[[str | None], str | None]
+"""Approved-jobs document text now (None: there is none) -> the text to store (None: leave it as it is)."""
 
 
 def digest(data: bytes) -> str:
@@ -74,6 +81,11 @@ class WorkloadRuntime(Protocol):
     async def client_running(self, w: ClientWorkload) -> bool: ...
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None: ...
     async def clients_running(self, site: SiteSettings) -> int: ...
+    async def update_approved_jobs(self, federation: str, site: SiteSettings, client_name: str,
+                                   change: ApprovedChange) -> None:
+        """Read-modify-write the site's approved-jobs document for its client in ``federation``
+        (policy/site_enforcement.py), atomically with respect to this runtime's other updates. A
+        change never restarts the client: its enforcement component reads the document on each check."""
     async def close(self) -> None: ...
 
 
@@ -144,8 +156,11 @@ class ProcessRuntime:
             return
         folder = self.supervisor.folder(key_fed, w.client_name)
         _write_site_local(folder, w)
-        await self.supervisor.ensure(key_fed, w.client_name, role="client", org=w.site.org, kit=w.kit,
-                                     kit_digest=digest(w.kit) + _site_local_digest(w),
+        self._change_approved(folder, lambda text: readable_or_empty(text, w.site.org))
+        enforcement = enforcement_resources(str(folder / ENFORCEMENT_FOLDER / APPROVED_FILE), w.site.org)
+        kit = with_local_files(w.kit, {ENFORCEMENT_RESOURCES_FILE: json.dumps(enforcement, indent=1).encode()})
+        await self.supervisor.ensure(key_fed, w.client_name, role="client", org=w.site.org, kit=kit,
+                                     kit_digest=digest(kit) + _site_local_digest(w),
                                      env={SITE_CONFIG_ENV: str(folder / "site.json")})
 
     async def client_running(self, w: ClientWorkload) -> bool:
@@ -153,6 +168,27 @@ class ProcessRuntime:
 
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
         await self.supervisor.stop_federation(_client_federation(federation, site.org), remove=True)
+
+    async def update_approved_jobs(self, federation: str, site: SiteSettings, client_name: str,
+                                   change: ApprovedChange) -> None:
+        self._change_approved(self.supervisor.folder(_client_federation(federation, site.org), client_name), change)
+
+    @staticmethod
+    def _change_approved(folder: Path, change: ApprovedChange) -> None:
+        """Synchronous on the event loop, so no other update interleaves; the file is replaced
+        atomically, so the client never reads half a document."""
+        path = folder / ENFORCEMENT_FOLDER / APPROVED_FILE
+        try:
+            current: str | None = path.read_text()
+        except FileNotFoundError:
+            current = None
+        new = change(current)
+        if new is None or new == current:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(new)
+        os.replace(tmp, path)
 
     async def clients_running(self, site: SiteSettings) -> int:
         prefix = f"{_client_federation('', site.org)}"
