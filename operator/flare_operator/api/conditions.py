@@ -100,6 +100,12 @@ class Reason(StrEnum):
     """spec.suspend is true."""
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     """The NVFlare server failed more often than spec.backoffLimit allows."""
+    RESUBMITTED = "Resubmitted"
+    """The NVFlare server lost the job (restart, crash); it was resubmitted from the last checkpoint."""
+    COMPUTE_DEACTIVATED = "ComputeDeactivated"
+    """The job's ComputeSpec was deactivated or deleted while the job ran; the NVFlare job was aborted."""
+    SERVER_UNREACHABLE = "ServerUnreachable"
+    """The FLARE API did not answer; the job is followed again once it does."""
 
     # Gateway
     HEARTBEAT = "Heartbeat"

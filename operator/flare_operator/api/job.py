@@ -169,6 +169,13 @@ class Results(ApiModel):
     files: list[ResultFile] = Field(default_factory=list, max_length=256, description="Files stored, with sizes and hashes.")
 
 
+class Checkpoint(ApiModel):
+    completed_rounds: int = Field(ge=0, description="Rounds the checkpointed global model has been trained for.")
+    path: str = Field(max_length=1024, description="Where the global trainable parameters are (safetensors).")
+    from_job_id: str = Field(max_length=128, description="The NVFlare job that wrote it.")
+    saved_at: datetime | None = Field(None, description="When the operator saved it.")
+
+
 class FederatedJobStatus(ApiModel):
     phase: JobPhase | None = Field(None, description="Where the job is in its lifecycle.")
     observed_generation: int | None = observed_generation_field()
@@ -183,7 +190,10 @@ class FederatedJobStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["org"]},
     )
     nvflare_job_id: str | None = Field(None, max_length=128, description="The NVFlare job id of the current attempt.")
-    attempts: int = Field(0, ge=0, description="Submissions so far (1 + resubmissions after server failures).")
+    attempts: int = Field(0, ge=0, description="Submissions so far (1 + resumes after suspend + resubmissions "
+                          "after server failures).")
+    server_failures: int = Field(0, ge=0, description="Times the NVFlare server lost the job (counted against "
+                                 "spec.backoffLimit).")
     submitted_at: datetime | None = Field(None, description="First submission to NVFlare; the spec is frozen from then on.")
     start_time: datetime | None = Field(None, description="When the NVFlare job started running.")
     completion_time: datetime | None = Field(None, description="When the job finished.")
@@ -197,3 +207,6 @@ class FederatedJobStatus(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["site"]},
     )
     results: Results | None = Field(None, description="Result files, once the job succeeded.")
+    checkpoint: Checkpoint | None = Field(
+        None, description="The last global checkpoint saved on suspend or after a server failure; the next "
+        "attempt resumes from it.")

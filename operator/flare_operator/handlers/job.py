@@ -13,13 +13,13 @@ from datetime import datetime
 
 from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
-from ..api.job import FederatedJobSpec, FederatedJobStatus
+from ..api.job import FINISHED_PHASES, FederatedJobSpec, FederatedJobStatus
 from ..builders import naming
 from ..builders.federation import client_name
 from ..builders.requests import LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org, job_access_request
 from ..catalog import loader as catalog
 from ..policy.content_hash import content_hash
-from ..runtime.metrics import STATUS_WRITES
+from ..runtime.metrics import JOBS_FINISHED, STATUS_WRITES
 from ..status.job import ObservedAdmission, ObservedApproval, admission_status
 from .compute import Hub, SpecError, _now, org_hub_namespaces, org_of_namespace
 from .objects import ObjectView
@@ -116,6 +116,8 @@ async def write_job_status(hub: Hub, body: dict, status: FederatedJobStatus) -> 
     await hub.k("apply_status", "FederatedJob", meta["namespace"], meta["name"], new)
     STATUS_WRITES.labels("FederatedJob").inc()
     if new.get("phase") != old.get("phase"):
+        if status.phase in FINISHED_PHASES:
+            JOBS_FINISHED.labels(str(status.phase)).inc()
         ready = next((c for c in status.conditions if c.type == "Ready"), None)
         await hub.k("event", body, reason=str(new.get("phase")), note=ready.message if ready else "",
                     type_="Warning" if new.get("phase") in ("Rejected", "Failed") else "Normal")

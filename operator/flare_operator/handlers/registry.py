@@ -21,11 +21,11 @@ import kopf
 from ..api.job import FINISHED_PHASES, FederatedJobStatus
 from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig, SiteSettings
-from ..runtime.metrics import RECONCILE_SECONDS, RECONCILES
+from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
-from .run import Run, abort_if_running
+from .run import Run, abort_if_running, expire_if_due
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
                 return
             status = await Federation(hub, fresh).reconcile()
             await write_status(hub, fresh, status)
+            COMPUTE_PHASES.observe(fresh["metadata"]["uid"], status.phase)
 
     kopf.on.resume(*resource, registry=registry)(reconcile)
     kopf.on.create(*resource, registry=registry)(reconcile)
@@ -124,6 +125,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     async def compute_deleted(body: kopf.Body, retry: int, **_) -> None:
         async with hub.lock(body["metadata"]["uid"]):
             released = await Federation(hub, dict(body)).delete()
+            COMPUTE_PHASES.observe(body["metadata"]["uid"], None)
         if not released and retry < 60:
             raise kopf.TemporaryError("waiting for the sites to release their AccessRequests", delay=2)
 
@@ -137,13 +139,16 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
                 return
             previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
             admission = Admission(hub, fresh)
+            JOB_PHASES.observe(fresh["metadata"]["uid"], previous.phase)
             if previous.phase in FINISHED_PHASES:
                 await admission.record_outcome(previous)
+                await expire_if_due(hub, fresh, previous)
                 return
             status = await admission.reconcile()
             if admission.compute is not None:
                 status = await Run(hub, fresh, status, admission.compute).step()
             await write_job_status(hub, fresh, status)
+            JOB_PHASES.observe(fresh["metadata"]["uid"], status.phase)
             if status.phase in FINISHED_PHASES:
                 await admission.record_outcome(status)
 
@@ -157,6 +162,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
         async with hub.lock(body["metadata"]["uid"]):
             await abort_if_running(hub, dict(body))
             await Admission(hub, dict(body)).delete()
+            JOB_PHASES.observe(body["metadata"]["uid"], None)
 
     @kopf.on.probe(registry=registry, id="compute_specs")
     def probe(**_) -> str:

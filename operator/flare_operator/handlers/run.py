@@ -2,9 +2,17 @@
 
 The NVFlare job is built from the catalog app (builders/nvflare_job.py) with each site's dataset
 named by reference (`dataset:<id>`: only the site knows where its data is) and submitted through
-the FLARE API with the operator's admin kit and submit token = the job's uid, so a restarted
-operator never submits twice. Progress comes from the app's live metrics in the server's
-workspace; results are downloaded when NVFlare reports the job finished.
+the FLARE API with the operator's admin kit and submit token = the job's uid (attempt 1) or
+uid-<attempt>, so a restarted operator never submits twice. Progress comes from the app's live
+metrics in the server's workspace; results are downloaded when NVFlare reports the job finished.
+
+Lifecycle beyond the happy path:
+- suspend: the last global checkpoint is saved, the NVFlare job aborted; resuming submits a new
+  attempt that starts from the checkpoint's round;
+- NVFlare server lost the job (it restarted: FINISHED:ABANDONED, or its job process died:
+  FINISHED:ABNORMAL): resubmitted from the last checkpoint, up to spec.backoffLimit times;
+- the ComputeSpec deactivated or deleted under the job: aborted, Failed (ComputeDeactivated);
+- the FLARE API not answering: the phase stays, the Ready condition says so, it is asked again.
 """
 
 from __future__ import annotations
@@ -19,11 +27,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..api.conditions import ConditionType, Reason
-from ..api.job import FederatedJobSpec, FederatedJobStatus, JobPhase, ResultFile, Results, SiteMetrics
+from ..api.job import (
+    Checkpoint,
+    FederatedJobSpec,
+    FederatedJobStatus,
+    JobPhase,
+    ResultFile,
+    Results,
+    SiteMetrics,
+)
 from ..builders.federation import client_name
 from ..builders.nvflare_job import SiteSpec, aggregation_from_api, build_job, privacy_from_api, write_job
 from ..builders.requests import datasets_by_org
 from ..catalog import loader as catalog
+from ..nvflare.admin import FlareUnavailable
+from ..runtime.metrics import APPROVAL_WAIT_SECONDS, JOB_SUBMISSIONS, ROUNDS_COMPLETED, SUBMIT_SECONDS
 from ..runtime.workloads import ProcessRuntime, ServerWorkload
 from ..status.conditions import Conditions
 from .compute import Federation, Hub
@@ -32,12 +50,21 @@ from .objects import ObjectView
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "app_server/results/metrics.json"
+CHECKPOINT_FILE = "app_server/results/global_trainable.safetensors"
+SERVER_LOG = "log.txt"
 RESULTS_DIR = "workspace/app_server/results"
 _DONE = {"FINISHED:COMPLETED": JobPhase.SUCCEEDED, "FINISHED:ABORTED": JobPhase.ABORTED}
+LOST_BY_SERVER = frozenset({"FINISHED:ABANDONED", "FINISHED:ABNORMAL"})
+"""NVFlare states meaning the server, not the job, failed: a restarted server marks the jobs it ran
+ABANDONED; ABNORMAL means the server's job process died. Both are worth another attempt."""
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _sha256(path: Path) -> str:
@@ -74,41 +101,77 @@ class Run(ObjectView):
             self.conds.set(ConditionType.FAILED, True, reason, message)
         return self.status.model_copy(update={"phase": phase, "conditions": self.conds.items, **fields})
 
+    @property
+    def _running(self) -> bool:
+        return bool(self.status.nvflare_job_id)
+
     async def step(self) -> FederatedJobStatus:
-        if not self.status.nvflare_job_id and self.status.phase != JobPhase.QUEUED:
-            return self.status
+        """One pass: submit, follow, suspend or recover, from the admission status just computed."""
+        if not self._running and self.status.phase != JobPhase.QUEUED:
+            return self.status  # waiting (approval, compute, suspended) or decided; nothing runs
         if not isinstance(self.hub.runtime, ProcessRuntime):
             return self._with(JobPhase.QUEUED, Reason.PROGRESSING,
                               "approved; this operator's runtime cannot submit jobs yet (process runtime only)")
-        server = await Federation(self.hub, self.compute).existing_server()
+        federation = Federation(self.hub, self.compute)
+        server = await federation.existing_server()
+        if self._running and (server is None or not federation.spec.active):
+            return await self._compute_gone(server)
         if server is None:
             return self._with(JobPhase.PENDING, Reason.COMPUTE_NOT_READY, "the federation is not provisioned")
         admin = self.hub.runtime.admin(server)
-        if not self.status.nvflare_job_id:
-            return await self._submit(server, admin)
-        return await self._follow(server, admin)
+        try:
+            if not self._running:
+                return await self._submit(server, admin)
+            if self.spec.suspend:
+                return await self._suspend(server, admin)
+            return await self._follow(server, admin)
+        except FlareUnavailable as err:
+            # The FLARE API is down (a server restarting): keep the phase, say why, ask again next pass.
+            log.warning("FLARE API of %s/%s: %s", self.namespace, self.name, err)
+            self.conds.set(ConditionType.READY, False, Reason.SERVER_UNREACHABLE,
+                           f"the NVFlare server does not answer ({type(err).__name__}: {err}); retrying")
+            return self.status.model_copy(update={"conditions": self.conds.items})
 
     async def _submit(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         compute_spec = Federation(self.hub, self.compute).spec
         app = catalog.load_app(compute_spec.model.id, compute_spec.model.version)
         sites = [SiteSpec(name=client_name(org), dataset_path=f"dataset:{datasets[0]}")
                  for org, datasets in datasets_by_org(compute_spec).items()]
+        attempt = self.status.attempts + 1
+        checkpoint = self.status.checkpoint
+        resume = None
+        if checkpoint is not None and Path(checkpoint.path).exists():
+            resume = {"checkpoint": checkpoint.path,
+                      "startRound": min(checkpoint.completed_rounds, self.spec.rounds - 1)}
         job_name = f"{self.namespace}-{self.name}"[:60]
-        files = await asyncio.to_thread(
-            build_job, app, {**self.spec.parameters, "rounds": self.spec.rounds}, sites, job_name=job_name,
-            privacy=privacy_from_api(self.spec.privacy.to_wire(), self.spec.rounds),
-            aggregation=aggregation_from_api(self.spec.aggregation.to_wire()),
-            metadata={"uid": self.uid, "contentHash": self.status.content_hash, "attempt": 1,
-                      "job": f"{self.namespace}/{self.name}"})
-        with tempfile.TemporaryDirectory(prefix="flareop-job-") as tmp:
-            folder = write_job(files, tmp)
-            started = _now()
-            job_id = await asyncio.to_thread(admin.submit, folder, self.uid)
-        self.status = self.status.model_copy(update={"nvflare_job_id": job_id, "attempts": 1,
-                                                     "submitted_at": started})
-        await self.hub.k("event", self.body, reason="Submitted", note=f"NVFlare job {job_id} (submit token = uid)")
-        return self._with(JobPhase.SUBMITTED, Reason.SUBMITTED, f"submitted as NVFlare job {job_id}",
-                          progress=f"0/{self.spec.rounds}", current_round=0)
+        started = _now()
+        with SUBMIT_SECONDS.time():
+            files = await asyncio.to_thread(
+                build_job, app, {**self.spec.parameters, "rounds": self.spec.rounds}, sites, job_name=job_name,
+                privacy=privacy_from_api(self.spec.privacy.to_wire(), self.spec.rounds),
+                aggregation=aggregation_from_api(self.spec.aggregation.to_wire()),
+                metadata={"uid": self.uid, "contentHash": self.status.content_hash, "attempt": attempt,
+                          "job": f"{self.namespace}/{self.name}"},
+                resume=resume)
+            token = self.uid if attempt == 1 else f"{self.uid}-{attempt}"
+            with tempfile.TemporaryDirectory(prefix="flareop-job-") as tmp:
+                folder = write_job(files, tmp)
+                job_id = await asyncio.to_thread(admin.submit, folder, token)
+        JOB_SUBMISSIONS.labels("first" if attempt == 1 else "resubmit").inc()
+        if attempt == 1:
+            approved = next((c.last_transition_time for c in self.status.conditions
+                             if c.type == ConditionType.APPROVED and c.status == "True"), None)
+            created = self.body["metadata"].get("creationTimestamp")
+            if approved and created:
+                APPROVAL_WAIT_SECONDS.observe(max(0.0, (approved - _time(created)).total_seconds()))
+        start_round = resume["startRound"] if resume else 0
+        how = f"attempt {attempt}, from round {start_round}" if attempt > 1 else "submit token = uid"
+        await self.hub.k("event", self.body, reason="Submitted" if attempt == 1 else "Resubmitted",
+                         note=f"NVFlare job {job_id} ({how})")
+        self.status = self.status.model_copy(update={
+            "nvflare_job_id": job_id, "attempts": attempt, "submitted_at": self.status.submitted_at or started})
+        return self._with(JobPhase.SUBMITTED, Reason.SUBMITTED, f"submitted as NVFlare job {job_id} ({how})",
+                          progress=f"{start_round}/{self.spec.rounds}", current_round=start_round)
 
     async def _follow(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         job_id = self.status.nvflare_job_id
@@ -122,10 +185,14 @@ class Run(ObjectView):
                 return self._with(JobPhase.TIMED_OUT, Reason.DEADLINE_EXCEEDED,
                                   f"aborted after {elapsed:.0f}s (activeDeadlineSeconds "
                                   f"{self.spec.active_deadline_seconds})", completion_time=_now(), **updates)
+        if state == "RUNNING" and await asyncio.to_thread(admin.lost_by_server, job_id, meta):
+            state = "FINISHED:ABANDONED"  # what NVFlare would call it: the restarted server forgot the job
         if state == "RUNNING":
             start = self.status.start_time or _now()
             return self._with(JobPhase.RUNNING, Reason.RUNNING, f"round {updates.get('progress', '?')}",
                               start_time=start, **updates)
+        if state in LOST_BY_SERVER:
+            return await self._recover(server, state, updates)
         if state.startswith("FINISHED"):
             phase = _DONE.get(state, JobPhase.FAILED)
             if phase != JobPhase.SUCCEEDED:
@@ -139,9 +206,81 @@ class Run(ObjectView):
         return self._with(JobPhase.SUBMITTED, Reason.SUBMITTED, f"NVFlare job {job_id} is {state or 'queued'}",
                           **updates)
 
+    async def _suspend(self, server: ServerWorkload, admin) -> FederatedJobStatus:
+        """spec.suspend: keep the last global checkpoint, abort the NVFlare job; resuming resubmits."""
+        job_id = self.status.nvflare_job_id
+        checkpoint = self._save_checkpoint(server, job_id)
+        await asyncio.to_thread(admin.abort, job_id)
+        where = f"round {checkpoint.completed_rounds}" if checkpoint else "round 0 (no checkpoint yet)"
+        await self.hub.k("event", self.body, reason="Suspended", note=f"NVFlare job {job_id} aborted; resumes from {where}")
+        self.conds.set(ConditionType.RUNNING, False, Reason.SUSPENDED, "spec.suspend is true")
+        return self._stopped(JobPhase.SUSPENDED, Reason.SUSPENDED,
+                             f"spec.suspend is true: NVFlare job {job_id} aborted; resumes from {where}", checkpoint)
+
+    async def _recover(self, server: ServerWorkload, state: str, updates: dict) -> FederatedJobStatus:
+        """The server lost the job: resubmit from the last checkpoint while backoffLimit allows."""
+        job_id = self.status.nvflare_job_id
+        checkpoint = self._save_checkpoint(server, job_id)
+        failures = self.status.server_failures + 1
+        self.status = self.status.model_copy(update={"server_failures": failures})
+        if failures > self.spec.backoff_limit:
+            return self._with(JobPhase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED,
+                              f"NVFlare job {job_id} ended {state}; {failures} server failures exceed backoffLimit "
+                              f"{self.spec.backoff_limit}", completion_time=_now(), **updates)
+        where = f"round {checkpoint.completed_rounds}" if checkpoint else "round 0 (no checkpoint)"
+        await self.hub.k("event", self.body, type_="Warning", reason="ServerLostJob",
+                         note=f"NVFlare job {job_id} ended {state}; resubmitting from {where}")
+        self.status = self.status.model_copy(update={"nvflare_job_id": None, "checkpoint": checkpoint,
+                                                     **updates})
+        self.conds.set(ConditionType.READY, False, Reason.RESUBMITTED, f"NVFlare job {job_id} ended {state}")
+        admin = self.hub.runtime.admin(server)
+        return await self._submit(server, admin)
+
+    async def _compute_gone(self, server: ServerWorkload | None) -> FederatedJobStatus:
+        """The ComputeSpec was deactivated (or its server removed) under the running job."""
+        job_id = self.status.nvflare_job_id
+        if server is not None:
+            try:
+                await asyncio.to_thread(self.hub.runtime.admin(server).abort, job_id)
+            except Exception:  # noqa: BLE001 - the server is stopping anyway
+                log.info("could not abort NVFlare job %s on a deactivated federation", job_id, exc_info=True)
+        name = self.spec.compute_spec_ref.name
+        return self._with(JobPhase.FAILED, Reason.COMPUTE_DEACTIVATED,
+                          f"ComputeSpec {name} was deactivated while NVFlare job {job_id} ran; the job was aborted",
+                          completion_time=_now())
+
+    def _stopped(self, phase: JobPhase, reason: str, message: str, checkpoint: Checkpoint | None) -> FederatedJobStatus:
+        self.conds.set(ConditionType.READY, False, reason, message)
+        update = {"phase": phase, "conditions": self.conds.items, "nvflare_job_id": None}
+        if checkpoint is not None:
+            update["checkpoint"] = checkpoint
+        return self.status.model_copy(update=update)
+
+    def _save_checkpoint(self, server: ServerWorkload, job_id: str) -> Checkpoint | None:
+        """Copy the job's last global checkpoint out of the server's workspace, with the rounds it
+        holds (the app writes the checkpoint before metrics.json records the round)."""
+        raw_metrics = self.hub.runtime.server_job_file(server, job_id, METRICS_FILE)
+        weights = self.hub.runtime.server_job_file(server, job_id, CHECKPOINT_FILE)
+        last = json.loads(raw_metrics).get("last_completed_round") if raw_metrics else None
+        if weights is None or last is None:
+            return self.status.checkpoint  # nothing newer than what an earlier attempt saved
+        folder = self._job_dir("checkpoints")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"global_trainable-{job_id}.safetensors"
+        path.write_bytes(weights)
+        (folder / f"metrics-{job_id}.json").write_bytes(raw_metrics)
+        return Checkpoint(completed_rounds=int(last) + 1, path=str(path), from_job_id=job_id, saved_at=_now())
+
+    def _job_dir(self, kind: str) -> Path:
+        return (self.hub.config.workdir / kind / self.namespace / self.name).resolve()
+
     def _progress(self, server: ServerWorkload, job_id: str) -> dict:
         raw = self.hub.runtime.server_job_file(server, job_id, METRICS_FILE)
-        return self._from_metrics(json.loads(raw)) if raw else {}
+        updates = self._from_metrics(json.loads(raw)) if raw else {}
+        done, before = updates.get("current_round"), self.status.current_round or 0
+        if done is not None and done > before:
+            ROUNDS_COMPLETED.inc(done - before)
+        return updates
 
     def _from_metrics(self, record: dict) -> dict:
         history = record.get("history") or []
@@ -162,7 +301,8 @@ class Run(ObjectView):
         return self._from_metrics(json.loads(path.read_text())) if path.exists() else {}
 
     async def _fetch_results(self, admin, job_id: str) -> Results:
-        location = (self.hub.config.workdir / "results" / self.namespace / self.name).resolve()
+        location = self._job_dir("results")
+        earlier = self._job_dir("checkpoints")
 
         def fetch() -> Results:
             with tempfile.TemporaryDirectory(prefix="flareop-dl-") as tmp:
@@ -175,6 +315,9 @@ class Run(ObjectView):
                 if log_txt:
                     (location / "logs").mkdir(exist_ok=True)
                     shutil.copy(log_txt, location / "logs" / "server-log.txt")
+            for previous in sorted(earlier.glob("metrics-*.json")):  # attempts before a suspend / server loss
+                (location / "attempts").mkdir(exist_ok=True)
+                shutil.copy(previous, location / "attempts" / previous.name)
             files = [ResultFile(name=str(p.relative_to(location)), size=p.stat().st_size, sha256=_sha256(p))
                      for p in sorted(location.rglob("*")) if p.is_file()]
             return Results(location=str(location), files=files[:256])
@@ -198,3 +341,15 @@ async def abort_if_running(hub: Hub, body: dict) -> None:
             await asyncio.to_thread(hub.runtime.admin(server).abort, status.nvflare_job_id)
         except Exception:  # noqa: BLE001 - the server may be gone already
             log.warning("could not abort NVFlare job %s", status.nvflare_job_id, exc_info=True)
+
+
+async def expire_if_due(hub: Hub, body: dict, status: FederatedJobStatus) -> None:
+    """spec.ttlSecondsAfterFinished: delete the finished job once its time is up (results stay)."""
+    ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
+    if ttl is None or status.completion_time is None:
+        return
+    if (_now() - status.completion_time).total_seconds() >= ttl:
+        meta = body["metadata"]
+        log.info("FederatedJob %s/%s finished %s ago: deleting (ttlSecondsAfterFinished %s)",
+                 meta["namespace"], meta["name"], _now() - status.completion_time, ttl)
+        await hub.k("delete", "FederatedJob", meta["namespace"], meta["name"])

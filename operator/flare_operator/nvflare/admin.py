@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..builders.federation import ADMIN_IDENTITY
 
 log = logging.getLogger(__name__)
+
+
+class FlareUnavailable(ConnectionError):
+    """The FLARE API did not answer (the server is down or restarting): worth asking again later."""
+
+
+def _transient(err: Exception) -> bool:
+    from nvflare.fuel.flare_api.api_spec import AuthenticationError, NoConnection, NoReply, SessionClosed
+
+    return isinstance(err, NoConnection | NoReply | SessionClosed | AuthenticationError | TimeoutError | OSError)
 
 
 class FlareAdmin:
@@ -34,8 +45,10 @@ class FlareAdmin:
         with self._lock:
             try:
                 return getattr(self._open(), method)(*args, **kwargs)
-            except Exception:
+            except Exception as err:
                 self._close_locked()
+                if _transient(err):
+                    raise FlareUnavailable(f"{method}: {type(err).__name__}: {err}") from err
                 raise
 
     def connected_clients(self) -> list[str]:
@@ -47,8 +60,33 @@ class FlareAdmin:
     def job_meta(self, job_id: str) -> dict:
         return self._call("get_job_meta", job_id)
 
-    def abort(self, job_id: str) -> None:
-        self._call("abort_job", job_id)
+    def lost_by_server(self, job_id: str, meta: dict) -> bool:
+        """The server's record says the job runs, but the server process does not run it.
+
+        NVFlare 2.9 keeps no job snapshot: a server that restarted forgets the jobs it ran, and
+        their records may stay RUNNING. Lost = not among the server's running jobs, and the
+        server (re)started after the job did.
+        """
+        info = self._call("get_system_info")
+        if any(j.job_id == job_id for j in info.job_info):
+            return False
+        server_start, job_start = info.server_info.start_time, meta.get("start_time")
+        try:
+            return float(server_start) > datetime.fromisoformat(str(job_start)).timestamp()
+        except (TypeError, ValueError):
+            log.info("cannot tell whether job %s outlived a server restart (start times %r, %r)",
+                     job_id, server_start, job_start)
+            return False
+
+    def abort(self, job_id: str) -> bool:
+        """Abort the job; False if it was not running any more (already finished)."""
+        from nvflare.fuel.flare_api.api_spec import JobNotRunning
+
+        try:
+            self._call("abort_job", job_id)
+        except JobNotRunning:
+            return False
+        return True
 
     def download(self, job_id: str, destination: Path) -> Path:
         return Path(self._call("download_job_result", job_id, destination=str(destination)))

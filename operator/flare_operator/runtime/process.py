@@ -4,6 +4,11 @@ For development, demos and CI, where kwok Pods run no containers. Same kits, sam
 kubernetes runtime; only the workload differs. Each participant gets a folder
 `<workdir>/<federation>/<participant>/` holding its kit (startup/, local/), its NVFlare workspace
 and `stdout.log`. A supervisor task restarts a crashed participant with exponential backoff.
+
+Participants outlive an operator crash, as Pods do: each one's pid and kit digest are recorded in
+`participant.json`, and the next operator adopts a live participant with the same command line and
+kit instead of starting a second one (so a running NVFlare job goes on). A graceful stop (SIGTERM,
+Kopf cleanup) stops them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ SERVER_MODULE = "nvflare.private.fed.app.server.server_train"
 CLIENT_MODULE = "nvflare.private.fed.app.client.client_train"
 MAX_BACKOFF_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
+RECORD_FILE = "participant.json"
+ADOPTED_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -44,10 +51,15 @@ class Participant:
     started_at: float = 0.0
     stopping: bool = False
     exit_codes: list[int] = field(default_factory=list)
+    adopted_pid: int | None = None  # left running by a previous operator; not our child
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process and self.process.returncode is None else None
+        if self.process and self.process.returncode is None:
+            return self.process.pid
+        if self.adopted_pid and _alive(self.adopted_pid):
+            return self.adopted_pid
+        return None
 
     @property
     def log_file(self) -> Path:
@@ -92,27 +104,40 @@ class ProcessSupervisor:
         if current:
             await self.stop(federation, participant, remove=False)
         folder = self.folder(federation, participant)
-        for sub in ("startup", "local"):
-            shutil.rmtree(folder / sub, ignore_errors=True)
-        unpack_kit(kit, folder)
-        private_resources(folder)
+        command = participant_command(role, folder, participant, org)
+        adopted = _adoptable(folder, command, kit_digest)
+        if adopted is None:
+            await _terminate_recorded(folder)  # a predecessor's participant with another kit
+            for sub in ("startup", "local"):
+                shutil.rmtree(folder / sub, ignore_errors=True)
+            unpack_kit(kit, folder)
+            private_resources(folder)
+        else:
+            log.info("adopted %s (pid %s) left running by a previous operator", key, adopted)
         tmp = folder / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1", **(env or {})}
-        p = Participant(key, folder, participant_command(role, folder, participant, org), kit_digest, full_env)
+        p = Participant(key, folder, command, kit_digest, full_env, adopted_pid=adopted)
         p.task = asyncio.create_task(self._supervise(p), name=f"supervise {key}")
         self.participants[key] = p
         return p
 
     async def _supervise(self, p: Participant) -> None:
         backoff = 1.0
+        while p.adopted_pid and not p.stopping and _alive(p.adopted_pid):
+            await asyncio.sleep(ADOPTED_POLL_SECONDS)
+        if p.adopted_pid and not p.stopping:
+            log.warning("adopted %s (pid %s) exited; starting it again", p.key, p.adopted_pid)
+            p.adopted_pid = None
+            p.restarts += 1
         while not p.stopping:
             with p.log_file.open("ab") as out:
                 p.process = await asyncio.create_subprocess_exec(
                     *p.command, cwd=p.folder, env=p.env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    start_new_session=True,
                 )
             p.started_at = time.monotonic()
+            _record(p)
             log.info("started %s (pid %s)", p.key, p.process.pid)
             code = await p.process.wait()
             p.exit_codes.append(code)
@@ -130,6 +155,10 @@ class ProcessSupervisor:
         if p is not None:
             p.stopping = True
             await _terminate(p.process)
+            if p.adopted_pid:
+                await _terminate_pid(p.adopted_pid)
+            _kill_leftovers(p.folder)
+            (p.folder / RECORD_FILE).unlink(missing_ok=True)
             if p.task:
                 p.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -161,13 +190,74 @@ class ProcessSupervisor:
         return json.dumps(self.status(), sort_keys=True)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the operator dies, so no participant outlives it
-    (a restarted operator starts its own; two servers on one port would fight)."""
-    import ctypes
+def _record(p: Participant) -> None:
+    record = {"pid": p.process.pid, "kitDigest": p.kit_digest, "command": p.command}
+    (p.folder / RECORD_FILE).write_text(json.dumps(record))
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+def _kill_leftovers(folder: Path) -> None:
+    """SIGKILL what the participant started in sessions of its own (NVFlare's job processes name the
+    participant's folder on their command line) and left behind when it was stopped."""
+    needle = f" {folder} ".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = b" " + (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if needle in cmdline:
+            log.info("stopping leftover process %s of %s", proc.name, folder)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _recorded(folder: Path) -> dict | None:
+    """The participant a previous operator left running in `folder`, if it still runs."""
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text())
+        cmdline = Path(f"/proc/{int(record['pid'])}/cmdline").read_bytes().split(b"\0")[:-1]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if [c.decode(errors="replace") for c in cmdline] != record.get("command") or not _alive(int(record["pid"])):
+        return None  # gone, or the pid now belongs to another process
+    return record
+
+
+def _adoptable(folder: Path, command: list[str], kit_digest: str) -> int | None:
+    record = _recorded(folder)
+    if record and record["command"] == command and record.get("kitDigest") == kit_digest:
+        return int(record["pid"])
+    return None
+
+
+async def _terminate_recorded(folder: Path) -> None:
+    record = _recorded(folder)
+    if record:
+        await _terminate_pid(int(record["pid"]))
+    (folder / RECORD_FILE).unlink(missing_ok=True)
+
+
+async def _terminate_pid(pid: int) -> None:
+    """Stop a participant that is not our child (adopted): its process group, then wait for it."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_SECONDS), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        if not _alive(pid):
+            break
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 async def _terminate(process: asyncio.subprocess.Process | None) -> None:

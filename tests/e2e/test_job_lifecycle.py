@@ -1,0 +1,190 @@
+"""A FederatedJob's life beyond the happy path, on a real API server and real NVFlare processes:
+operator killed mid-job, NVFlare server killed mid-job, suspend and resume, deadline, delete while
+running, compute deactivated under a running job, ttlSecondsAfterFinished, /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import BASE_PARAMS
+from tests.operator_harness import (
+    Consortium,
+    OperatorProcess,
+    apply,
+    compute,
+    create_org_namespace,
+    free_port,
+    gateway_config,
+    get,
+    grant,
+    install_crds,
+    operator_config,
+    processes_under,
+    remove_namespaces,
+    scrape,
+    wait_phase,
+)
+from tests.support.kube_fixtures import wait_for
+
+pytestmark = pytest.mark.e2e
+
+AUTOMATIC = {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "spec": {"approvalMode": "Automatic"}}
+
+
+@contextmanager
+def federation(cp, e2e_data, tmp_path):
+    """Two orgs that approve automatically, a modeller, the operator, a Ready ComputeSpec."""
+    install_crds(cp)
+    c = Consortium()
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    for ns in (a, b, m):
+        create_org_namespace(cp, ns, ns)
+    paths = [s["path"] for s in e2e_data["sites"].values()]
+    apply(cp, grant(a, "scl-a", m, path=str(paths[0])), grant(b, "scl-b", m, path=str(paths[1])),
+          {**AUTOMATIC, "metadata": {"name": "default", "namespace": a}},
+          {**AUTOMATIC, "metadata": {"name": "default", "namespace": b}})
+    port = free_port()
+    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m],
+                             metricsPort=port)
+    ops = [OperatorProcess(cp, tmp_path, config).start()]
+    try:
+        apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
+        wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=180)
+        yield m, ops, config, port
+    except BaseException:
+        for op in ops:
+            print(f"--- {op.log_path}\n{op.tail(150)}")
+        raise
+    finally:
+        ops[-1].stop()
+        remove_namespaces(cp, a, b, m)
+        wait_for(lambda: not processes_under(tmp_path / "flare"), timeout=60, message="no participant left")
+
+
+def job(namespace: str, name: str, rounds: int, **spec) -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": rounds,
+                     "parameters": {**BASE_PARAMS, "localSteps": 8}, **spec}}
+
+
+def status(cp, namespace: str, name: str) -> dict:
+    return (get(cp, "federatedjob", namespace, name) or {}).get("status") or {}
+
+
+def wait_status(cp, namespace: str, name: str, check, message: str, timeout: float = 240) -> dict:
+    return wait_for(lambda: (s := status(cp, namespace, name)) and check(s) and s, timeout=timeout,
+                    message=f"{namespace}/{name}: {message}")
+
+
+def job_processes(workdir: Path, job_id: str) -> list[str]:
+    return [p for p in processes_under(workdir) if job_id in p]
+
+
+def test_a_job_survives_an_operator_restart_and_a_server_crash(control_plane, e2e_data, tmp_path):
+    cp = control_plane
+    with federation(cp, e2e_data, tmp_path) as (m, ops, config, port):
+        apply(cp, job(m, "long", 6, backoffLimit=1, ttlSecondsAfterFinished=5))
+        first = wait_status(cp, m, "long", lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= 1,
+                            "running, a round done")
+        job_id = first["nvflareJobId"]
+
+        # The operator dies mid-job; its participants live on, the next operator adopts them and
+        # follows the same NVFlare job: no resubmission.
+        ops[0].stop(signal.SIGKILL)
+        assert job_processes(tmp_path / "flare", job_id), "the NVFlare job runs on without the operator"
+        ops.append(OperatorProcess(cp, tmp_path, config, name="operator-2").start())
+        later = wait_status(cp, m, "long", lambda s: s.get("currentRound", 0) > first["currentRound"],
+                            "progress followed by the restarted operator")
+        assert later["nvflareJobId"] == job_id and later["attempts"] == 1
+        assert "adopted" in ops[1].log_path.read_text()
+
+        # The NVFlare server dies (its whole process group, as when a Pod dies): the supervisor
+        # restarts it, NVFlare marks the job ABANDONED, the operator resubmits from the checkpoint.
+        (server,) = [int(p.split(":")[0]) for p in processes_under(tmp_path / "flare") if "server_train" in p]
+        os.killpg(server, signal.SIGKILL)
+        resumed = wait_status(cp, m, "long", lambda s: s.get("attempts") == 2 and s.get("nvflareJobId"),
+                              "resubmitted after the server crash")
+        assert resumed["serverFailures"] == 1 and resumed["nvflareJobId"] != job_id
+        checkpoint = resumed["checkpoint"]
+        assert checkpoint["fromJobId"] == job_id and checkpoint["completedRounds"] >= later["currentRound"]
+
+        done = wait_phase(cp, "federatedjob", m, "long", "Succeeded", timeout=300)["status"]
+        assert done["progress"] == "6/6" and done["attempts"] == 2
+        results = Path(done["results"]["location"])
+        metrics = json.loads((results / "metrics.json").read_text())
+        assert metrics["resumed_from"]["round"] == checkpoint["completedRounds"]
+        assert metrics["job"]["metadata"]["attempt"] == 2
+        assert len(metrics["history"]) == 6 - checkpoint["completedRounds"]
+        assert (results / "attempts" / f"metrics-{job_id}.json").exists(), "the lost attempt's metrics are kept"
+
+        # /metrics of the restarted operator: what it saw move.
+        seen = scrape(port)
+        assert seen['flareop_job_submissions_total{reason="resubmit"}'] == 1
+        assert seen["flareop_job_rounds_completed_total"] >= 6 - first["currentRound"] - 1
+        assert seen['flareop_jobs_finished_total{phase="Succeeded"}'] == 1
+        assert seen['flareop_computespecs{phase="Ready"}'] == 1
+        assert seen["flareop_job_submit_seconds_count"] == 1
+
+        # ttlSecondsAfterFinished: the finished job goes away, its results stay.
+        wait_for(lambda: get(cp, "federatedjob", m, "long") is None, timeout=60, message="job garbage-collected")
+        assert (results / "metrics.json").exists()
+        assert scrape(port).get('flareop_federatedjobs{phase="Succeeded"}') == 0
+
+
+def test_suspend_resume_deadline_delete_and_deactivation(control_plane, e2e_data, tmp_path):
+    cp = control_plane
+    workdir = tmp_path / "flare"
+    with federation(cp, e2e_data, tmp_path) as (m, ops, _, port):
+        # Suspend after a round: the NVFlare job is aborted, the checkpoint kept; resume continues from it.
+        apply(cp, job(m, "pausable", 4))
+        first = wait_status(cp, m, "pausable", lambda s: s.get("currentRound", 0) >= 1, "a round done")
+        cp.kubectl("patch", "federatedjob", "pausable", "-n", m, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+        suspended = wait_phase(cp, "federatedjob", m, "pausable", "Suspended", timeout=60)["status"]
+        assert "nvflareJobId" not in suspended
+        checkpoint = suspended["checkpoint"]
+        assert checkpoint["fromJobId"] == first["nvflareJobId"] and checkpoint["completedRounds"] >= 1
+        wait_for(lambda: not job_processes(workdir, first["nvflareJobId"]), timeout=60,
+                 message="the suspended NVFlare job stopped")
+        cp.kubectl("patch", "federatedjob", "pausable", "-n", m, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+        done = wait_phase(cp, "federatedjob", m, "pausable", "Succeeded", timeout=240)["status"]
+        assert done["attempts"] == 2 and done["serverFailures"] == 0 and done["progress"] == "4/4"
+        metrics = json.loads((Path(done["results"]["location"]) / "metrics.json").read_text())
+        assert metrics["resumed_from"]["round"] == checkpoint["completedRounds"]
+        assert [h["round"] for h in metrics["history"]] == list(range(checkpoint["completedRounds"], 4))
+
+        # activeDeadlineSeconds: aborted, TimedOut.
+        apply(cp, job(m, "slow", 50, activeDeadlineSeconds=8))
+        timed_out = wait_phase(cp, "federatedjob", m, "slow", "TimedOut", timeout=120)["status"]
+        assert any(c["reason"] == "DeadlineExceeded" for c in timed_out["conditions"])
+        wait_for(lambda: not job_processes(workdir, timed_out["nvflareJobId"]), timeout=60,
+                 message="the timed-out NVFlare job stopped")
+
+        # Deleting a running job aborts its NVFlare job.
+        apply(cp, job(m, "doomed", 50))
+        running = wait_status(cp, m, "doomed", lambda s: s.get("phase") == "Running", "running")
+        assert job_processes(workdir, running["nvflareJobId"])
+        cp.kubectl("delete", "federatedjob", "doomed", "-n", m, "--timeout=60s")
+        wait_for(lambda: not job_processes(workdir, running["nvflareJobId"]), timeout=60,
+                 message="the deleted job's NVFlare job stopped")
+
+        # Deactivating the compute under a running job fails it with the reason.
+        apply(cp, job(m, "stranded", 50))
+        wait_status(cp, m, "stranded", lambda s: s.get("phase") == "Running", "running")
+        cp.kubectl("patch", "computespec", "esm2", "-n", m, "--type=merge", "-p", '{"spec":{"active":false}}')
+        failed = wait_phase(cp, "federatedjob", m, "stranded", "Failed", timeout=120)["status"]
+        reason = {c["type"]: c for c in failed["conditions"]}["Failed"]
+        assert reason["reason"] == "ComputeDeactivated" and "esm2" in reason["message"]
+
+        seen = scrape(port)
+        assert seen['flareop_jobs_finished_total{phase="TimedOut"}'] == 1
+        assert seen['flareop_jobs_finished_total{phase="Failed"}'] == 1
+        assert seen['flareop_job_submissions_total{reason="first"}'] == 4
+        assert seen["flareop_job_approval_wait_seconds_count"] == 4
+        assert seen['flareop_federatedjobs{phase="Succeeded"}'] == 1
