@@ -6,6 +6,8 @@
 #   hack/demo-multicluster.sh        run it (stops a previous run first); leaves everything running
 #   hack/demo-multicluster.sh down   stop what it started (operators, NVFlare processes, clusters)
 # The manifests and operator configs: examples/esm2-scl/multicluster/ (they name paths under .demo-mc).
+# CLUSTERS_DIR (default .demo-mc/clusters) holds the control planes' state, one folder per cluster;
+# `down` finds them through .demo-mc/clusters.dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=.demo-mc
@@ -19,24 +21,29 @@ bin_dir() { hack/controlplane/build.sh | tail -n1; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 down() {
-  local role pid dir
-  for role in org-b org-a hub; do  # the sites' gateways first, then the hub's orchestrator
+  local role pid dir flarecp
+  local -A pids=()
+  for role in "${ROLES[@]}"; do
     if alive "$DEMO_DIR/$role/operator.pid"; then
-      pid=$(cat "$DEMO_DIR/$role/operator.pid")
-      kill "$pid"  # the operator stops its NVFlare processes (and removes its webhooks) on SIGTERM
-      for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-      echo "stopped the $role operator (pid $pid)"
+      pids[$role]=$(cat "$DEMO_DIR/$role/operator.pid")
+      kill "${pids[$role]}" 2>/dev/null || true  # each operator stops its NVFlare processes (and removes its webhooks) on SIGTERM
     fi
-    rm -f "$DEMO_DIR/$role/operator.pid"
   done
+  for role in "${!pids[@]}"; do
+    pid=${pids[$role]}
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+    echo "stopped the $role operator (pid $pid)"
+  done
+  rm -f "$DEMO_DIR"/*/operator.pid
   if [ -f "$DEMO_DIR/clusters.dir" ]; then
     dir=$(cat "$DEMO_DIR/clusters.dir")
+    flarecp="$(bin_dir)/flarecp"
     for role in "${ROLES[@]}"; do
-      if alive "$dir/$role/flarecp.pid"; then
-        "$(bin_dir)/flarecp" cluster down --dir "$dir/$role" && echo "stopped the $role control plane ($dir/$role)"
-      fi
+      if alive "$dir/$role/flarecp.pid"; then "$flarecp" cluster down --dir "$dir/$role" 2>/dev/null & fi
     done
+    wait
+    echo "stopped the control planes in $dir"
     rm -f "$DEMO_DIR/clusters.dir"
   fi
 }
@@ -44,11 +51,11 @@ down() {
 if [ "${1:-up}" = down ]; then down; exit 0; fi
 [ "${1:-up}" = up ] || { echo "usage: $0 [up|down]" >&2; exit 2; }
 
-start=$(date +%s)
 mkdir -p "$DEMO_DIR"
 if ls "$DEMO_DIR"/*/operator.pid >/dev/null 2>&1 || [ -f "$DEMO_DIR/clusters.dir" ]; then
   echo "stopping the previous run first"; down
 fi
+start=$(date +%s)
 rm -rf "${ROLES[@]/#/$DEMO_DIR/}" "$DEMO_DIR/data" "$DEMO_DIR/accuracy.png"
 mkdir -p "${ROLES[@]/#/$DEMO_DIR/}"
 CLUSTERS_DIR=${CLUSTERS_DIR:-$DEMO_DIR/clusters}
@@ -142,7 +149,7 @@ on hub get computespec esm2-scl -n modeller
 on hub get accessrequests -n org-a
 echo "  NVFlare processes, each under its own operator's folder:"
 ps -eo pid,args | grep -E "nvflare.private.fed.app.(server|client)" | grep -F "$PWD/$DEMO_DIR/" | grep -v grep \
-  | sed -E 's#^ *([0-9]+) .*app\.(server|client)\.[a-z_]+ -m ([^ ]+).*#    \1 \2 \3#' | short
+  | sed -E 's#^ *([0-9]+) .*app\.(server|client)\.[a-z_]+ -m ([^ ]+).*#    \1 \2 \3#' | short || true
 
 step "the job: org-a approved automatically, org-b waits for its admin"
 wait_for 60 "the job to wait for org-b" phase_is federatedjob esm2-scl-run1 modeller AwaitingApproval

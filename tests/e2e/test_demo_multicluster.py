@@ -37,6 +37,11 @@ def _cmdline(pid_file: Path) -> list[str]:
     return Path(f"/proc/{pid_file.read_text().strip()}/cmdline").read_bytes().decode().split("\0")
 
 
+def _operator_logs(lines: int = 30) -> str:
+    return "".join(f"\n--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+                   for log in sorted(DEMO.glob("*/operator.log")))
+
+
 def _check_credentials(clusters: Path, env: dict) -> None:
     """Each gateway runs against its own cluster and holds, for the hub, only its scoped credential."""
     kubectl = Path(subprocess.run(["bash", "hack/controlplane/build.sh"], cwd=REPO, env=env, capture_output=True,
@@ -75,7 +80,7 @@ def test_make_demo_multicluster_runs_the_scenario_across_three_control_planes(tm
         run = subprocess.run(["bash", "hack/demo-multicluster.sh"], cwd=REPO, env=env, capture_output=True, text=True,
                              timeout=900)
         out = run.stdout + run.stderr
-        assert run.returncode == 0, out[-6000:]
+        assert run.returncode == 0, out[-6000:] + _operator_logs()
         for expected in ("answer AccessRequests in org-b: yes; read org-a's: no",
                          "reaches the hub only as gateway-org-b", "Ready   True    2/2",
                          "org-b: Pending - waiting for org-b's admin", "recorded by org-b's webhook: alice@org-b",
