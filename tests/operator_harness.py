@@ -198,3 +198,53 @@ def scrape(port: int) -> dict[str, float]:
 
 def reconciles(port: int, kind: str) -> float:
     return scrape(port).get(f'flareop_reconcile_total{{kind="{kind}",result="ok"}}', 0.0)
+
+
+AUTOMATIC_POLICY = {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "spec": {"approvalMode": "Automatic"}}
+
+
+@dataclass
+class Federation:
+    """What `automatic_federation` set up: the modeller namespace with a Ready ComputeSpec `esm2`,
+    the two data owners, and the operator processes (the last one is the live one)."""
+
+    modeller: str
+    orgs: tuple[str, str]
+    operators: list[OperatorProcess]
+    config: dict
+    metrics_port: int
+
+    @property
+    def operator(self) -> OperatorProcess:
+        return self.operators[-1]
+
+
+@contextmanager
+def automatic_federation(cp, e2e_data: dict, tmp_path: Path):
+    """Two orgs (Automatic policies) granting their generated datasets to a modeller, the operator
+    (process runtime, metrics on), and a Ready ComputeSpec `esm2` over both datasets."""
+    install_crds(cp)
+    c = Consortium()
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    for ns in (a, b, m):
+        create_org_namespace(cp, ns, ns)
+    paths = [s["path"] for s in e2e_data["sites"].values()]
+    apply(cp, grant(a, "scl-a", m, path=str(paths[0])), grant(b, "scl-b", m, path=str(paths[1])),
+          {**AUTOMATIC_POLICY, "metadata": {"name": "default", "namespace": a}},
+          {**AUTOMATIC_POLICY, "metadata": {"name": "default", "namespace": b}})
+    port = free_port()
+    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m],
+                             metricsPort=port)
+    fed = Federation(m, (a, b), [OperatorProcess(cp, tmp_path, config).start()], config, port)
+    try:
+        apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
+        wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=180)
+        yield fed
+    except BaseException:
+        for op in fed.operators:
+            print(f"--- {op.log_path}\n{op.tail(150)}")
+        raise
+    finally:
+        fed.operator.stop()
+        remove_namespaces(cp, a, b, m)
+        wait_for(lambda: not processes_under(tmp_path / "flare"), timeout=60, message="no participant left")

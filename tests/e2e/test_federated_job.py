@@ -11,20 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import BASE_PARAMS
-from tests.operator_harness import (
-    Consortium,
-    OperatorProcess,
-    apply,
-    compute,
-    create_org_namespace,
-    gateway_config,
-    get,
-    grant,
-    install_crds,
-    operator_config,
-    remove_namespaces,
-    wait_phase,
-)
+from tests.operator_harness import apply, automatic_federation, get, wait_phase
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,21 +19,9 @@ pytestmark = pytest.mark.e2e
 
 def test_an_approved_job_trains_on_the_federation_and_stores_results(control_plane, e2e_data, tmp_path):
     cp = control_plane
-    install_crds(cp)
-    c = Consortium()
-    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
-    for ns in (a, b, m):
-        create_org_namespace(cp, ns, ns)
     paths = [s["path"] for s in e2e_data["sites"].values()]
-    policy = {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "spec": {"approvalMode": "Automatic"}}
-    apply(cp, grant(a, "scl-a", m, path=str(paths[0])), grant(b, "scl-b", m, path=str(paths[1])),
-          {**policy, "metadata": {"name": "default", "namespace": a}},
-          {**policy, "metadata": {"name": "default", "namespace": b}})
-    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m])
-    op = OperatorProcess(cp, tmp_path, config).start()
-    try:
-        apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
-        wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=180)
+    with automatic_federation(cp, e2e_data, tmp_path) as fed:
+        (a, b), m = fed.orgs, fed.modeller
         job = {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": "run1", "namespace": m},
                "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": 2,
                         "parameters": {**BASE_PARAMS, "localSteps": 5},
@@ -67,7 +42,7 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
 
         results = status["results"]
         names = {f["name"] for f in results["files"]}
-        assert {"metrics.json", "MODEL_CARD.md", "logs/server-log.txt"} <= names
+        assert {"metrics.json", "MODEL_CARD.md", "logs/server-log.txt", f"logs/{a}-log.txt", f"logs/{b}-log.txt"} <= names
         assert any(n.startswith("model/") and n.endswith(".safetensors") for n in names)
         for f in results["files"]:
             data = (Path(results["location"]) / f["name"]).read_bytes()
@@ -87,9 +62,3 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
         # The hub never learnt where the data is: the job named it by reference.
         request = get(cp, "accessrequest", a, f"job-{m}-run1")
         assert str(paths[0]) not in json.dumps(request) and str(paths[0]) not in json.dumps(done)
-    except BaseException:
-        print(op.tail(120))
-        raise
-    finally:
-        op.stop()
-        remove_namespaces(cp, a, b, m)

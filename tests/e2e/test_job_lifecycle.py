@@ -7,65 +7,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import BASE_PARAMS
 from tests.operator_harness import (
-    Consortium,
     OperatorProcess,
     apply,
-    compute,
-    create_org_namespace,
-    free_port,
-    gateway_config,
+    automatic_federation,
     get,
-    grant,
-    install_crds,
-    operator_config,
     processes_under,
-    remove_namespaces,
     scrape,
     wait_phase,
 )
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
-
-AUTOMATIC = {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "spec": {"approvalMode": "Automatic"}}
-
-
-@contextmanager
-def federation(cp, e2e_data, tmp_path):
-    """Two orgs that approve automatically, a modeller, the operator, a Ready ComputeSpec."""
-    install_crds(cp)
-    c = Consortium()
-    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
-    for ns in (a, b, m):
-        create_org_namespace(cp, ns, ns)
-    paths = [s["path"] for s in e2e_data["sites"].values()]
-    apply(cp, grant(a, "scl-a", m, path=str(paths[0])), grant(b, "scl-b", m, path=str(paths[1])),
-          {**AUTOMATIC, "metadata": {"name": "default", "namespace": a}},
-          {**AUTOMATIC, "metadata": {"name": "default", "namespace": b}})
-    port = free_port()
-    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m],
-                             metricsPort=port)
-    ops = [OperatorProcess(cp, tmp_path, config).start()]
-    try:
-        apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
-        wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=180)
-        yield m, ops, config, port
-    except BaseException:
-        for op in ops:
-            print(f"--- {op.log_path}\n{op.tail(150)}")
-        raise
-    finally:
-        ops[-1].stop()
-        remove_namespaces(cp, a, b, m)
-        wait_for(lambda: not processes_under(tmp_path / "flare"), timeout=60, message="no participant left")
-
 
 def job(namespace: str, name: str, rounds: int, **spec) -> dict:
     return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob",
@@ -89,7 +47,8 @@ def job_processes(workdir: Path, job_id: str) -> list[str]:
 
 def test_a_job_survives_an_operator_restart_and_a_server_crash(control_plane, e2e_data, tmp_path):
     cp = control_plane
-    with federation(cp, e2e_data, tmp_path) as (m, ops, config, port):
+    with automatic_federation(cp, e2e_data, tmp_path) as fed:
+        m, ops, config, port = fed.modeller, fed.operators, fed.config, fed.metrics_port
         apply(cp, job(m, "long", 6, backoffLimit=1, ttlSecondsAfterFinished=5))
         first = wait_status(cp, m, "long", lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= 1,
                             "running, a round done")
@@ -123,6 +82,8 @@ def test_a_job_survives_an_operator_restart_and_a_server_crash(control_plane, e2
         assert metrics["job"]["metadata"]["attempt"] == 2
         assert len(metrics["history"]) == 6 - checkpoint["completedRounds"]
         assert (results / "attempts" / f"metrics-{job_id}.json").exists(), "the lost attempt's metrics are kept"
+        logs = {f["name"] for f in done["results"]["files"] if f["name"].startswith("logs/")}
+        assert {"logs/server-log.txt", f"logs/{fed.orgs[0]}-log.txt"} <= logs, logs
 
         # /metrics of the restarted operator: what it saw move.
         seen = scrape(port)
@@ -141,7 +102,8 @@ def test_a_job_survives_an_operator_restart_and_a_server_crash(control_plane, e2
 def test_suspend_resume_deadline_delete_and_deactivation(control_plane, e2e_data, tmp_path):
     cp = control_plane
     workdir = tmp_path / "flare"
-    with federation(cp, e2e_data, tmp_path) as (m, ops, _, port):
+    with automatic_federation(cp, e2e_data, tmp_path) as fed:
+        m, port = fed.modeller, fed.metrics_port
         # Suspend after a round: the NVFlare job is aborted, the checkpoint kept; resume continues from it.
         apply(cp, job(m, "pausable", 4))
         first = wait_status(cp, m, "pausable", lambda s: s.get("currentRound", 0) >= 1, "a round done")
@@ -163,6 +125,7 @@ def test_suspend_resume_deadline_delete_and_deactivation(control_plane, e2e_data
         apply(cp, job(m, "slow", 50, activeDeadlineSeconds=8))
         timed_out = wait_phase(cp, "federatedjob", m, "slow", "TimedOut", timeout=120)["status"]
         assert any(c["reason"] == "DeadlineExceeded" for c in timed_out["conditions"])
+        assert "logs/server-log.txt" in {f["name"] for f in timed_out["results"]["files"]}, "logs kept for debugging"
         wait_for(lambda: not job_processes(workdir, timed_out["nvflareJobId"]), timeout=60,
                  message="the timed-out NVFlare job stopped")
 

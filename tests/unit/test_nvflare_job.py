@@ -238,3 +238,32 @@ def test_api_shapes_translate_to_builder_settings(app):
     assert _cfg(files, "j/app_site-1/config/config_fed_client.json")["task_result_filters"][0]["filters"][0][
         "args"
     ]["noise_multiplier"] == pytest.approx(dp["noiseMultiplier"])
+
+
+def test_a_resumed_dp_job_keeps_counting_each_sites_releases(app):
+    """Epsilon goes on from the updates earlier attempts released, never restarts at zero."""
+    import importlib
+
+    privacy = {"differentialPrivacy": {"enabled": True}}
+    resumed = build_job(app, {"rounds": 4}, SITES, job_name="j", privacy=privacy,
+                        resume={"checkpoint": "/r/g.safetensors", "startRound": 2, "priorReleases": 3})
+    (dp,) = _cfg(resumed, "j/app_site-1/config/config_fed_client.json")["task_result_filters"][0]["filters"]
+    assert dp["args"]["prior_releases"] == 3
+    sys.path.insert(0, str(app.path.parent / "_shared"))
+    module, _, cls = dp["path"].rpartition(".")
+    assert getattr(importlib.import_module(module), cls)(**dp["args"]).releases == 3
+    fresh = build_job(app, {"rounds": 4}, SITES, job_name="j", privacy=privacy)
+    (dp,) = _cfg(fresh, "j/app_site-1/config/config_fed_client.json")["task_result_filters"][0]["filters"]
+    assert "prior_releases" not in dp["args"]
+    with pytest.raises(JobBuildError, match="priorReleases"):
+        build_job(app, {"rounds": 4}, SITES, job_name="j", privacy=privacy,
+                  resume={"checkpoint": "/r/g.safetensors", "startRound": 2, "priorReleases": -1})
+
+
+def test_clients_stream_their_job_logs_to_the_server(app):
+    files = build_job(app, {}, SITES, job_name="j")
+    client = _cfg(files, "j/app_site-1/config/config_fed_client.json")["components"]
+    server = _cfg(files, "j/app_server/config/config_fed_server.json")["components"]
+    assert [c["path"].rsplit(".", 1)[1] for c in client] == ["JobLogStreamer"]
+    assert client[0]["args"]["target_parent_server"] is True, "the server's job process may end first"
+    assert server == [], "the server's parent process receives and stores the logs"

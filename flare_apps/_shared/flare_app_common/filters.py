@@ -26,7 +26,10 @@ class GaussianDPFilter(DXOFilter):
         noise_multiplier: float = 1.0,
         delta: float = 1e-5,
         accountant: str = "rdp",
+        prior_releases: int = 0,
     ):
+        """``prior_releases``: updates this site already released for the same job in earlier
+        attempts (a job resumed after suspend or a server failure), so epsilon keeps counting."""
         super().__init__(
             supported_data_kinds=[DataKind.WEIGHT_DIFF], data_kinds_to_filter=[DataKind.WEIGHT_DIFF]
         )
@@ -34,7 +37,7 @@ class GaussianDPFilter(DXOFilter):
         self.noise_multiplier = float(noise_multiplier)
         self.delta = float(delta)
         self.accountant = accountant
-        self.releases = 0
+        self.releases = int(prior_releases)
         self._rng = np.random.default_rng()  # OS entropy: DP noise must not be reproducible
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:

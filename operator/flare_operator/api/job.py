@@ -206,7 +206,9 @@ class FederatedJobStatus(ApiModel):
         description="Latest per-site metrics (bias across sites shows here).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["site"]},
     )
-    results: Results | None = Field(None, description="Result files, once the job succeeded.")
+    results: Results | None = Field(
+        None, description="Result files once the job succeeded (model, metrics, model card, logs/); only logs/ "
+        "(server and every site) when it did not.")
     checkpoint: Checkpoint | None = Field(
         None, description="The last global checkpoint saved on suspend or after a server failure; the next "
         "attempt resumes from it.")

@@ -61,6 +61,15 @@ class SiteSpec:
         raise JobBuildError(f"site must be a SiteSpec or a mapping, got {type(s).__name__}")
 
 
+# Each client streams its job log to the server while the job runs, so the job's logs from every
+# site can be fetched through the FLARE API (get_job_logs) — a site opts out with
+# allow_log_streaming=false in its resources.json. To the server's parent process (its site-level
+# JobLogReceiver keeps them in the job store): the server's job process may end before the
+# clients' last log lines arrive.
+LOG_STREAMER = {"id": "log_streamer", "path": "nvflare.app_common.logging.job_log_streamer.JobLogStreamer",
+                "args": {"log_file_name": "log.txt", "target_parent_server": True}}
+
+
 def _json(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
@@ -92,7 +101,7 @@ def _custom_files(app: App, prefix: str) -> dict[str, bytes]:
     return files
 
 
-def _result_filters(privacy: Mapping) -> list[dict]:
+def _result_filters(privacy: Mapping, prior_releases: int = 0) -> list[dict]:
     filters = []
     dp = privacy.get("differentialPrivacy") or {}
     if dp.get("enabled"):
@@ -104,6 +113,7 @@ def _result_filters(privacy: Mapping) -> list[dict]:
                     "noise_multiplier": dp["noiseMultiplier"],
                     "delta": dp["delta"],
                     "accountant": dp["accountant"],
+                    **({"prior_releases": prior_releases} if prior_releases else {}),
                 },
             }
         )
@@ -139,9 +149,11 @@ def build_job(
             meta.json under ``flareop`` and in the results' model card.
         min_clients: sites that must answer each round (default: all).
         task_timeout: seconds a round may take per task (0 = no limit).
-        resume: ``{"checkpoint": path, "startRound": k}`` to continue after a server restart: the
-            path (as the server sees it) of a ``global_trainable.safetensors`` the previous run
-            wrote after round k-1 (metrics.json ``last_completed_round`` = k-1).
+        resume: ``{"checkpoint": path, "startRound": k, "priorReleases": n}`` to continue after a
+            server restart or suspend: the path (as the server sees it) of a
+            ``global_trainable.safetensors`` the previous run wrote after round k-1 (metrics.json
+            ``last_completed_round`` = k-1); n = updates each site already released in earlier
+            attempts (DP accounting goes on from there; default 0).
 
     Raises:
         ParameterError (from the catalog) for bad params/privacy/aggregation, JobBuildError otherwise.
@@ -177,10 +189,13 @@ def build_job(
         raise JobBuildError(f"metadata must be JSON-serialisable: {e}") from e
 
     rounds = int(p.get("rounds", 1))
-    ckpt, start_round = "", 0
+    ckpt, start_round, prior_releases = "", 0, 0
     if resume:
         ckpt = resume.get("checkpoint")
         start_round = resume.get("startRound", 0)
+        prior_releases = resume.get("priorReleases", 0)
+        if not isinstance(prior_releases, int) or prior_releases < 0:
+            raise JobBuildError(f"resume.priorReleases must be a non-negative integer, got {prior_releases!r}")
         if not isinstance(ckpt, str) or not ckpt:
             raise JobBuildError("resume.checkpoint must be a non-empty path")
         if not isinstance(start_round, int) or not 0 <= start_round < rounds:
@@ -218,7 +233,7 @@ def build_job(
     files[f"{root}/app_server/config/config_fed_server.json"] = _json(server_cfg)
     files.update(_custom_files(app, f"{root}/app_server/custom"))
     # --- clients
-    result_filters = _result_filters(priv)
+    result_filters = _result_filters(priv, prior_releases)
     for s in site_specs:
         app_name = f"app_{s.name}"
         deploy_map[app_name] = [s.name]
@@ -240,7 +255,7 @@ def build_job(
                     },
                 }
             ],
-            "components": [],
+            "components": [LOG_STREAMER],
             "task_data_filters": [],
             "task_result_filters": [{"tasks": ["train"], "filters": result_filters}]
             if result_filters

@@ -23,6 +23,8 @@ import json
 import logging
 import shutil
 import tempfile
+import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -141,8 +143,10 @@ class Run(ObjectView):
         checkpoint = self.status.checkpoint
         resume = None
         if checkpoint is not None and Path(checkpoint.path).exists():
+            # DP: count conservatively — every earlier attempt may have released the round it was in.
             resume = {"checkpoint": checkpoint.path,
-                      "startRound": min(checkpoint.completed_rounds, self.spec.rounds - 1)}
+                      "startRound": min(checkpoint.completed_rounds, self.spec.rounds - 1),
+                      "priorReleases": checkpoint.completed_rounds + self.status.attempts}
         job_name = f"{self.namespace}-{self.name}"[:60]
         started = _now()
         with SUBMIT_SECONDS.time():
@@ -184,7 +188,8 @@ class Run(ObjectView):
                 await asyncio.to_thread(admin.abort, job_id)
                 return self._with(JobPhase.TIMED_OUT, Reason.DEADLINE_EXCEEDED,
                                   f"aborted after {elapsed:.0f}s (activeDeadlineSeconds "
-                                  f"{self.spec.active_deadline_seconds})", completion_time=_now(), **updates)
+                                  f"{self.spec.active_deadline_seconds})", completion_time=_now(),
+                                  results=await self._logs_only(admin, job_id), **updates)
         if state == "RUNNING" and await asyncio.to_thread(admin.lost_by_server, job_id, meta):
             state = "FINISHED:ABANDONED"  # what NVFlare would call it: the restarted server forgot the job
         if state == "RUNNING":
@@ -197,7 +202,8 @@ class Run(ObjectView):
             phase = _DONE.get(state, JobPhase.FAILED)
             if phase != JobPhase.SUCCEEDED:
                 return self._with(phase, Reason.ABORTED if phase == JobPhase.ABORTED else Reason.JOB_FAILED,
-                                  f"NVFlare job {job_id} ended {state}", completion_time=_now(), **updates)
+                                  f"NVFlare job {job_id} ended {state}", completion_time=_now(),
+                                  results=await self._logs_only(admin, job_id), **updates)
             results = await self._fetch_results(admin, job_id)
             updates.update(self._metrics(results))
             return self._with(JobPhase.SUCCEEDED, Reason.SUCCEEDED,
@@ -315,14 +321,58 @@ class Run(ObjectView):
                 if log_txt:
                     (location / "logs").mkdir(exist_ok=True)
                     shutil.copy(log_txt, location / "logs" / "server-log.txt")
+            _store_logs(admin, job_id, location / "logs", self._participants())
             for previous in sorted(earlier.glob("metrics-*.json")):  # attempts before a suspend / server loss
                 (location / "attempts").mkdir(exist_ok=True)
                 shutil.copy(previous, location / "attempts" / previous.name)
-            files = [ResultFile(name=str(p.relative_to(location)), size=p.stat().st_size, sha256=_sha256(p))
-                     for p in sorted(location.rglob("*")) if p.is_file()]
-            return Results(location=str(location), files=files[:256])
+            return _listing(location)
 
         return await asyncio.to_thread(fetch)
+
+    def _participants(self) -> list[str]:
+        return ["server"] + [client_name(org) for org in datasets_by_org(Federation(self.hub, self.compute).spec)]
+
+    async def _logs_only(self, admin, job_id: str) -> Results | None:
+        """A job that did not succeed keeps its logs (server and every site) for whoever debugs it."""
+        location = self._job_dir("results")
+
+        def fetch() -> Results | None:
+            shutil.rmtree(location, ignore_errors=True)
+            return _listing(location) if _store_logs(admin, job_id, location / "logs", self._participants()) else None
+
+        return await asyncio.to_thread(fetch)
+
+
+def _listing(location: Path) -> Results:
+    files = [ResultFile(name=str(p.relative_to(location)), size=p.stat().st_size, sha256=_sha256(p))
+             for p in sorted(location.rglob("*")) if p.is_file()]
+    return Results(location=str(location), files=files[:256])
+
+
+def _store_logs(admin, job_id: str, folder: Path, expected: Iterable[str] = (), *, tries: int = 6) -> int:
+    """`<folder>/<participant>-log.txt` for every participant whose job log the server holds.
+
+    Clients stream their job logs to the server as their job process ends, which can be a few
+    seconds after NVFlare reports the job finished: wait a little for the `expected` ones.
+    """
+    logs: dict[str, str] = {}
+    for attempt in range(tries):
+        try:
+            logs = admin.job_logs(job_id)
+        except Exception:  # noqa: BLE001 - logs are a convenience; the job's outcome does not depend on them
+            log.warning("could not fetch the logs of NVFlare job %s", job_id, exc_info=True)
+            return 0
+        missing = set(expected) - set(logs)
+        if not missing or attempt == tries - 1:
+            break
+        time.sleep(2.0)
+    if set(expected) - set(logs):
+        log.info("NVFlare job %s: no log from %s (a site may not stream logs)", job_id, sorted(set(expected) - set(logs)))
+    folder.mkdir(parents=True, exist_ok=True)
+    for participant, text in logs.items():
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in participant)
+        (folder / f"{safe}-log.txt").write_text(text if isinstance(text, str) else str(text))
+    return len(logs)
 
 
 async def abort_if_running(hub: Hub, body: dict) -> None:

@@ -78,6 +78,11 @@ class FlareAdmin:
                      job_id, server_start, job_start)
             return False
 
+    def job_logs(self, job_id: str) -> dict[str, str]:
+        """The job's log per participant ("server" and each client), from the server's log store
+        (NVFlare 2.9 clients stream their job logs to the server)."""
+        return dict(self._call("get_job_logs", job_id, target="all").get("logs") or {})
+
     def abort(self, job_id: str) -> bool:
         """Abort the job; False if it was not running any more (already finished)."""
         from nvflare.fuel.flare_api.api_spec import JobNotRunning
