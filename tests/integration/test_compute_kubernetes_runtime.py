@@ -61,8 +61,6 @@ def consortium(control_plane):
     remove_namespaces(control_plane, *(c.org(name) for name in ("org-a", "org-b", "modeller")))
 
 
-@pytest.mark.xfail(strict=False, reason="known flake: after an operator restart the kwok server StatefulSet is "
-                   "sometimes not Ready within 120 s in a full CI run (passes alone); under investigation")
 def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, consortium, tmp_path):
     cp, c = control_plane, consortium
     org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.modeller

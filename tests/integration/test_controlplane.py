@@ -195,6 +195,24 @@ def test_statefulset_with_volume_claims_becomes_ready(kube, namespace):
     )
 
 
+def test_a_pod_marked_not_ready_recovers_like_under_a_kubelet(kube, namespace):
+    """The node lifecycle controller marks a node's pods NotReady when kwok misses a lease renewal
+    (a busy machine); kwok's stages must re-ready them, as a kubelet would, or their StatefulSets
+    stay unready for good (this was a CI flake)."""
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    apps.create_namespaced_stateful_set(namespace, gpu_statefulset("steady", 1))
+    wait_for(lambda: (apps.read_namespaced_stateful_set("steady", namespace).status.ready_replicas or 0) == 1,
+             timeout=120, message="steady ready")
+    # What MarkPodsNotReady does to the pod's status.
+    core.patch_namespaced_pod_status("steady-0", namespace, {"status": {"conditions": [
+        {"type": "Ready", "status": "False", "reason": "NodeNotReady"}]}})
+    pod = core.read_namespaced_pod("steady-0", namespace)
+    assert pod.status.phase == "Running"
+    wait_for(lambda: (apps.read_namespaced_stateful_set("steady", namespace).status.ready_replicas or 0) == 1
+             and {c.type: c.status for c in core.read_namespaced_pod("steady-0", namespace).status.conditions}[
+                 "Ready"] == "True", timeout=60, message="steady-0 Ready again")
+
+
 def test_deleting_an_owner_garbage_collects_its_dependents(kube, namespace):
     core = client.CoreV1Api(kube)
     owner = core.create_namespaced_config_map(

@@ -535,6 +535,9 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 		"--kube-api-qps=100",
 		"--kube-api-burst=200",
 		"--profiling=false",
+		// kwok renews the nodes' leases; on a busy machine it can miss the default 50 s, and every
+		// pod of the node would be marked NotReady. Simulated nodes do not fail: be patient.
+		"--node-monitor-grace-period=3m",
 	)
 	if err != nil {
 		return nil, err
