@@ -81,6 +81,8 @@ class OperatorConfig(_Config):
     workspace_size: str = "10Gi"
     metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1 (0: off)
     heartbeat_seconds: float = 10.0
+    # The hub flags a Gateway whose site has not reported in for this long (Connected=False).
+    gateway_stale_seconds: float = Field(60.0, gt=0)
     resync_seconds: float = 5.0
     gateways: list[SiteSettings] = Field(default_factory=list)
 

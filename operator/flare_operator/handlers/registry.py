@@ -25,6 +25,7 @@ from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, REC
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
+from .liveness import flag_stale_gateway
 from .run import Run, abort_if_running, expire_if_due
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,15 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
             await abort_if_running(hub, dict(body))
             await Admission(hub, dict(body)).delete()
             JOB_PHASES.observe(body["metadata"]["uid"], None)
+
+    gateways = (GROUP, VERSION, "gateways")
+
+    @measured("Gateway")
+    async def gateway_liveness(body: kopf.Body, **_) -> None:
+        await flag_stale_gateway(hub, dict(body))
+
+    kopf.timer(*gateways, registry=registry, interval=max(hub.config.resync_seconds, 5.0),
+               initial_delay=1)(gateway_liveness)
 
     @kopf.on.probe(registry=registry, id="compute_specs")
     def probe(**_) -> str:
