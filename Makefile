@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute
+.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job
 
 ## help: list the targets
 help:
@@ -54,6 +54,10 @@ crds: install
 ## bench-compute: ComputeSpec apply -> workloads created, p50/p95 vs applying the manifests directly; API requests per reconcile
 bench-compute: install controlplane
 	$(PYTHON) bench/compute_reconcile.py --count 20
+
+## bench-job: a FederatedJob vs the same job submitted straight to NVFlare on the same federation: wall-time ratio, apply -> first round
+bench-job: install controlplane
+	$(PYTHON) bench/job_overhead.py --repeats 4
 
 ## demo: local control plane, CRDs, the operator, the ESM2 consortium scenario up to an approved job
 demo: install controlplane
