@@ -84,6 +84,9 @@ class OperatorConfig(_Config):
     # The hub flags a Gateway whose site has not reported in for this long (Connected=False).
     gateway_stale_seconds: float = Field(60.0, gt=0)
     resync_seconds: float = 5.0
+    # Jobs on their way through NVFlare (Queued, Submitted, Running) are followed this often, so a
+    # finished round or job shows without waiting for the resync.
+    active_job_poll_seconds: float = Field(1.0, gt=0)
     gateways: list[SiteSettings] = Field(default_factory=list)
 
     @classmethod

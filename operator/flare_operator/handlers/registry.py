@@ -18,7 +18,7 @@ from pathlib import Path
 
 import kopf
 
-from ..api.job import FINISHED_PHASES, FederatedJobStatus
+from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
@@ -31,6 +31,7 @@ from .run import Run, abort_if_running, expire_if_due
 log = logging.getLogger(__name__)
 
 STORAGE_PREFIX = "flareop.io"
+IN_FLIGHT = frozenset({JobPhase.QUEUED.value, JobPhase.SUBMITTED.value, JobPhase.RUNNING.value})
 
 
 def measured(kind: str):
@@ -102,6 +103,11 @@ def login_from(kubeconfig: Path | None):
     return login
 
 
+def _in_flight(status: kopf.Status, **_) -> bool:
+    """Jobs NVFlare has or is about to get: followed at activeJobPollSeconds, not only the resync."""
+    return (status or {}).get("phase") in IN_FLIGHT
+
+
 def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login_from(kubeconfig))
@@ -157,6 +163,8 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     kopf.on.create(*jobs, registry=registry)(reconcile_job)
     kopf.on.update(*jobs, registry=registry, field="spec")(reconcile_job)
     kopf.timer(*jobs, registry=registry, interval=hub.config.resync_seconds, initial_delay=1)(reconcile_job)
+    kopf.timer(*jobs, registry=registry, interval=hub.config.active_job_poll_seconds,
+               when=_in_flight, id="follow_in_flight")(reconcile_job)
 
     @kopf.on.delete(*jobs, registry=registry)
     async def job_deleted(body: kopf.Body, **_) -> None:

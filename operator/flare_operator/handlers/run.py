@@ -36,7 +36,6 @@ from ..api.job import (
     JobPhase,
     ResultFile,
     Results,
-    SiteMetrics,
 )
 from ..builders.federation import client_name
 from ..builders.nvflare_job import SiteSpec, aggregation_from_api, build_job, privacy_from_api, write_job
@@ -46,6 +45,7 @@ from ..nvflare.admin import FlareUnavailable
 from ..runtime.metrics import APPROVAL_WAIT_SECONDS, JOB_SUBMISSIONS, ROUNDS_COMPLETED, SUBMIT_SECONDS
 from ..runtime.workloads import ProcessRuntime, ServerWorkload
 from ..status.conditions import Conditions
+from ..status.job import progress_from_metrics
 from .compute import Federation, Hub
 from .objects import ObjectView
 
@@ -289,18 +289,7 @@ class Run(ObjectView):
         return updates
 
     def _from_metrics(self, record: dict) -> dict:
-        history = record.get("history") or []
-        done = (record.get("last_completed_round") or -1) + 1 if record.get("last_completed_round") is not None else 0
-        latest = record.get("final") or (history[-1] if history else None)
-        if latest is None:
-            return {"current_round": done, "progress": f"{done}/{self.spec.rounds}"}
-        eps = record.get("epsilon_spent") or {}
-        sites = [SiteMetrics(site=s, metrics={k: float(v) for k, v in m.items() if isinstance(v, int | float)},
-                             epsilon_spent=eps.get(s, m.get("dp_epsilon")))
-                 for s, m in sorted((latest.get("sites") or {}).items())]
-        glob = {k: float(v) for k, v in (latest.get("global") or {}).items() if isinstance(v, int | float)}
-        return {"current_round": done, "progress": f"{done}/{self.spec.rounds}", "global_metrics": glob,
-                "site_metrics": sites}
+        return progress_from_metrics(record, self.spec.rounds)
 
     def _metrics(self, results: Results) -> dict:
         path = Path(results.location) / "metrics.json"

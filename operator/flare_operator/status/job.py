@@ -12,7 +12,7 @@ from datetime import datetime
 from ..api.common import Decision
 from ..api.conditions import ConditionType as T
 from ..api.conditions import Reason as R
-from ..api.job import FederatedJobStatus, JobPhase, OrgDecision
+from ..api.job import FederatedJobStatus, JobPhase, OrgDecision, SiteMetrics
 from .conditions import Conditions
 
 
@@ -74,3 +74,21 @@ def admission_status(o: ObservedAdmission, now: datetime) -> FederatedJobStatus:
         "phase": phase, "observed_generation": o.generation, "conditions": conds.items,
         "content_hash": o.content_hash, "approvals": approvals,
     })
+
+
+def progress_from_metrics(record: dict, rounds: int) -> dict:
+    """Status fields from the app's metrics.json: rounds completed, the latest global and per-site
+    metrics (the final evaluation once there is one), each site's epsilon spent."""
+    history = record.get("history") or []
+    last = record.get("last_completed_round")  # 0-based; None before the first round completes
+    done = int(last) + 1 if last is not None else 0
+    progress = {"current_round": done, "progress": f"{done}/{rounds}"}
+    latest = record.get("final") or (history[-1] if history else None)
+    if latest is None:
+        return progress
+    eps = record.get("epsilon_spent") or {}
+    sites = [SiteMetrics(site=s, metrics={k: float(v) for k, v in m.items() if isinstance(v, int | float)},
+                         epsilon_spent=eps.get(s, m.get("dp_epsilon")))
+             for s, m in sorted((latest.get("sites") or {}).items())]
+    glob = {k: float(v) for k, v in (latest.get("global") or {}).items() if isinstance(v, int | float)}
+    return {**progress, "global_metrics": glob, "site_metrics": sites}
