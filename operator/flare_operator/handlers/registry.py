@@ -163,8 +163,30 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     kopf.on.create(*jobs, registry=registry)(reconcile_job)
     kopf.on.update(*jobs, registry=registry, field="spec")(reconcile_job)
     kopf.timer(*jobs, registry=registry, interval=hub.config.resync_seconds, initial_delay=1)(reconcile_job)
-    kopf.timer(*jobs, registry=registry, interval=hub.config.active_job_poll_seconds,
-               when=_in_flight, id="follow_in_flight")(reconcile_job)
+
+    @measured("FederatedJob")
+    async def follow_in_flight(body: kopf.Body, **_) -> None:
+        """Between full passes: only the NVFlare side (submit, progress, finish) of a job whose
+        admission a full pass already settled — no AccessRequests written, few API calls."""
+        async with hub.lock(body["metadata"]["uid"]):
+            fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
+            previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
+            if previous.phase not in IN_FLIGHT or (fresh["spec"].get("suspend") and not previous.nvflare_job_id):
+                return  # the full pass decides (suspend before submission, anything else)
+            compute = await hub.k("get", "ComputeSpec", fresh["metadata"]["namespace"],
+                                  fresh["spec"]["computeSpecRef"]["name"])
+            if compute is None:
+                return
+            status = await Run(hub, fresh, previous, compute).step()
+            await write_job_status(hub, fresh, status)
+            JOB_PHASES.observe(fresh["metadata"]["uid"], status.phase)
+            if status.phase in FINISHED_PHASES:
+                await Admission(hub, fresh).record_outcome(status)
+
+    kopf.timer(*jobs, registry=registry, interval=hub.config.active_job_poll_seconds, when=_in_flight,
+               initial_delay=hub.config.active_job_poll_seconds)(follow_in_flight)
 
     @kopf.on.delete(*jobs, registry=registry)
     async def job_deleted(body: kopf.Body, **_) -> None:
