@@ -56,8 +56,13 @@ def run_federation(
     privacy=None,
     aggregation=None,
     sites: list[str] | None = None,
+    log_streamer: bool = True,
 ) -> dict:
-    """Build the esm2-finetune job and run it in the NVFlare simulator; returns metrics.json."""
+    """Build the esm2-finetune job and run it in the NVFlare simulator; returns metrics.json.
+
+    The job is built by the operator's ``build_job``, so it is the job the operator submits
+    (including the JobLogStreamer in every client config); ``log_streamer=False`` removes that
+    component, for an A/B check of its cost."""
     from flare_operator.builders.nvflare_job import build_job, write_job
     from flare_operator.catalog import load_app
 
@@ -70,6 +75,11 @@ def run_federation(
         privacy=privacy,
         aggregation=aggregation,
     )
+    if not log_streamer:
+        for path in [p for p in files if p.endswith("config_fed_client.json")]:
+            cfg = json.loads(files[path])
+            cfg["components"] = [c for c in cfg["components"] if "JobLogStreamer" not in c["path"]]
+            files[path] = json.dumps(cfg, indent=2).encode()
     job = write_job(files, work / "jobs")
     ws = work / "ws"
     log = work / "simulator.log"

@@ -1,12 +1,19 @@
 """Value of federation on non-IID data, same total training budget.
 
 - federated: esm2-finetune in the NVFlare simulator, N sites x R rounds x S local steps
-  (FedAvg, sample-count weighting) = N*R*S optimizer steps in total;
+  (sample-count weighting) = N*R*S optimizer steps of one batch each in total;
 - centralised (baseline): the same model trained N*R*S steps on the union of the sites' data;
 - each site alone: N*R*S steps on its own data only.
-All start from the same seeded initial model, use the same batch size and learning rate, and
-are scored on the same pooled holdout (every site's own validation split together) and on an
-IID test set. Targets: federated >= 0.97 x centralised, and above every site alone.
+Budget = sample gradients: every optimizer step of every contender is one batch of ``batchSize``
+sequences, so all three compute N*R*S*batch per-sample gradients. All start from the same seeded
+initial model, use the same batch size, learning rate and schedule, and are scored on the same
+pooled holdout (every site's own validation split together) and on an IID test set.
+Targets: federated >= 0.97 x centralised, and above every site alone.
+
+Defaults: 80 rounds x 5 local steps with each site's AdamW state kept across rounds
+(keepOptimizerState). ``--classic`` also runs, in the same process and data, the original setting
+(a fresh AdamW every round, 10 local steps, half the rounds) for comparison. ``--params`` adds
+app parameters (JSON) to the federated run, e.g. '{"serverOptimizer": "momentum"}'.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -81,8 +89,17 @@ def _run(code):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=10, help="local steps per site per round")
+    ap.add_argument("--rounds", type=int, default=80)
+    ap.add_argument("--steps", type=int, default=5, help="local steps per site per round")
+    ap.add_argument(
+        "--fresh-optimizer",
+        action="store_true",
+        help="a fresh AdamW every round (keepOptimizerState false)",
+    )
+    ap.add_argument("--params", default="{}", help="extra app parameters (JSON) for the federated run")
+    ap.add_argument(
+        "--classic", action="store_true", help="also run classic FedAvg: fresh AdamW, 10 local steps"
+    )
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--samples-per-site", type=int, default=600)
     ap.add_argument("--lr", type=float, default=0.001)
@@ -99,6 +116,8 @@ def main():
         "rounds": a.rounds,
         "localSteps": a.steps,
     }
+    fed_params = {**params, "keepOptimizerState": not a.fresh_optimizer, **json.loads(a.params)}
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-fv-") as tmp:
         work = Path(tmp)
         data = make_data(
@@ -119,22 +138,38 @@ def main():
         )
         test = data["test"]["path"]
 
-        fed = run_federation(work / "fed", data, params, "bench-fedvalue")
-        fed_model = work / "fed" / "ws" / "server" / "simulate_job" / "app_server" / "results" / "model"
         from esm2_common import add_app_paths
 
         add_app_paths()
         from esm2_app import LOCATION_CLASSES
 
-        fed_test = _run(
-            FED_TEST.format(
-                paths=APP_PATHS, model=str(fed_model), test=test, classes=list(LOCATION_CLASSES), max_len=64
+        def federated(name, p):
+            fed = run_federation(work / name, data, p, f"bench-{name}")
+            model = work / name / "ws" / "server" / "simulate_job" / "app_server" / "results" / "model"
+            t = _run(
+                FED_TEST.format(
+                    paths=APP_PATHS, model=str(model), test=test, classes=list(LOCATION_CLASSES), max_len=64
+                )
             )
-        )
-        fed_pooled = {
-            "accuracy": fed["final"]["global"]["val_accuracy"],
-            "macro_f1": fed["final"]["global"]["val_macro_f1"],
-        }
+            pooled_ = {
+                "accuracy": fed["final"]["global"]["val_accuracy"],
+                "macro_f1": fed["final"]["global"]["val_macro_f1"],
+            }
+            return pooled_, t
+
+        fed_pooled, fed_test = federated("fed", fed_params)
+        classic = None
+        if a.classic:
+            r_classic = max(1, a.rounds * a.steps // 10)
+            classic = federated(
+                "classic",
+                {
+                    **params,
+                    "rounds": r_classic,
+                    "localSteps": a.steps * a.rounds // r_classic,
+                    "keepOptimizerState": False,
+                },
+            )
 
         def trained(train_path):
             p = {**params, "localSteps": budget}
@@ -152,22 +187,28 @@ def main():
         central = trained(union)
         alone = {n: trained(data["sites"][n]["path"]) for n in names}
 
+    load1 = os.getloadavg()
     print(
-        f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, budget {budget} optimizer steps "
-        f"(batch 32) each; machine: {machine()}"
+        f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, seed {a.seed}, budget {budget} "
+        f"optimizer steps of batch 32 (= {budget * 32} sample gradients) each; machine: {machine()}; "
+        f"load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at end"
     )
+    extra = {k: v for k, v in fed_params.items() if k not in params or params[k] != v}
+    print(f"# federated: {a.rounds} rounds x {a.steps} local steps per site, {json.dumps(extra)}")
     counts = {n: {k: v for k, v in data["sites"][n]["label_counts"].items() if v} for n in names}
     print(f"# site label counts: {json.dumps(counts)}")
     print(
-        f"{'run':<28} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {'vs centralised':>15}"
+        f"{'run':<34} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {'vs centralised':>15}"
     )
     c = central["pooled"]["accuracy"]
     rows = [("centralised on union (base)", central["pooled"], central["test"])]
     rows.append((f"federated ({a.rounds}x{a.steps} steps/site)", fed_pooled, fed_test))
+    if classic:
+        rows.append((f"classic FedAvg ({a.rounds * a.steps // 10}x10, fresh)", *classic))
     rows += [(f"{n} alone", alone[n]["pooled"], alone[n]["test"]) for n in names]
     for name, p, t in rows:
         print(
-            f"{name:<28} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} {p['accuracy'] / c:>15.3f}"
+            f"{name:<34} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} {p['accuracy'] / c:>15.3f}"
         )
     ok1 = fed_pooled["accuracy"] >= 0.97 * c
     ok2 = all(fed_pooled["accuracy"] > alone[n]["pooled"]["accuracy"] for n in names)

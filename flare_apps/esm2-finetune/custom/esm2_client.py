@@ -16,6 +16,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import nvflare.client as flare  # noqa: E402
+import torch  # noqa: E402
 from esm2_app.modeling import params_nbytes  # noqa: E402
 from esm2_app.site import SiteTrainer  # noqa: E402
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
@@ -46,7 +47,8 @@ def main():
     trainer = SiteTrainer(cfg["params"], resolve_dataset(cfg["datasetPath"]), site)
     print(
         f"[{site}] model ready in {time.perf_counter() - t0:.1f}s: {len(trainer.train_ds)} train / "
-        f"{len(trainer.val_ds)} holdout sequences, {trainer.truncated} truncated, device {trainer.device}"
+        f"{len(trainer.val_ds)} holdout sequences, {trainer.truncated} truncated, device {trainer.device}, "
+        f"{torch.get_num_threads()} torch threads"
     )
     while flare.is_running():
         model = flare.receive()
@@ -59,7 +61,7 @@ def main():
             flare.send(FLModel(metrics=metrics))
             continue
         before = trainer.get_params()
-        stats = trainer.train_round()
+        stats = trainer.train_round(model.current_round, model.total_rounds)
         after = trainer.get_params()
         diff = {k: after[k] - before[k] for k in after}
         metrics.update(stats)

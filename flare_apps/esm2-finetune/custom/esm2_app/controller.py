@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 from flare_app_common.metrics import accuracy, macro_f1
+from flare_app_common.server_opt import ServerOptimizer
 from flare_app_common.weighting import aggregation_weights
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
@@ -63,6 +64,11 @@ class Esm2FedAvg(ModelController):
         self.initial_checkpoint = initial_checkpoint
         self.start_round = int(start_round)
         self.classes = list(params.get("labels") or LOCATION_CLASSES)
+        self.server_opt = ServerOptimizer(
+            params.get("serverOptimizer", "avg"),
+            float(params.get("serverLearningRate", 1.0)),
+            float(params.get("serverMomentum", 0.9)),
+        )
 
     # ---- helpers -------------------------------------------------------------------------
     def _results_dir(self) -> str:
@@ -105,18 +111,18 @@ class Esm2FedAvg(ModelController):
         return out
 
     def _aggregate(self, global_params: dict, results: list[FLModel], weights: dict) -> dict:
-        new = {}
-        for k, g in global_params.items():
+        """Weighted mean of the sites' differences per tensor (over the sites that sent it), applied
+        by the server optimizer (FedAvg: global + mean difference)."""
+        deltas = {}
+        for k in global_params:
             contrib = [
                 (weights[r.meta["client_name"]], r.params[k]) for r in results if r.params and k in r.params
             ]
             wsum = sum(w for w, _ in contrib)
             if not contrib or wsum <= 0:
-                new[k] = g  # e.g. excluded by ExcludeVars at every site
-                continue
-            delta = sum(w * np.asarray(d, dtype=np.float64) for w, d in contrib) / wsum
-            new[k] = (g.astype(np.float64) + delta).astype(g.dtype)
-        return new
+                continue  # e.g. excluded by ExcludeVars at every site: keeps its value
+            deltas[k] = sum(w * np.asarray(d, dtype=np.float64) for w, d in contrib) / wsum
+        return self.server_opt.step(global_params, deltas)
 
     # ---- workflow ------------------------------------------------------------------------
     def run(self):
@@ -169,6 +175,11 @@ class Esm2FedAvg(ModelController):
                 "bytes_per_transfer": bytes_down,
             },
             "aggregation": self.aggregation,
+            "server_optimizer": {
+                "type": self.server_opt.kind,
+                "learning_rate": self.server_opt.lr,
+                "momentum": self.server_opt.beta,
+            },
             "privacy": self.privacy,
             "history": [],
             "resumed_from": {"checkpoint": self.initial_checkpoint, "round": self.start_round}
@@ -302,7 +313,10 @@ class Esm2FedAvg(ModelController):
             + (f" (last {p.get('lastN')} layers)" if p.get("mode") == "lastN" else "")
             + (f" (LoRA {p.get('lora')})" if p.get("mode") == "lora" else ""),
             f"- rounds: {len(r['history'])} of {self.num_rounds}; local steps/round: {p.get('localSteps') or str(p.get('localEpochs')) + ' epoch(s)'}; "
-            f"batch {p.get('batchSize')}; lr {p.get('learningRate')}; max length {p.get('maxSeqLength')}; seed {p.get('seed')}",
+            f"batch {p.get('batchSize')}; lr {p.get('learningRate')} ({p.get('lrSchedule', 'constant')}); "
+            f"max length {p.get('maxSeqLength')}; seed {p.get('seed')}"
+            + ("; site optimizer state kept across rounds" if p.get("keepOptimizerState") else "")
+            + (f"; FedProx mu {p.get('proxMu')}" if p.get("proxMu") else ""),
             f"- parameters: {r['parameters']['trainable']} trainable of {r['parameters']['total']} "
             f"({r['parameters']['bytes_per_transfer']} bytes per transfer)",
             f"- aggregation: {self.aggregation.get('weighting', 'sample')}"
@@ -310,7 +324,9 @@ class Esm2FedAvg(ModelController):
                 f" (max share {self.aggregation.get('maxShare')})"
                 if self.aggregation.get("weighting") == "capped"
                 else ""
-            ),
+            )
+            + f"; server optimizer {self.server_opt.kind} (lr {self.server_opt.lr}"
+            + (f", momentum {self.server_opt.beta})" if self.server_opt.kind != "avg" else ")"),
             "",
             "## Data owners (sites)",
             "",

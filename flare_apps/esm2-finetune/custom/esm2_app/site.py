@@ -11,7 +11,7 @@ from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
 from . import LOCATION_CLASSES
 from .data import load_site_data
 from .modeling import apply_mode, build_model, get_trainable, make_tokenizer, set_trainable
-from .training import BatchStream, pick_device, predict, train_steps
+from .training import BatchStream, lr_factor, pick_device, predict, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class SiteTrainer:
         torch.manual_seed(site_seed)
         self.stream = BatchStream(self.train_ds, int(params["batchSize"]), site_seed)
         self.truncated = self.train_ds.truncated + self.val_ds.truncated
+        self.optimizer = None  # kept across rounds when keepOptimizerState
+        self.rounds_done = 0
 
     def steps_per_round(self) -> int:
         steps = int(self.p.get("localSteps", 0))
@@ -78,16 +80,45 @@ class SiteTrainer:
             "val_confusion": cm.tolist(),
         }
 
-    def train_round(self) -> dict:
+    def train_round(self, current_round: int | None = None, total_rounds: int | None = None) -> dict:
+        """One round of local training. ``current_round``/``total_rounds`` (from the server's task)
+        place the round in the learning-rate schedule; default: rounds counted here, ``rounds`` planned."""
+        import torch
+
+        p = self.p
+        rnd = self.rounds_done if current_round is None else int(current_round)
+        total = int(p.get("rounds", 1)) if total_rounds is None else int(total_rounds)
+        steps = self.steps_per_round()
+        base_lr = float(p["learningRate"])
+        schedule = p.get("lrSchedule", "constant")
+        lr_at = None
+        if schedule != "constant":
+            first, planned = rnd * steps, max(1, total) * steps
+
+            def lr_at(i):
+                return base_lr * lr_factor(schedule, first + i, planned)
+
+        opt = None
+        if p.get("keepOptimizerState", False):
+            if self.optimizer is None:
+                params = [q for q in self.model.parameters() if q.requires_grad]
+                self.optimizer = torch.optim.AdamW(
+                    params, lr=base_lr, weight_decay=float(p.get("weightDecay", 0.0))
+                )
+            opt = self.optimizer
         stats = train_steps(
             self.model,
             self.stream,
-            self.steps_per_round(),
-            float(self.p["learningRate"]),
+            steps,
+            base_lr,
             self.device,
             self.bf16,
-            float(self.p.get("weightDecay", 0.0)),
+            float(p.get("weightDecay", 0.0)),
+            optimizer=opt,
+            prox_mu=float(p.get("proxMu", 0.0)),
+            lr_at=lr_at,
         )
+        self.rounds_done = rnd + 1
         stats["train_samples"] = int(len(self.train_ds))
         stats["truncated"] = int(self.truncated)
         return stats
