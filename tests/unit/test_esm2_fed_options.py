@@ -83,7 +83,7 @@ def test_site_schedule_continues_across_rounds_like_one_long_run():
         return {"steps": steps}
 
     t = site.SiteTrainer.__new__(site.SiteTrainer)
-    t.p = {"learningRate": 0.1, "localSteps": 4, "rounds": 3, "lrSchedule": "linear"}
+    t.p = {"learningRate": 0.1, "localSteps": 4, "rounds": 3, "lrSchedule": "linear", "keepOptimizerState": False}
     t.model, t.stream, t.device, t.bf16, t.optimizer, t.rounds_done = None, None, None, False, None, 0
     t.train_ds, t.truncated = [], 0
     orig = site.train_steps
@@ -121,7 +121,9 @@ def test_keep_optimizer_state_carries_adam_moments(tmp_path):
     t.train_round(1, 2)
     assert t.optimizer is opt
     assert [float(s["step"]) for s in opt.state.values()] == [x + 3 for x in steps] == [6.0] * len(steps)
-    assert _tiny_trainer(tmp_path / "fresh").optimizer is None  # default: fresh AdamW every round
+    fresh = _tiny_trainer(tmp_path / "fresh", keepOptimizerState=False)
+    fresh.train_round(0, 2)
+    assert fresh.optimizer is None  # a fresh AdamW inside every round, nothing kept
 
 
 def test_fedprox_pulls_towards_the_received_model(tmp_path):

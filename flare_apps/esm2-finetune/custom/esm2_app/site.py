@@ -99,7 +99,7 @@ class SiteTrainer:
                 return base_lr * lr_factor(schedule, first + i, planned)
 
         opt = None
-        if p.get("keepOptimizerState", False):
+        if p.get("keepOptimizerState", True):  # the app.yaml default
             if self.optimizer is None:
                 params = [q for q in self.model.parameters() if q.requires_grad]
                 self.optimizer = torch.optim.AdamW(
