@@ -22,7 +22,7 @@ test-apps: ## unit tests of the catalog, job builder, data generator, DP and agg
 test-apps-e2e: ## esm2-finetune as real NVFlare federations (simulator + provisioned POC), CPU, a few minutes
 	$(PYTHON) -m pytest -q -m e2e tests/e2e/test_esm2_app.py
 
-bench-apps: ## throughput, bytes per round, value of federation (prints ratios against same-run baselines)
+bench-apps: ## throughput, bytes per round, value of federation over 4 seeds (ratios against same-run baselines; ~35 min on 2 cores)
 	$(PYTHON) bench/esm2_bytes.py
 	$(PYTHON) bench/esm2_throughput.py
 	$(PYTHON) bench/esm2_federation_value.py
