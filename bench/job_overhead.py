@@ -48,10 +48,10 @@ from flare_operator.api.job import FederatedJobSpec  # noqa: E402
 from flare_operator.api.kinds import GROUP, VERSION  # noqa: E402
 from flare_operator.builders.federation import ADMIN_IDENTITY, client_name  # noqa: E402
 from flare_operator.builders.nvflare_job import (  # noqa: E402
-    SiteSpec,
     aggregation_from_api,
     build_job,
     privacy_from_api,
+    sites_for,
     write_job,
 )
 from flare_operator.builders.requests import datasets_by_org  # noqa: E402
@@ -230,8 +230,7 @@ class Bench:
         load, (op0, cp0) = os.getloadavg()[0], self.cpu()
         t0 = time.time()
         app = load_app(compute_spec.model.id, compute_spec.model.version)
-        sites = [SiteSpec(name=client_name(org), dataset_path=f"dataset:{datasets[0]}")
-                 for org, datasets in datasets_by_org(compute_spec).items()]
+        sites = sites_for(datasets_by_org(compute_spec), client_name)
         files = build_job(app, {**job_spec.parameters, "rounds": job_spec.rounds}, sites,
                           job_name=f"{MODELLER}-{tag}"[:60],
                           privacy=privacy_from_api(job_spec.privacy.to_wire(), job_spec.rounds),

@@ -10,6 +10,8 @@
 # `down` finds them through .demo-mc/clusters.dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/demo-lib.sh
+source hack/demo-lib.sh
 DEMO_DIR=.demo-mc
 EXAMPLES=examples/esm2-scl
 MC=$EXAMPLES/multicluster
@@ -179,13 +181,7 @@ echo "recorded by org-b's webhook: $(on org-b get jobapproval esm2-scl-run1 -n o
 echo "org-b's privacy ledger (at org-b): $(on org-b get datasetgrant scl-org-b -n org-b -o jsonpath='{.status.epsilonReserved}') of 30 epsilon reserved"
 
 step "training: the orchestrator submits the job once (token = its uid); each site's client trains on its own data"
-last=""
-for _ in $(seq 600); do
-  now="$(on hub get federatedjob esm2-scl-run1 -n modeller -o jsonpath='{.status.phase} {.status.progress} global acc {.status.globalMetrics.val_accuracy}')"
-  [ "$now" != "$last" ] && echo "  $now" && last="$now"
-  case "$now" in Succeeded*|Failed*|TimedOut*|Aborted*|Rejected*) break ;; esac
-  sleep 1
-done
+follow_job on hub
 phase_is federatedjob esm2-scl-run1 modeller Succeeded || { logs; exit 1; }
 
 step "per round: the global model's and each site's holdout accuracy, and each site's epsilon spent"

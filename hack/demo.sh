@@ -4,6 +4,8 @@
 # a real NVFlare server and two real clients, and a job that org-b's admin approves by its hash.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/demo-lib.sh
+source hack/demo-lib.sh
 CLUSTER_DIR=${CLUSTER_DIR:-.cluster}
 DEMO_DIR=.demo
 start=$(date +%s)
@@ -79,13 +81,7 @@ echo "recorded by the site's webhook: $($KUBECTL get jobapproval esm2-scl-run1 -
 echo "org-b's privacy ledger: $($KUBECTL get datasetgrant scl-org-b -n org-b -o jsonpath='{.status.epsilonReserved}') of 30 epsilon reserved"
 
 step "training: the operator submits the job once (token = its uid); the clients train on their own data"
-last=""
-for _ in $(seq 600); do
-  now="$($KUBECTL get federatedjob esm2-scl-run1 -n modeller -o jsonpath='{.status.phase} {.status.progress} global acc {.status.globalMetrics.val_accuracy}')"
-  [ "$now" != "$last" ] && echo "  $now" && last="$now"
-  case "$now" in Succeeded*|Failed*|TimedOut*|Aborted*|Rejected*) break ;; esac
-  sleep 1
-done
+follow_job "$KUBECTL"
 phase_is federatedjob esm2-scl-run1 modeller Succeeded || { tail -40 "$DEMO_DIR/operator.log"; exit 1; }
 
 step "per round: the global model's and each site's holdout accuracy, and each site's epsilon spent"

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from tests.sample_data import CRD_DIR
-from tests.support.kube_fixtures import strip_finalizers, wait_for
+from tests.support.kube_fixtures import WaitedInVain, strip_finalizers, wait_for
 
 
 def install_crds(cp) -> None:
@@ -76,6 +76,12 @@ def grant(namespace: str, dataset: str, consumer: str, *, path: str = "/data/scl
                      "consumers": [consumer], "models": [{"id": m} for m in models], **spec}}
 
 
+def policy(namespace: str, mode: str, **spec) -> dict:
+    """The org's OrgPolicy (``default``) at its site: ``mode`` Automatic or Manual, more spec as keywords."""
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "metadata": {"name": "default", "namespace": namespace},
+            "spec": {"approvalMode": mode, **spec}}
+
+
 def compute(namespace: str, name: str, datasets: list[tuple[str, str]], *, active: bool = True) -> dict:
     return {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec",
             "metadata": {"name": name, "namespace": namespace},
@@ -84,10 +90,18 @@ def compute(namespace: str, name: str, datasets: list[tuple[str, str]], *, activ
                      "client": {"cpu": "1", "memory": "1Gi"}, "active": active}}
 
 
+FINAL_JOB_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Aborted"})
+
+
 def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: float = 120) -> dict:
     def reached():
         obj = get(cp, kind, namespace, name)
-        return obj if obj and (obj.get("status") or {}).get("phase") == phase else None
+        now = (obj or {}).get("status", {}).get("phase")
+        if kind.lower() == "federatedjob" and now in FINAL_JOB_PHASES and now != phase:
+            # a finished job never changes phase again: say why now instead of timing out
+            raise WaitedInVain(f"{kind} {namespace}/{name} ended {now}, not {phase}; "
+                                 f"status: {json.dumps(obj.get('status'), indent=1)}")
+        return obj if now == phase else None
 
     try:
         return wait_for(reached, timeout=timeout, message=f"{kind} {namespace}/{name} phase {phase}")
@@ -220,16 +234,19 @@ class Federation:
 
 
 @contextmanager
-def automatic_federation(cp, e2e_data: dict, tmp_path: Path):
+def automatic_federation(cp, e2e_data: dict, tmp_path: Path, org_b_datasets: dict[str, Path] | None = None):
     """Two orgs (Automatic policies) granting their generated datasets to a modeller, the operator
-    (process runtime, metrics on), and a Ready ComputeSpec `esm2` over both datasets."""
+    (process runtime, metrics on), and a Ready ComputeSpec `esm2` over both orgs' datasets.
+    ``org_b_datasets`` ({dataset id: path}): org-b grants these instead of its one ``scl-b``."""
     install_crds(cp)
     c = Consortium()
     a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
     for ns in (a, b, m):
         create_org_namespace(cp, ns, ns)
     paths = [s["path"] for s in e2e_data["sites"].values()]
-    apply(cp, grant(a, "scl-a", m, path=str(paths[0])), grant(b, "scl-b", m, path=str(paths[1])),
+    b_datasets = org_b_datasets or {"scl-b": paths[1]}
+    apply(cp, grant(a, "scl-a", m, path=str(paths[0])),
+          *(grant(b, dataset, m, path=str(path)) for dataset, path in b_datasets.items()),
           {**AUTOMATIC_POLICY, "metadata": {"name": "default", "namespace": a}},
           {**AUTOMATIC_POLICY, "metadata": {"name": "default", "namespace": b}})
     port = free_port()
@@ -237,7 +254,7 @@ def automatic_federation(cp, e2e_data: dict, tmp_path: Path):
                              metricsPort=port)
     fed = Federation(m, (a, b), [OperatorProcess(cp, tmp_path, config).start()], config, port)
     try:
-        apply(cp, compute(m, "esm2", [(a, "scl-a"), (b, "scl-b")]))
+        apply(cp, compute(m, "esm2", [(a, "scl-a"), *((b, dataset) for dataset in b_datasets)]))
         wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=180)
         yield fed
     except BaseException:

@@ -4,6 +4,7 @@ train tiny ESM on each org's own generated data, and the results land with their
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -62,3 +63,32 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
         # The hub never learnt where the data is: the job named it by reference.
         request = get(cp, "accessrequest", a, f"job-{m}-run1")
         assert str(paths[0]) not in json.dumps(request) and str(paths[0]) not in json.dumps(done)
+
+
+def test_a_site_with_two_datasets_in_the_compute_spec_trains_on_both(control_plane, e2e_data, tmp_path):
+    """org-b grants its data as two datasets and the ComputeSpec names both: its client reads both
+    (each by reference, resolved at the site) and trains on their union."""
+    with open(e2e_data["sites"]["site-2"]["path"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    halves = {"scl-b1": rows[: len(rows) // 2], "scl-b2": rows[len(rows) // 2 :]}
+    files = {}
+    for dataset, part in halves.items():
+        files[dataset] = tmp_path / f"{dataset}.csv"
+        with open(files[dataset], "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(part)
+    (tmp_path / "fed").mkdir()
+    with automatic_federation(control_plane, e2e_data, tmp_path / "fed", org_b_datasets=files) as fed:
+        b, m = fed.orgs[1], fed.modeller
+        apply(control_plane, {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob",
+                              "metadata": {"name": "both", "namespace": m},
+                              "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": 1,
+                                       "parameters": {**BASE_PARAMS, "localSteps": 2}}})
+        done = wait_phase(control_plane, "federatedjob", m, "both", "Succeeded", timeout=300)
+        metrics = json.loads((Path(done["status"]["results"]["location"]) / "metrics.json").read_text())
+        trained = metrics["history"][0]["sites"][b]
+        assert trained["train_samples"] == sum(r["split"] == "train" for r in rows), trained
+        assert trained["val_samples"] == sum(r["split"] == "val" for r in rows), trained
+        request = get(control_plane, "accessrequest", b, f"job-{m}-both")
+        assert sorted(request["spec"]["datasets"]) == ["scl-b1", "scl-b2"], request["spec"]

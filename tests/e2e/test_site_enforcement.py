@@ -29,6 +29,7 @@ from tests.operator_harness import (
     grant,
     install_crds,
     operator_config,
+    policy,
     remove_namespaces,
     wait_phase,
 )
@@ -38,10 +39,6 @@ pytestmark = pytest.mark.e2e
 
 PARAMS = {**BASE_PARAMS, "localSteps": 2}
 
-
-def policy(namespace: str, mode: str) -> dict:
-    return {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "metadata": {"name": "default", "namespace": namespace},
-            "spec": {"approvalMode": mode}}
 
 
 def approved_uids(client_folder: Path) -> dict[str, str]:

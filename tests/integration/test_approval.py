@@ -18,6 +18,7 @@ from tests.operator_harness import (
     get,
     grant,
     install_crds,
+    policy,
     remove_namespaces,
     wait_phase,
 )
@@ -25,10 +26,6 @@ from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def policy(namespace: str, mode: str, **spec) -> dict:
-    return {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "metadata": {"name": "default", "namespace": namespace},
-            "spec": {"approvalMode": mode, **spec}}
 
 
 def job(namespace: str, name: str, *, rounds: int = 5, epsilon: float | None = 6, compute_name: str = "esm2") -> dict:

@@ -19,6 +19,7 @@ from tests.operator_harness import (
     get,
     grant,
     install_crds,
+    policy,
     remove_namespaces,
     wait_phase,
 )
@@ -26,10 +27,6 @@ from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def policy(namespace: str, mode: str) -> dict:
-    return {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "metadata": {"name": "default", "namespace": namespace},
-            "spec": {"approvalMode": mode}}
 
 
 def approved(cp, namespace: str, fed: str) -> dict[str, tuple[str, str]] | None:

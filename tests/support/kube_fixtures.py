@@ -40,9 +40,14 @@ __all__ = [
 ]
 
 
+class WaitedInVain(AssertionError):
+    """Raised by a ``wait_for`` predicate that knows the state it waits for can no longer come."""
+
+
 def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, message: str = ""):
     """Poll ``predicate`` until it returns a truthy value (returned) or raise TimeoutError.
-    Exceptions from the predicate count as "not yet" and the last one is reported."""
+    Exceptions from the predicate count as "not yet" and the last one is reported, except
+    ``WaitedInVain``, which ends the wait at once."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while True:
@@ -50,6 +55,8 @@ def wait_for(predicate, timeout: float = 60.0, interval: float = 0.2, message: s
             value = predicate()
             if value:
                 return value
+        except WaitedInVain:
+            raise
         except Exception as exc:  # noqa: BLE001 - polling
             last_exc = exc
         if time.monotonic() > deadline:

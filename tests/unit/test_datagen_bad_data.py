@@ -114,3 +114,30 @@ def test_parquet_and_seeded_holdout_without_split(tmp_path):
     pq.write_table(pa.table({"sequence": ["MKV" * 5] * 20, "label": ["Nucleus"] * 20}), p)
     tr, va = load_site_data(str(p), CLASSES, CharTokenizer(), 64, val_fraction=0.25, seed=0)
     assert len(tr) == 15 and len(va) == 5
+
+
+def test_several_datasets_of_one_site_are_concatenated(tmp_path):
+    a = _csv(tmp_path, "sequence,label,split\nMKV,Nucleus,train\nMKL,Nucleus,val\nMKA,Plastid,train\n", "a.csv")
+    b = _csv(tmp_path, f"sequence,label,split\n{'A' * 40},Cytoplasm,train\nMKW,Cytoplasm,val\n", "b.csv")
+    tr, va = load_site_data([a, b], CLASSES, CharTokenizer(), 16)
+    assert len(tr) == 3 and len(va) == 2
+    idx = {c: i for i, c in enumerate(CLASSES)}
+    assert list(tr.labels) == [idx["Nucleus"], idx["Plastid"], idx["Cytoplasm"]]
+    assert list(va.labels) == [idx["Nucleus"], idx["Cytoplasm"]]
+    assert tr.truncated == 1 and va.truncated == 0
+    with pytest.raises(DataError, match="dataset not found: .*missing.csv"):
+        load_site_data([a, str(tmp_path / "missing.csv")], CLASSES, CharTokenizer(), 16)
+    with pytest.raises(DataError, match="no dataset path"):
+        load_site_data([], CLASSES, CharTokenizer(), 16)
+
+
+def test_one_of_several_datasets_may_be_training_only_but_the_union_needs_both(tmp_path):
+    train_only = _csv(tmp_path, "sequence,label,split\nMKV,Nucleus,train\nMKA,Plastid,train\n", "t.csv")
+    val_only = _csv(tmp_path, "sequence,label,split\nMKW,Cytoplasm,val\n", "v.csv")
+    tr, va = load_site_data([train_only, val_only], CLASSES, CharTokenizer(), 16)
+    assert (len(tr), len(va)) == (2, 1)
+    with pytest.raises(DataError, match=r"t.csv: no holdout rows"):
+        load_site_data(train_only, CLASSES, CharTokenizer(), 16)
+    other_train_only = _csv(tmp_path, "sequence,label,split\nMKL,Nucleus,train\n", "t2.csv")
+    with pytest.raises(DataError, match=r"t.csv \+ .*t2.csv: no holdout rows"):
+        load_site_data([train_only, other_train_only], CLASSES, CharTokenizer(), 16)

@@ -14,6 +14,7 @@ from flare_operator.builders.nvflare_job import (
     SiteSpec,
     build_job,
     job_content_hash,
+    sites_for,
     write_job,
 )
 from flare_operator.catalog import ParameterError, load_app
@@ -73,6 +74,19 @@ def test_each_site_gets_only_its_own_dataset_path(app):
     assert _cfg(files, "j/app_site-1/config/config_fed_client.json")["task_result_filters"] == []
 
 
+def test_a_site_with_several_datasets_trains_on_all_of_them(app):
+    sites = sites_for({"org-a": ("scl-a",), "org-b": ("scl-b1", "scl-b2")}, lambda org: f"{org}-client")
+    assert sites == [SiteSpec("org-a-client", "dataset:scl-a"), SiteSpec("org-b-client", ("dataset:scl-b1", "dataset:scl-b2"))]
+    files = build_job(app, {}, sites, job_name="j")
+    assert _cfg(files, "j/app_org-a-client/custom/site_config.json")["datasetPath"] == "dataset:scl-a"
+    assert _cfg(files, "j/app_org-b-client/custom/site_config.json")["datasetPath"] == ["dataset:scl-b1", "dataset:scl-b2"]
+    mapping = [{"name": "s1", "datasetPath": ["/d/x.csv", "/d/y.csv"]}]
+    assert _cfg(build_job(app, {}, mapping, job_name="k"), "k/app_s1/custom/site_config.json")["datasetPath"] == [
+        "/d/x.csv",
+        "/d/y.csv",
+    ]
+
+
 def test_dp_and_nvflare_filters_on_train_results(app):
     privacy = {
         "differentialPrivacy": {
@@ -119,6 +133,8 @@ def test_capped_aggregation_and_min_clients(app):
         ({"sites": [{"name": "bad name", "datasetPath": "/x"}]}, JobBuildError, "invalid site name"),
         ({"sites": [{"name": "server", "datasetPath": "/x"}]}, JobBuildError, "invalid site name"),
         ({"sites": [{"name": "s1"}]}, JobBuildError, "datasetPath is required"),
+        ({"sites": [{"name": "s1", "datasetPath": []}]}, JobBuildError, "datasetPath is required"),
+        ({"sites": [{"name": "s1", "datasetPath": ["/x", "/x"]}]}, JobBuildError, "the same dataset twice"),
         ({"job_name": "../x"}, JobBuildError, "invalid job name"),
         ({"min_clients": 3}, JobBuildError, "min_clients"),
         ({"metadata": {"x": object()}}, JobBuildError, "JSON-serialisable"),

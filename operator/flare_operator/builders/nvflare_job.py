@@ -7,7 +7,7 @@ The job's config JSON is generated directly (the same format NVFlare's FedJob ex
     <job>/app_server/custom/...                       app code + flare_apps/_shared
     <job>/app_<site>/config/config_fed_client.json    ClientAPIExecutor running the app's Client API script,
                                                       DP filter + NVFlare filters on the train result
-    <job>/app_<site>/custom/site_config.json          validated params + this site's dataset path
+    <job>/app_<site>/custom/site_config.json          validated params + this site's dataset path(s)
     <job>/app_<site>/custom/...                       app code + flare_apps/_shared
 
 One client app per site, so a site's dataset path is only deployed to that site. ``build_job``
@@ -45,10 +45,19 @@ class JobBuildError(ValueError):
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """One participating site: its NVFlare client name and the dataset path as seen by that client."""
+    """One participating site: its NVFlare client name and the dataset path as seen by that client
+    (a tuple of paths when the site trains on several datasets: their rows are concatenated)."""
 
     name: str
-    dataset_path: str
+    dataset_path: str | tuple[str, ...]
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.dataset_path,) if isinstance(self.dataset_path, str) else tuple(self.dataset_path)
+
+    def wire_path(self) -> str | list[str]:
+        """``datasetPath`` in site_config.json: one path as a string, several as a list."""
+        paths = self.paths()
+        return paths[0] if len(paths) == 1 else list(paths)
 
     @classmethod
     def coerce(cls, s: SiteSpec | Mapping) -> SiteSpec:
@@ -57,7 +66,7 @@ class SiteSpec:
         if isinstance(s, Mapping):
             name = s.get("name")
             path = s.get("datasetPath", s.get("dataset_path"))
-            return cls(name=name, dataset_path=path)
+            return cls(name=name, dataset_path=tuple(path) if isinstance(path, list | tuple) else path)
         raise JobBuildError(f"site must be a SiteSpec or a mapping, got {type(s).__name__}")
 
 
@@ -68,6 +77,15 @@ class SiteSpec:
 # clients' last log lines arrive.
 LOG_STREAMER = {"id": "log_streamer", "path": "nvflare.app_common.logging.job_log_streamer.JobLogStreamer",
                 "args": {"log_file_name": "log.txt", "target_parent_server": True}}
+
+
+def sites_for(datasets_by_org: Mapping[str, Sequence[str]], client_name) -> list[SiteSpec]:
+    """One site per org, naming its datasets by reference (``dataset:<id>``): only the site knows
+    where its data is. An org with several datasets in the ComputeSpec trains on all of them."""
+    return [
+        SiteSpec(name=client_name(org), dataset_path=tuple(f"dataset:{d}" for d in ids) if len(ids) > 1 else f"dataset:{ids[0]}")
+        for org, ids in datasets_by_org.items()
+    ]
 
 
 def _json(obj) -> bytes:
@@ -140,7 +158,8 @@ def build_job(
     Args:
         app: a catalog app (``catalog.load_app``).
         params: the app's parameters; validated here against its schema, defaults applied.
-        sites: ``SiteSpec`` or ``{"name": "site-1", "datasetPath": "/data/x.csv"}`` per client.
+        sites: ``SiteSpec`` or ``{"name": "site-1", "datasetPath": "/data/x.csv"}`` per client
+            (``datasetPath`` a list when the site trains on several datasets).
         job_name: NVFlare job name (also the top folder of the returned paths).
         privacy: ``{"differentialPrivacy": {enabled, clipNorm, noiseMultiplier, delta, accountant},
             "filters": [{"type": "ExcludeVars"|"PercentilePrivacy"|"SVTPrivacy", "args": {...}}]}``.
@@ -167,8 +186,11 @@ def build_job(
     for s in site_specs:
         if not isinstance(s.name, str) or not SITE_RE.match(s.name) or s.name == "server":
             raise JobBuildError(f"invalid site name {s.name!r}")
-        if not isinstance(s.dataset_path, str) or not s.dataset_path:
-            raise JobBuildError(f"site {s.name}: datasetPath is required")
+        paths = s.paths() if isinstance(s.dataset_path, str | tuple) else ()
+        if not paths or not all(isinstance(x, str) and x for x in paths):
+            raise JobBuildError(f"site {s.name}: datasetPath is required (a path, or a list of paths)")
+        if len(set(paths)) != len(paths):
+            raise JobBuildError(f"site {s.name}: the same dataset twice in {list(paths)}")
     if len(set(names)) != len(names):
         raise JobBuildError(f"duplicate site names in {names}")
     p = validate_params(app, params or {})
@@ -266,7 +288,7 @@ def build_job(
         files[f"{root}/{app_name}/custom/site_config.json"] = _json(
             {
                 "site": s.name,
-                "datasetPath": s.dataset_path,
+                "datasetPath": s.wire_path(),
                 "params": p,
                 "app": {"id": app.id, "version": app.version},
             }

@@ -38,7 +38,7 @@ from ..api.job import (
     Results,
 )
 from ..builders.federation import client_name
-from ..builders.nvflare_job import SiteSpec, aggregation_from_api, build_job, privacy_from_api, write_job
+from ..builders.nvflare_job import aggregation_from_api, build_job, privacy_from_api, sites_for, write_job
 from ..builders.requests import datasets_by_org
 from ..catalog import loader as catalog
 from ..nvflare.admin import FlareUnavailable
@@ -137,8 +137,7 @@ class Run(ObjectView):
     async def _submit(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         compute_spec = Federation(self.hub, self.compute).spec
         app = catalog.load_app(compute_spec.model.id, compute_spec.model.version)
-        sites = [SiteSpec(name=client_name(org), dataset_path=f"dataset:{datasets[0]}")
-                 for org, datasets in datasets_by_org(compute_spec).items()]
+        sites = sites_for(datasets_by_org(compute_spec), client_name)
         attempt = self.status.attempts + 1
         checkpoint = self.status.checkpoint
         resume = None

@@ -126,9 +126,10 @@ def check_sequences(seqs: list, path: str) -> list[str]:
 
 
 def split_indices(
-    splits: list | None, n: int, val_fraction: float, seed: int, path: str
+    splits: list | None, n: int, val_fraction: float, seed: int, path: str, require_both: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train/holdout indices: from the split column when present, else a seeded random holdout."""
+    """Train/holdout indices: from the split column when present, else a seeded random holdout.
+    ``require_both``: refuse a dataset without training or without holdout rows."""
     if splits is not None and any(s not in (None, "") for s in splits):
         norm = [("" if s is None else str(s).strip().lower()) for s in splits]
         unknown = sorted({s for s in norm if s not in TRAIN_SPLITS | VAL_SPLITS})
@@ -140,11 +141,16 @@ def split_indices(
         perm = np.random.default_rng(seed).permutation(n)
         k = max(1, int(round(val_fraction * n)))
         va, tr = np.sort(perm[:k]), np.sort(perm[k:])
-    if len(tr) == 0:
-        raise DataError(f"{path}: no training rows")
-    if len(va) == 0:
-        raise DataError(f"{path}: no holdout rows (split == 'val')")
+    if require_both:
+        _require_rows(len(tr), len(va), path)
     return tr, va
+
+
+def _require_rows(n_train: int, n_val: int, where: str) -> None:
+    if n_train == 0:
+        raise DataError(f"{where}: no training rows")
+    if n_val == 0:
+        raise DataError(f"{where}: no holdout rows (split == 'val')")
 
 
 def encode(tokenizer, seqs: list[str], max_len: int) -> tuple[list[list[int]], int]:
@@ -160,13 +166,40 @@ def encode(tokenizer, seqs: list[str], max_len: int) -> tuple[list[list[int]], i
 
 
 def load_site_data(
-    path: str, classes: list[str], tokenizer, max_len: int, val_fraction: float = 0.2, seed: int = 0
+    path: str | list[str],
+    classes: list[str],
+    tokenizer,
+    max_len: int,
+    val_fraction: float = 0.2,
+    seed: int = 0,
 ):
-    """(train Dataset, holdout Dataset) for one site."""
+    """(train Dataset, holdout Dataset) for one site.
+
+    Several paths (a site training on several of its datasets): each is read, checked and split
+    on its own, then the training parts and the holdout parts are concatenated; one of them may
+    be training-only or holdout-only, the union must have both."""
+    if isinstance(path, str):
+        return _load_one(path, classes, tokenizer, max_len, val_fraction, seed, require_both=True)
+    if not path:
+        raise DataError("no dataset path given")
+    parts = [_load_one(p, classes, tokenizer, max_len, val_fraction, seed, require_both=False) for p in path]
+    tr_set, va_set = (
+        Dataset(
+            [ids for part in parts for ids in part[i].input_ids],
+            np.concatenate([part[i].labels for part in parts]),
+            sum(part[i].truncated for part in parts),
+        )
+        for i in (0, 1)
+    )
+    _require_rows(len(tr_set), len(va_set), " + ".join(path))
+    return tr_set, va_set
+
+
+def _load_one(path, classes, tokenizer, max_len, val_fraction, seed, *, require_both: bool):
     t = read_table(path)
     seqs = check_sequences(t["sequence"], path)
     labels = parse_labels(t["label"], classes, path)
-    tr, va = split_indices(t.get("split"), len(seqs), val_fraction, seed, path)
+    tr, va = split_indices(t.get("split"), len(seqs), val_fraction, seed, path, require_both)
     ids, truncated = encode(tokenizer, seqs, max_len)
     if truncated:
         log.warning(

@@ -31,7 +31,9 @@ def model_from_params(p: dict, allow_random: bool = False):
 
 
 class SiteTrainer:
-    def __init__(self, params: dict, dataset_path: str, site_name: str = "site", allow_random: bool = False):
+    def __init__(
+        self, params: dict, dataset_path: str | list[str], site_name: str = "site", allow_random: bool = False
+    ):
         import torch
 
         self.p = params
