@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from flare_operator.api.job import FINISHED_PHASES
 from tests.sample_data import CRD_DIR
 from tests.support.kube_fixtures import WaitedInVain, strip_finalizers, wait_for
 
@@ -90,14 +91,11 @@ def compute(namespace: str, name: str, datasets: list[tuple[str, str]], *, activ
                      "client": {"cpu": "1", "memory": "1Gi"}, "active": active}}
 
 
-FINAL_JOB_PHASES = frozenset({"Succeeded", "Failed", "TimedOut", "Aborted"})
-
-
 def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: float = 120) -> dict:
     def reached():
         obj = get(cp, kind, namespace, name)
         now = (obj or {}).get("status", {}).get("phase")
-        if kind.lower() == "federatedjob" and now in FINAL_JOB_PHASES and now != phase:
+        if kind.lower() == "federatedjob" and now in FINISHED_PHASES and now != phase:
             # a finished job never changes phase again: say why now instead of timing out
             raise WaitedInVain(f"{kind} {namespace}/{name} ended {now}, not {phase}; "
                                  f"status: {json.dumps(obj.get('status'), indent=1)}")
@@ -214,9 +212,6 @@ def reconciles(port: int, kind: str) -> float:
     return scrape(port).get(f'flareop_reconcile_total{{kind="{kind}",result="ok"}}', 0.0)
 
 
-AUTOMATIC_POLICY = {"apiVersion": "flareop.io/v1alpha1", "kind": "OrgPolicy", "spec": {"approvalMode": "Automatic"}}
-
-
 @dataclass
 class Federation:
     """What `automatic_federation` set up: the modeller namespace with a Ready ComputeSpec `esm2`,
@@ -247,8 +242,7 @@ def automatic_federation(cp, e2e_data: dict, tmp_path: Path, org_b_datasets: dic
     b_datasets = org_b_datasets or {"scl-b": paths[1]}
     apply(cp, grant(a, "scl-a", m, path=str(paths[0])),
           *(grant(b, dataset, m, path=str(path)) for dataset, path in b_datasets.items()),
-          {**AUTOMATIC_POLICY, "metadata": {"name": "default", "namespace": a}},
-          {**AUTOMATIC_POLICY, "metadata": {"name": "default", "namespace": b}})
+          policy(a, "Automatic"), policy(b, "Automatic"))
     port = free_port()
     config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m],
                              metricsPort=port)

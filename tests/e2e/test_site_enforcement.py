@@ -40,7 +40,6 @@ pytestmark = pytest.mark.e2e
 PARAMS = {**BASE_PARAMS, "localSteps": 2}
 
 
-
 def approved_uids(client_folder: Path) -> dict[str, str]:
     path = client_folder / "enforcement" / "approved.json"
     if not path.exists():

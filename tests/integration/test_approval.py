@@ -27,7 +27,6 @@ from tests.support.kube_fixtures import wait_for
 pytestmark = pytest.mark.integration
 
 
-
 def job(namespace: str, name: str, *, rounds: int = 5, epsilon: float | None = 6, compute_name: str = "esm2") -> dict:
     dp = {"enabled": True, "epsilon": epsilon} if epsilon else {"enabled": False}
     return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": name, "namespace": namespace},

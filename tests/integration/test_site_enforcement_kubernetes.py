@@ -28,7 +28,6 @@ from tests.support.kube_fixtures import wait_for
 pytestmark = pytest.mark.integration
 
 
-
 def approved(cp, namespace: str, fed: str) -> dict[str, tuple[str, str]] | None:
     cm = get(cp, "configmap", namespace, f"{fed}-approved-jobs")
     if cm is None:

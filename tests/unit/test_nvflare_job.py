@@ -76,7 +76,10 @@ def test_each_site_gets_only_its_own_dataset_path(app):
 
 def test_a_site_with_several_datasets_trains_on_all_of_them(app):
     sites = sites_for({"org-a": ("scl-a",), "org-b": ("scl-b1", "scl-b2")}, lambda org: f"{org}-client")
-    assert sites == [SiteSpec("org-a-client", "dataset:scl-a"), SiteSpec("org-b-client", ("dataset:scl-b1", "dataset:scl-b2"))]
+    assert [(s.name, s.paths()) for s in sites] == [
+        ("org-a-client", ("dataset:scl-a",)),
+        ("org-b-client", ("dataset:scl-b1", "dataset:scl-b2")),
+    ]
     files = build_job(app, {}, sites, job_name="j")
     assert _cfg(files, "j/app_org-a-client/custom/site_config.json")["datasetPath"] == "dataset:scl-a"
     assert _cfg(files, "j/app_org-b-client/custom/site_config.json")["datasetPath"] == ["dataset:scl-b1", "dataset:scl-b2"]

@@ -82,10 +82,7 @@ LOG_STREAMER = {"id": "log_streamer", "path": "nvflare.app_common.logging.job_lo
 def sites_for(datasets_by_org: Mapping[str, Sequence[str]], client_name) -> list[SiteSpec]:
     """One site per org, naming its datasets by reference (``dataset:<id>``): only the site knows
     where its data is. An org with several datasets in the ComputeSpec trains on all of them."""
-    return [
-        SiteSpec(name=client_name(org), dataset_path=tuple(f"dataset:{d}" for d in ids) if len(ids) > 1 else f"dataset:{ids[0]}")
-        for org, ids in datasets_by_org.items()
-    ]
+    return [SiteSpec(client_name(org), tuple(f"dataset:{d}" for d in ids)) for org, ids in datasets_by_org.items()]
 
 
 def _json(obj) -> bytes:
