@@ -40,6 +40,17 @@ class Consortium:
         return self.org("modeller")
 
 
+def consortium_namespaces(cp) -> tuple[Consortium, str, str, str]:
+    """The CRDs, and a fresh consortium's namespaces org-a, org-b and the modeller's, each labelled
+    with its org: (consortium, org-a, org-b, modeller)."""
+    install_crds(cp)
+    c = Consortium()
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    for ns in (a, b, m):
+        create_org_namespace(cp, ns, ns)
+    return c, a, b, m
+
+
 def remove_namespaces(cp, *namespaces: str) -> None:
     """End of a test: strip finalizers (no operator runs any more to honour them), then delete.
 
@@ -91,6 +102,32 @@ def compute(namespace: str, name: str, datasets: list[tuple[str, str]], *, activ
                      "client": {"cpu": "1", "memory": "1Gi"}, "active": active}}
 
 
+def job(namespace: str, name: str, *, rounds: int = 5, epsilon: float | None = 6, compute_name: str = "esm2") -> dict:
+    dp = {"enabled": True, "epsilon": epsilon} if epsilon else {"enabled": False}
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"computeSpecRef": {"name": compute_name}, "rounds": rounds,
+                     "parameters": {"preset": "tiny"}, "privacy": {"differentialPrivacy": dp}}}
+
+
+def approval(namespace: str, name: str, job_ns: str, job_name: str, content_hash: str, decision: str = "Approve",
+             reason: str = "") -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "JobApproval", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"job": {"namespace": job_ns, "name": job_name}, "contentHash": content_hash,
+                     "decision": decision, "reason": reason}}
+
+
+def decisions(obj: dict) -> dict[str, str]:
+    return {a["org"]: a["decision"] for a in (obj.get("status") or {}).get("approvals", [])}
+
+
+def wait_job(cp, ns, name, phase, timeout=90) -> dict:
+    return wait_phase(cp, "federatedjob", ns, name, phase, timeout=timeout)
+
+
+def ledger(cp, ns: str, grant_name: str) -> dict:
+    return (get(cp, "datasetgrant", ns, grant_name).get("status") or {})
+
+
 def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: float = 120) -> dict:
     def reached():
         obj = get(cp, kind, namespace, name)
@@ -111,8 +148,10 @@ def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: fl
 class OperatorProcess:
     """`flare-operator run` in its own process group, logs in a file, stopped with SIGTERM."""
 
-    def __init__(self, cp, workdir: Path, config: dict, name: str = "operator", kubeconfig: Path | None = None):
+    def __init__(self, cp, workdir: Path, config: dict, name: str = "operator", kubeconfig: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.cp = cp
+        self.env = env or {}
         self.workdir = workdir
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
@@ -121,7 +160,7 @@ class OperatorProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> OperatorProcess:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.workdir)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.workdir), **self.env}
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flare_operator.cli", "run", "--config", str(self.config_path),
@@ -173,7 +212,9 @@ def processes_under(path: Path) -> list[str]:
 
 
 def gateway_config(org: str, namespace: str) -> dict:
-    return {"org": org, "site": org, "namespace": namespace, "hubNamespace": namespace, "runtime": "process"}
+    # Tests' data lives in temporary folders anywhere: "/" allows it (the default, [], allows no path).
+    return {"org": org, "site": org, "namespace": namespace, "hubNamespace": namespace, "runtime": "process",
+            "dataRoots": ["/"]}
 
 
 def operator_config(workdir: Path, gateways: list[dict], mode: str = "all", **extra) -> dict:

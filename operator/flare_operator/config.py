@@ -62,6 +62,17 @@ class SiteSettings(_Config):
     # served by the gateway at https://<webhook_host>:<webhook_port>. 0: no webhook.
     webhook_port: int = 0
     webhook_host: str = "127.0.0.1"
+    data_roots: list[Path] | None = Field(
+        default_factory=list,
+        description="Folders a DatasetGrant's spec.dataset.path may point into (camelCase: dataRoots). "
+        "A path grant is used only if its path, with symlinks resolved, is one of these folders or lies under "
+        "one; any other is reported Valid=False (InvalidLocation) in the grant's status and never mounted. "
+        "[] (the default): no path grants at all, PersistentVolumeClaims only — a site allows paths by naming "
+        "their folders. null: paths are not confined (development only; the grant's Valid condition says so). "
+        "Process runtime: roots and paths are resolved on the operator's "
+        "machine (relative ones against its working directory). Kubernetes runtime: the path is a node path "
+        "(hostPath), checked lexically — the operator cannot see the node's symlinks.",
+    )
 
 
 class OperatorConfig(_Config):

@@ -17,6 +17,8 @@ from tests.operator_harness import (
     apply,
     automatic_federation,
     get,
+    grant,
+    ledger,
     processes_under,
     scrape,
     wait_phase,
@@ -129,16 +131,25 @@ def test_suspend_resume_deadline_delete_and_deactivation(control_plane, e2e_data
         wait_for(lambda: not job_processes(workdir, timed_out["nvflareJobId"]), timeout=60,
                  message="the timed-out NVFlare job stopped")
 
-        # Deleting a running job aborts its NVFlare job.
-        apply(cp, job(m, "doomed", 50))
+        # Deleting a running job aborts its NVFlare job; the epsilon it reserved stays spent (issue 12, 7).
+        b = fed.orgs[1]
+        apply(cp, grant(b, "scl-b", m, path=str(e2e_data["sites"]["site-2"]["path"]),
+                        privacy={"dpRequired": True, "epsilonBudget": 100}))
+        dp = {"privacy": {"differentialPrivacy": {"enabled": True, "epsilon": 20}}}
+        apply(cp, job(m, "doomed", 50, **dp))
         running = wait_status(cp, m, "doomed", lambda s: s.get("phase") == "Running", "running")
         assert job_processes(workdir, running["nvflareJobId"])
+        assert ledger(cp, b, "scl-b")["epsilonReserved"] == 20
         cp.kubectl("delete", "federatedjob", "doomed", "-n", m, "--timeout=60s")
         wait_for(lambda: not job_processes(workdir, running["nvflareJobId"]), timeout=60,
                  message="the deleted job's NVFlare job stopped")
+        spent = wait_for(lambda: ledger(cp, b, "scl-b").get("epsilonSpent"), timeout=60,
+                         message="the deleted job's reservation became spent epsilon")
+        assert 0 < spent <= 20 and ledger(cp, b, "scl-b")["epsilonReserved"] == 0  # the rounds that ran
+        assert [e["spent"] for e in ledger(cp, b, "scl-b")["ledger"]] == [True]
 
         # Deactivating the compute under a running job fails it with the reason.
-        apply(cp, job(m, "stranded", 50))
+        apply(cp, job(m, "stranded", 50, **dp))
         wait_status(cp, m, "stranded", lambda s: s.get("phase") == "Running", "running")
         cp.kubectl("patch", "computespec", "esm2", "-n", m, "--type=merge", "-p", '{"spec":{"active":false}}')
         failed = wait_phase(cp, "federatedjob", m, "stranded", "Failed", timeout=120)["status"]

@@ -25,6 +25,7 @@ from tests.operator_harness import (
     apply,
     compute,
     create_org_namespace,
+    free_port,
     gateway_config,
     grant,
     install_crds,
@@ -92,7 +93,9 @@ def test_clients_refuse_jobs_their_org_has_not_approved(control_plane, e2e_data,
         shutil.copy(site["path"], data[org])
     apply(cp, grant(a, "scl-a", m, path=str(data[a])), grant(b, "scl-b", m, path=str(data[b])),
           policy(a, "Automatic"), policy(b, "Manual"))
-    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m])
+    # org-b decides by hand: its admission webhook records who decided (an unrecorded JobApproval counts for nothing)
+    config = operator_config(tmp_path, [gateway_config(a, a), dict(gateway_config(b, b), webhookPort=free_port())],
+                             namespaces=[m])
     op = OperatorProcess(cp, tmp_path, config).start()
     admin = None
     try:
@@ -172,6 +175,8 @@ def test_clients_refuse_jobs_their_org_has_not_approved(control_plane, e2e_data,
         assert not [h for h in job_meta.get("schedule_history") or [] if "not approved" in h or "refuses" in h]
         if atime_works:
             assert was_read(data[b]), "the approved job read org-b's data"
+        for org, folder in clients.items():  # each site got exactly the app its gateway approved
+            assert f"starting NVFlare job {done['status']['nvflareJobId']}: its app digests to" in client_log(folder), org
         # The job ended: neither site takes it any more.
         wait_for(lambda: not approved_uids(clients[a]) and not approved_uids(clients[b]), timeout=60,
                  message="finished job withdrawn from both sites' approved lists")

@@ -11,46 +11,25 @@ from tests.operator_harness import (
     Consortium,
     OperatorProcess,
     apply,
+    approval,
     compute,
     create_org_namespace,
+    decisions,
     free_port,
     gateway_config,
     get,
     grant,
     install_crds,
+    job,
+    ledger,
     policy,
     remove_namespaces,
+    wait_job,
     wait_phase,
 )
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def job(namespace: str, name: str, *, rounds: int = 5, epsilon: float | None = 6, compute_name: str = "esm2") -> dict:
-    dp = {"enabled": True, "epsilon": epsilon} if epsilon else {"enabled": False}
-    return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"computeSpecRef": {"name": compute_name}, "rounds": rounds,
-                     "parameters": {"preset": "tiny"}, "privacy": {"differentialPrivacy": dp}}}
-
-
-def approval(namespace: str, name: str, job_ns: str, job_name: str, content_hash: str, decision: str = "Approve",
-             reason: str = "") -> dict:
-    return {"apiVersion": "flareop.io/v1alpha1", "kind": "JobApproval", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"job": {"namespace": job_ns, "name": job_name}, "contentHash": content_hash,
-                     "decision": decision, "reason": reason}}
-
-
-def decisions(obj: dict) -> dict[str, str]:
-    return {a["org"]: a["decision"] for a in (obj.get("status") or {}).get("approvals", [])}
-
-
-def wait_job(cp, ns, name, phase, timeout=90) -> dict:
-    return wait_phase(cp, "federatedjob", ns, name, phase, timeout=timeout)
-
-
-def ledger(cp, ns, grant_name) -> dict:
-    return (get(cp, "datasetgrant", ns, grant_name).get("status") or {})
 
 
 @pytest.fixture
@@ -194,7 +173,9 @@ def test_the_webhook_records_who_decided_and_refuses_unknown_jobs_and_stale_hash
 
     recorded = wait_for(lambda: (get(cp, "jobapproval", b, "run2").get("status") or {}).get("decidedBy"),
                         timeout=30, message="decidedBy recorded")
-    assert recorded == {"username": f"alice-{b}", "groups": [f"{b}-admins", "system:authenticated"]}
+    assert {k: recorded[k] for k in ("username", "groups")} == {
+        "username": f"alice-{b}", "groups": [f"{b}-admins", "system:authenticated"]}
+    assert len(recorded["signature"]) == 64  # the site webhook's HMAC over the record and this decision
     # Nobody can rewrite who decided afterwards.
     cp.kubectl("annotate", "jobapproval", "run2", "-n", b, "--overwrite",
                'flareop.io/decided-by={"username": "the-ceo", "groups": []}')

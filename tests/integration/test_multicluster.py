@@ -44,7 +44,7 @@ def test_hub_and_site_on_separate_control_planes(control_plane_factory, tmp_path
 
     gateway_cfg = operator_config(tmp_path / "site", [{
         "org": "org-b", "site": "org-b", "namespace": "flare-site", "hubNamespace": "org-b",
-        "hubKubeconfig": str(scoped), "runtime": "process"}], mode="gateway")
+        "hubKubeconfig": str(scoped), "runtime": "process", "dataRoots": ["/"]}], mode="gateway")
     hub_cfg = operator_config(tmp_path / "hub", [], mode="orchestrator")
     (tmp_path / "site").mkdir()
     (tmp_path / "hub").mkdir()

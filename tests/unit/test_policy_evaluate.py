@@ -25,6 +25,7 @@ from flare_operator.api import (
     JobApprovalSpec,
     OrgPolicySpec,
     Reason,
+    RuleResult,
 )
 from flare_operator.policy import evaluate as ev
 from flare_operator.policy import ledger
@@ -32,7 +33,7 @@ from flare_operator.policy.evaluate import ApprovalView, Evaluation, GrantView, 
 from tests.sample_data import VALID_DIR
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-HASH = "sha256:14072a96d1723a32b6411a3d226da5113d5e60160da8e22daa3d8a9c069e00a6"  # the sample request's
+HASH = "sha256:01451b6868522ef89ec6864be5147da25343280e67ec2d6d45bd8994a720ff50"  # the sample request's
 OLD_HASH = "sha256:" + "0" * 64
 UID = "6f1d3c2e-8a4b-4f0e-9c7d-2b1a0e9f8d7c"
 G = "DatasetGrant/scl-org-b"
@@ -128,7 +129,7 @@ def test_every_rule_passes_with_its_message_and_automatic_policy_approves():
     result = run(pol=policy(AUTOMATIC))
     assert triples(result.rules) == PASSING_JOB_RULES
     assert all(r.passed for r in result.rules)
-    assert {r.rule for r in result.rules} == set(ev.RULES) - {ev.MANUAL_APPROVAL}
+    assert {r.rule for r in result.rules} == set(ev.RULES) - {ev.MANUAL_APPROVAL, ev.CONTENT_VERIFIED}
     assert result.decision == Decision.APPROVED
     assert result.reason == Reason.APPROVED
     assert result.message == "org-b: approved automatically; all 12 rules passed"
@@ -139,7 +140,7 @@ def test_every_rule_passes_with_its_message_and_automatic_policy_approves():
 
 def test_rule_names_are_stable_public_api():
     assert ev.RULES == (
-        "DatasetGranted", "ConsumerAllowed", "ModelAllowed", "GrantNotExpired", "MinParticipatingOrgs",
+        "ContentVerified", "DatasetGranted", "ConsumerAllowed", "ModelAllowed", "GrantNotExpired", "MinParticipatingOrgs",
         "ClientResources", "MaxRounds", "JobDuration", "DifferentialPrivacy", "EpsilonBudget", "ManualApproval",
     )
 
@@ -442,9 +443,34 @@ def test_manual_reject_rejects_with_the_admins_reason():
     assert result.epsilon_to_reserve == 0.0
 
 
-def test_decider_unknown_is_named_as_the_orgs_admin():
+def test_an_approval_the_webhook_did_not_record_does_not_count():
     result = run(pol=policy(MANUAL), approvals=[approval(decided_by=None)])
-    assert result.rules[-1].message == "org-b: approved by org-b's admin (JobApproval esm2-scl-run1)"
+    assert result.decision == Decision.PENDING
+    assert result.message == (
+        WAITING + "; JobApproval esm2-scl-run1 does not count: org-b's admission webhook did not record who "
+        "decided (created while the webhook was bypassed, or its record was altered): delete it and create it again")
+
+
+def test_an_approval_counts_for_one_job_only():
+    """Deleting a job and creating it again under the same name (same content hash) needs a new decision."""
+    earlier = approval({"job.uid": "an-earlier-job-of-that-name"}, name="run1-first")
+    result = run(pol=policy(MANUAL), approvals=[earlier])
+    assert result.decision == Decision.PENDING
+    assert result.message == (
+        WAITING + "; JobApproval run1-first was for an earlier job of that name (another uid): this job "
+        f"(uid {UID}) needs a decision of its own")
+    no_uid = approval({"job.uid": DELETE}, name="no-uid")
+    assert run(pol=policy(MANUAL), approvals=[no_uid]).decision == Decision.PENDING
+
+
+def test_a_failed_content_check_rejects_whatever_the_grants_allow():
+    bad = RuleResult(rule=ev.CONTENT_VERIFIED, passed=False, message="org-b: the hub's esm2-finetune 1.0.0 differs")
+    result = evaluate(request(), grants=[grant()], policy=policy(AUTOMATIC), now=NOW, content=bad)
+    assert result.decision == Decision.REJECTED and result.rules[0] == bad
+    assert result.message == "org-b: the hub's esm2-finetune 1.0.0 differs"
+    good = bad.model_copy(update={"passed": True, "message": "ok"})
+    assert evaluate(request(), grants=[grant()], policy=policy(AUTOMATIC), now=NOW, content=good).decision == \
+        Decision.APPROVED
 
 
 def test_approval_for_an_older_hash_is_ignored_and_mentioned():

@@ -28,7 +28,9 @@ from flare_operator.policy.site_enforcement import (
 
 HASH = "sha256:" + "ab" * 32
 OTHER_HASH = "sha256:" + "cd" * 32
-RUN = ApprovedJob("uid-1", HASH, "modeller/esm2-run")
+DIGEST = "sha256:" + "ef" * 32
+OTHER_DIGEST = "sha256:" + "01" * 32
+RUN = ApprovedJob("uid-1", HASH, "modeller/esm2-run", DIGEST)
 APPROVED = ApprovedJobs("org-b", (RUN,))
 
 
@@ -57,6 +59,15 @@ CASES = [
     ("document unavailable", meta(), None, False,
      ["org-b refuses NVFlare job j-42", "list of approved jobs is unavailable (gone)", "check the gateway"]),
 ]
+DEPLOY_CASES = [
+    # (case, meta, deployed app digest, allowed, words the reason must contain)
+    ("approved app", meta(), DIGEST, True, ["org-b approved job modeller/esm2-run"]),
+    ("other app", meta(), OTHER_DIGEST, False,
+     ["org-b refuses NVFlare job j-42 for job modeller/esm2-run", "digests to sha256:010101010101…",
+      "not to sha256:efefefefefef…", "the hub sent other code under this job's identity"]),
+    ("other app, unknown job", meta(uid="uid-9"), DIGEST, False, ["org-b has not approved job"]),
+    ("approved app, changed content", meta(content_hash=OTHER_HASH), DIGEST, False, ["approve the new content"]),
+]
 
 
 @pytest.mark.parametrize(("case", "job_meta", "approved", "allowed", "words"), CASES, ids=[c[0] for c in CASES])
@@ -67,20 +78,33 @@ def test_check_job(case, job_meta, approved, allowed, words):
         assert w in verdict.message, (w, verdict.message)
 
 
+@pytest.mark.parametrize(("case", "job_meta", "digest", "allowed", "words"), DEPLOY_CASES,
+                         ids=[c[0] for c in DEPLOY_CASES])
+def test_check_job_at_deployment_compares_the_app_digest(case, job_meta, digest, allowed, words):
+    verdict = check_job(job_meta, APPROVED, org="org-b", job_id="j-42", deployed_digest=digest)
+    assert verdict.allowed is allowed
+    for w in words:
+        assert w in verdict.message, (w, verdict.message)
+
+
 def test_document_round_trip_with_and_without():
-    doc = ApprovedJobs("org-b").with_job(ApprovedJob("uid-2", OTHER_HASH, "m/b")).with_job(RUN)
+    doc = ApprovedJobs("org-b").with_job(ApprovedJob("uid-2", OTHER_HASH, "m/b", OTHER_DIGEST)).with_job(RUN)
     assert [j.uid for j in doc.jobs] == ["uid-1", "uid-2"]  # sorted: equal content, equal text
     assert parse(render(doc)) == doc
-    assert render(doc) == render(ApprovedJobs("org-b").with_job(RUN).with_job(ApprovedJob("uid-2", OTHER_HASH, "m/b")))
-    changed = doc.with_job(ApprovedJob("uid-1", OTHER_HASH, "modeller/esm2-run"))  # new hash replaces the old
+    assert render(doc) == render(ApprovedJobs("org-b").with_job(RUN).with_job(
+        ApprovedJob("uid-2", OTHER_HASH, "m/b", OTHER_DIGEST)))
+    changed = doc.with_job(ApprovedJob("uid-1", OTHER_HASH, "modeller/esm2-run", DIGEST))  # new hash replaces the old
     assert changed.by_uid("uid-1").content_hash == OTHER_HASH and len(changed.jobs) == 2
     assert doc.without("uid-1").without("uid-1").jobs == (doc.by_uid("uid-2"),)
-    assert json.loads(render(doc))["approved"][0] == {"uid": "uid-1", "contentHash": HASH, "job": "modeller/esm2-run"}
+    assert json.loads(render(doc))["approved"][0] == {"uid": "uid-1", "contentHash": HASH, "job": "modeller/esm2-run",
+                                                      "appDigest": DIGEST}
 
 
-@pytest.mark.parametrize("text", ["", "[]", "{}", '{"approved": []}', '{"formatVersion": 2, "org": "o", "approved": []}',
-                                  '{"formatVersion": 1, "org": "o", "approved": [{"uid": "u"}]}',
-                                  '{"formatVersion": 1, "org": "o", "approved": "all"}'])
+@pytest.mark.parametrize("text", ["", "[]", "{}", '{"approved": []}', '{"formatVersion": 1, "org": "o", "approved": []}',
+                                  '{"formatVersion": 2, "org": "o", "approved": [{"uid": "u"}]}',
+                                  '{"formatVersion": 2, "org": "o", "approved": [{"uid": "u", "contentHash": "h", '
+                                  '"job": "j"}]}',  # a version-1 entry: no appDigest
+                                  '{"formatVersion": 2, "org": "o", "approved": "all"}'])
 def test_malformed_documents_are_refused(text):
     with pytest.raises(ValueError):
         parse(text)
@@ -173,6 +197,9 @@ def test_site_configuration_names_the_component():
     (component,) = config["components"]
     module, _, name = component["path"].rpartition(".")
     assert component["path"] == ENFORCEMENT_COMPONENT
+    from nvflare.apis.fl_constant import SystemComponents
+
+    assert component["id"] == SystemComponents.APP_DEPLOYER  # the client's engine deploys every app through it
     assert getattr(importlib.import_module(module), name).__name__ == name
     assert component["args"] == {"approved_file": "/etc/flareop/enforcement/approved.json", "org": "org-b"}
 

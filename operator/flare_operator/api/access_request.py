@@ -17,14 +17,17 @@ from .common import (
     ContentHash,
     DatasetId,
     Decision,
+    ModelId,
     ModelRef,
     ObjectName,
     OrgName,
+    Semver,
     ShortText,
     conditions_field,
     observed_generation_field,
 )
-from .job import Aggregation, DifferentialPrivacy
+from .compute import ComputeSpecSpec
+from .job import Aggregation, DifferentialPrivacy, FederatedJobSpec
 
 
 class RequestKind(StrEnum):
@@ -37,14 +40,29 @@ class RequestSource(ApiModel):
     namespace: OrgName = Field(description="Consumer namespace of the source object.")
     name: ObjectName = Field(description="Name of the ComputeSpec or FederatedJob.")
     uid: str = Field(max_length=64, description="UID of the source object (a re-created object is a new request).")
+    created_at: datetime | None = Field(
+        None, description="When the source object was created: the order every org gives jobs that compete for "
+        "a privacy budget (the older one is admitted first).",
+    )
 
     cel_rules = (immutable("source is immutable: create a new AccessRequest for another object"),)
 
 
+class AppCode(ApiModel):
+    """The catalog app a job runs, as the hub has it. The site checks the digest against its own copy."""
+
+    id: ModelId = Field(description="Catalog app (model) id.")
+    version: Semver = Field(description="Catalog app version.")
+    code_digest: ContentHash = Field(
+        description="sha256 of the app's catalog folder at the hub (app.yaml, custom code, the catalog's shared "
+        "code): bound into the content hash; each site recomputes it from its own catalog."
+    )
+
+
 class JobOutcome(ApiModel):
     phase: str = Field(
-        max_length=16, description="How the job ended: Succeeded, Failed, TimedOut or Aborted.",
-        json_schema_extra={"enum": ["Succeeded", "Failed", "TimedOut", "Aborted"]},
+        max_length=16, description="How the job ended: Succeeded, Failed, TimedOut, Aborted or Revoked.",
+        json_schema_extra={"enum": ["Succeeded", "Failed", "TimedOut", "Aborted", "Revoked"]},
     )
     epsilon_spent: float | None = Field(
         None, ge=0, description="Epsilon this org's site spent per the job's accountant (None: not reported)."
@@ -72,6 +90,20 @@ class AccessRequestSpec(ApiModel):
     differential_privacy: DifferentialPrivacy | None = Field(None, description="Job only: DP settings.")
     aggregation: Aggregation | None = Field(None, description="Job only: aggregation weighting.")
     content_hash: ContentHash = Field(description="Hash of the job + compute content a decision binds to.")
+    job: FederatedJobSpec | None = Field(
+        None, description="Job only: the FederatedJob's spec exactly as the content hash binds it (parameters, "
+        "privacy, rounds, aggregation, deadline; without suspend and ttlSecondsAfterFinished). The site recomputes "
+        "the hash from it and refuses a request whose summary fields or hash do not match it.",
+    )
+    compute: ComputeSpecSpec | None = Field(
+        None, description="Job only: the ComputeSpec's spec exactly as the content hash binds it (model, every "
+        "org's datasets, server and client resources; without active).",
+    )
+    app: AppCode | None = Field(None, description="Job only: the catalog app the job runs and its code digest.")
+    reserve: bool = Field(
+        True, description="Job only: false once another org rejected the job: this org still decides, but holds "
+        "no epsilon for it until every org approves again.",
+    )
     outcome: JobOutcome | None = Field(
         None, description="Job only: set by the orchestrator once the job ended; the site then turns its epsilon "
         "reservation into spent epsilon (the reserved amount when none is reported).",

@@ -101,11 +101,6 @@ class LocalObjectReference(ApiModel):
     name: ObjectName = Field(description="Name of the referenced object in the same namespace.")
 
 
-class NamespacedObjectReference(ApiModel):
-    namespace: OrgName = Field(description="Namespace of the referenced object.")
-    name: ObjectName = Field(description="Name of the referenced object.")
-
-
 class ModelRef(ApiModel):
     id: ModelId = Field(
         description="Model id in the app catalog (flare_apps/<id>/app.yaml), e.g. esm2-finetune. "

@@ -38,6 +38,11 @@ class ConditionType(StrEnum):
     # Gateway
     CONNECTED = "Connected"
     """The site's gateway controller sent a heartbeat recently."""
+    ORG_VERIFIED = "OrgVerified"
+    """Written by the hub: the Gateway's namespace belongs to the org it registers (the namespace's
+    flareop.io/org label, set by the cluster admin, equals spec.org), so the hub counts it for that
+    org. False: the hub ignores this Gateway (no AccessRequests, no client kits go there) and Ready
+    is False with the same reason; the message says what to change."""
 
     # AccessRequest
     DECIDED = "Decided"
@@ -46,6 +51,11 @@ class ConditionType(StrEnum):
     # DatasetGrant
     EXPIRED = "Expired"
     """The grant's expiry time has passed; it allows nothing more."""
+    VALID = "Valid"
+    """The grant can be used: its location is allowed at this site (a PersistentVolumeClaim that
+    exists in the site namespace, or a path under the site's dataRoots), its version constraints
+    parse, and no other grant claims its dataset id for other data. An invalid grant allows nothing
+    and is never mounted; the message says which field and what to do."""
 
 
 class Reason(StrEnum):
@@ -106,13 +116,37 @@ class Reason(StrEnum):
     """The job's ComputeSpec was deactivated or deleted while the job ran; the NVFlare job was aborted."""
     SERVER_UNREACHABLE = "ServerUnreachable"
     """The FLARE API did not answer; the job is followed again once it does."""
+    REVOKED = "Revoked"
+    """An org withdrew its approval while the job ran (JobApproval rejected or deleted, grant deleted,
+    expired or narrowed); the NVFlare job was aborted. The message names the org and its reason."""
 
     # Gateway
     HEARTBEAT = "Heartbeat"
     """The gateway reported in within its heartbeat interval."""
     HEARTBEAT_MISSED = "HeartbeatMissed"
     """No heartbeat within the interval: the site may be down or disconnected."""
+    ORG_MATCH = "OrgMatch"
+    """The Gateway's namespace is labelled flareop.io/org with the org it registers: it counts."""
+    ORG_MISMATCH = "OrgMismatch"
+    """The Gateway's namespace belongs to another org (its flareop.io/org label): a Gateway there
+    cannot register this org, so the hub ignores it."""
+    ORG_NAMESPACE_UNLABELLED = "OrgNamespaceUnlabelled"
+    """The Gateway's namespace has no flareop.io/org label, so it belongs to no org: the hub ignores
+    the Gateway until the cluster admin labels the namespace with its org."""
+    ORG_AMBIGUOUS = "OrgAmbiguous"
+    """Gateways for one org sit in several namespaces labelled with that org: the hub cannot tell
+    which is the org's hub namespace and uses none until only one remains."""
 
     # DatasetGrant
     GRANT_EXPIRED = "GrantExpired"
     """spec.expiresAt has passed."""
+    VALID = "Valid"
+    """The grant passed every check of the site (Valid=True)."""
+    INVALID_LOCATION = "InvalidLocation"
+    """spec.dataset's path is outside the site's dataRoots (symlinks resolved), not usable by the
+    site's runtime, or its PersistentVolumeClaim does not exist in the site namespace."""
+    INVALID_VERSION_CONSTRAINT = "InvalidVersionConstraint"
+    """A spec.models[].versions does not parse as a version constraint (PEP 440, e.g. '>=1.0.0,<2.0.0')."""
+    DUPLICATE_DATASET_ID = "DuplicateDatasetId"
+    """An older valid grant has the same spec.dataset.id with another location or format: one
+    dataset id names one set of data; this grant is ignored until it matches or uses another id."""

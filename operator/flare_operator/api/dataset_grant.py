@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -22,10 +23,42 @@ from .gateway import DatasetFormat
 
 JobKey = Annotated[str, Field(max_length=300)]  # namespace/name
 
+_DOT_DOT = re.compile(r"(^|/)\.\.(/|$)")
+_DOT_OR_DOT_DOT = re.compile(r"(^|/)\.\.?(/|$)")
+
+PATH_NO_DOT_DOT = CelRule(
+    rule="!has(self.path) || !self.path.matches('(^|/)\\\\.\\\\.(/|$)')",
+    message="dataset.path must not contain '..' segments: name the data's own file or folder "
+    "(the site accepts only paths under its dataRoots)",
+    check=lambda m: m.path is None or not _DOT_DOT.search(m.path),
+    field_path=".path",
+)
+PATH_NO_NUL = CelRule(
+    rule="!has(self.path) || !self.path.contains('\\u0000')",
+    message="dataset.path must not contain a NUL character",
+    check=lambda m: m.path is None or "\x00" not in m.path,
+    field_path=".path",
+)
+SUB_PATH_INSIDE = CelRule(
+    rule="!has(self.subPath) || !self.subPath.matches('(^|/)\\\\.\\\\.?(/|$)')",
+    message="persistentVolumeClaim.subPath must name a file or folder inside the volume, "
+    "without '.' or '..' segments (e.g. scl/train.parquet)",
+    check=lambda m: not _DOT_OR_DOT_DOT.search(m.sub_path),
+    field_path=".subPath",
+)
+SUB_PATH_NO_NUL = CelRule(
+    rule="!has(self.subPath) || !self.subPath.contains('\\u0000')",
+    message="persistentVolumeClaim.subPath must not contain a NUL character",
+    check=lambda m: "\x00" not in m.sub_path,
+    field_path=".subPath",
+)
+
 
 class VolumeSource(ApiModel):
     claim_name: ObjectName = Field(description="PersistentVolumeClaim (site namespace) holding the data, mounted read-only.")
     sub_path: str = Field("", max_length=1024, description="File or folder inside the volume.")
+
+    cel_rules = (SUB_PATH_INSIDE, SUB_PATH_NO_NUL)
 
 
 class DatasetSource(ApiModel):
@@ -36,7 +69,10 @@ class DatasetSource(ApiModel):
         ),
     )
     path: str | None = Field(
-        None, max_length=1024, description="Path of the data file or folder on the site (process runtime, hostPath)."
+        None, min_length=1, max_length=1024,
+        description="Path of the data file or folder on the site (process runtime: relative to the operator's "
+        "working directory if not absolute; kubernetes runtime: an absolute node path, mounted with hostPath). "
+        "The site uses it only if it lies under one of its dataRoots (symlinks resolved); no '..' segments.",
     )
     persistent_volume_claim: VolumeSource | None = Field(None, description="The data on a volume (kubernetes runtime).")
     format: DatasetFormat = Field(DatasetFormat.CSV, description="csv or parquet with columns sequence, label[, split].")
@@ -49,6 +85,8 @@ class DatasetSource(ApiModel):
             message="set exactly one of dataset.path and dataset.persistentVolumeClaim",
             check=lambda m: (m.path is None) != (m.persistent_volume_claim is None),
         ),
+        PATH_NO_DOT_DOT,
+        PATH_NO_NUL,
     )
 
 

@@ -133,10 +133,12 @@ class JobPhase(StrEnum):
     TIMED_OUT = "TimedOut"
     ABORTED = "Aborted"
     SUSPENDED = "Suspended"
+    REVOKED = "Revoked"
 
 
-FINISHED_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.TIMED_OUT, JobPhase.ABORTED})
-"""A job in these phases ran and ended. Rejected is not among them: the sites decide again when
+FINISHED_PHASES = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.TIMED_OUT, JobPhase.ABORTED,
+                             JobPhase.REVOKED})
+"""A job in these phases ran and ended (Revoked: an org withdrew its approval while it ran). Rejected is not among them: the sites decide again when
 their inputs change (a grant raised, budget freed), so a rejected job can still be admitted."""
 
 

@@ -12,7 +12,8 @@ from .base import ApiModel, CelRule, immutable, validations
 from .common import (
     Condition,
     ContentHash,
-    NamespacedObjectReference,
+    ObjectName,
+    OrgName,
     ShortText,
     conditions_field,
     observed_generation_field,
@@ -24,8 +25,19 @@ class ApprovalDecision(StrEnum):
     REJECT = "Reject"
 
 
+class JobReference(ApiModel):
+    namespace: OrgName = Field(description="Namespace of the FederatedJob on the hub.")
+    name: ObjectName = Field(description="Name of the FederatedJob.")
+    uid: str | None = Field(
+        None, max_length=64,
+        description="UID of the FederatedJob (its AccessRequest's spec.source.uid). Filled in by the site's "
+        "admission webhook when left out; an approval counts only for this one job: a job deleted and created "
+        "again under the same name needs a new decision.",
+    )
+
+
 class JobApprovalSpec(ApiModel):
-    job: NamespacedObjectReference = Field(
+    job: JobReference = Field(
         description="The FederatedJob on the hub (consumer namespace and name). Immutable.",
         json_schema_extra=validations(immutable("job is immutable: create a new JobApproval for another job")),
     )
@@ -54,6 +66,10 @@ class Decider(ApiModel):
     username: str = Field(max_length=256, description="User who created the JobApproval (from the API request).")
     groups: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=list, max_length=64, description="That user's groups."
+    )
+    signature: str | None = Field(
+        None, max_length=128, description="The site webhook's HMAC over this record and the decision: a record "
+        "without a valid one was not made by the site's webhook and does not count.",
     )
 
 

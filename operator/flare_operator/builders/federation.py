@@ -75,12 +75,17 @@ process only (nvflare/apis/workspace.py get_config_files_for_startup), where job
 deployed; job processes never see it and no job can replace it."""
 
 
+ENFORCEMENT_COMPONENT_ID = "app_deployer"
+"""NVFlare's SystemComponents.APP_DEPLOYER: under this id the client's engine hands the component every
+app the server deploys (ClientEngine.deploy_app), so it checks the app's digest before it is unpacked."""
+
+
 def enforcement_resources(approved_file: str, org: str) -> dict[str, Any]:
     """The site configuration that adds the enforcement component to a client (ENFORCEMENT_RESOURCES_FILE)."""
     return {
         "format_version": 2,
         "components": [
-            {"id": "flareop_site_enforcement", "path": ENFORCEMENT_COMPONENT,
+            {"id": ENFORCEMENT_COMPONENT_ID, "path": ENFORCEMENT_COMPONENT,
              "args": {"approved_file": approved_file, "org": org}},
         ],
     }

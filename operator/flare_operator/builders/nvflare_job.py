@@ -24,7 +24,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..api.compute import ComputeSpecSpec
+from ..api.job import FederatedJobSpec
 from ..catalog import App, shared_dir, validate_aggregation, validate_params, validate_privacy
+from .federation import client_name
+from .requests import datasets_by_org
 
 SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -343,6 +347,39 @@ def aggregation_from_api(aggregation: Mapping | None) -> dict:
     if share is not None:
         out["maxShare"] = float(share)
     return out
+
+
+# --- from the API's specs, and what each site can rebuild itself ----------------------------------
+
+
+def job_name_for(namespace: str, name: str) -> str:
+    """The NVFlare job name of a FederatedJob."""
+    return f"{namespace}-{name}"[:60]
+
+
+def build_from_api(app: App, job: FederatedJobSpec, compute: ComputeSpecSpec, *, job_name: str,
+                   metadata: Mapping | None = None, resume: Mapping | None = None) -> dict[str, bytes]:
+    """``build_job`` for a FederatedJob spec on its ComputeSpec: one site per org, datasets by reference.
+
+    The orchestrator builds what it submits with it, and each site builds the same job from the
+    specs in its AccessRequest and its *own* catalog, to know which app folder it approves.
+    """
+    return build_job(
+        app, {**job.parameters, "rounds": job.rounds}, sites_for(datasets_by_org(compute), client_name),
+        job_name=job_name, privacy=privacy_from_api(job.privacy.to_wire(), job.rounds),
+        aggregation=aggregation_from_api(job.aggregation.to_wire()), metadata=metadata, resume=resume)
+
+
+def site_app_files(files: Mapping[str, bytes], job_name: str, site: str) -> dict[str, bytes]:
+    """The files of one site's app folder (``app_<site>/``), keyed relative to that folder."""
+    prefix = f"{job_name}/app_{site}/"
+    return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix)}
+
+
+def app_code_digest(app: App) -> str:
+    """'sha256:<hex>' of a catalog app's code as deployed: its app.yaml, custom code and the catalog's
+    shared code. Bound into every job's content hash; each site recomputes it from its own catalog."""
+    return job_content_hash({"app.yaml": (app.path / "app.yaml").read_bytes(), **_custom_files(app, "custom")})
 
 
 def job_content_hash(files: Mapping[str, bytes]) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from datetime import datetime
 
-from ..api.access_request import AccessRequestSpec, RequestKind, RequestSource
+from ..api.access_request import AccessRequestSpec, AppCode, RequestKind, RequestSource
 from ..api.compute import ComputeSpecSpec
 from ..api.job import FederatedJobSpec
 from ..api.kinds import API_VERSION
@@ -77,13 +78,27 @@ def compute_access_request(*, org: str, hub_namespace: str, source_namespace: st
     return _request_object(request, hub_namespace, federation)
 
 
+def bound_specs(job: FederatedJobSpec, compute: ComputeSpecSpec) -> tuple[FederatedJobSpec, ComputeSpecSpec]:
+    """The specs as an AccessRequest carries them: the fields the content hash leaves out at their
+    defaults, so pausing a job or its compute does not change what the sites are asked."""
+    return (job.model_copy(update={"suspend": False, "ttl_seconds_after_finished": None}),
+            compute.model_copy(update={"active": True}))
+
+
 def job_access_request(*, org: str, hub_namespace: str, source_namespace: str, source_name: str, source_uid: str,
                        consumer_org: str, job: FederatedJobSpec, compute: ComputeSpecSpec, federation: str,
-                       content_hash: str) -> dict:
-    """The AccessRequest a FederatedJob sends to one org: run this job on your data."""
+                       content_hash: str, app: AppCode, reserve: bool = True,
+                       source_created: datetime | None = None) -> dict:
+    """The AccessRequest a FederatedJob sends to one org: run this job on your data.
+
+    It carries everything the content hash binds (the job's and compute's specs, the app and its code
+    digest), so the org's admin reviews exactly what is approved and the site can recompute the hash.
+    """
+    job, compute = bound_specs(job, compute)
     by_org = datasets_by_org(compute)
     request = AccessRequestSpec(
-        source=RequestSource(kind=RequestKind.JOB, namespace=source_namespace, name=source_name, uid=source_uid),
+        source=RequestSource(kind=RequestKind.JOB, namespace=source_namespace, name=source_name, uid=source_uid,
+                             created_at=source_created),
         org=org,
         consumer_org=consumer_org,
         model=compute.model,
@@ -95,5 +110,9 @@ def job_access_request(*, org: str, hub_namespace: str, source_namespace: str, s
         differential_privacy=job.privacy.differential_privacy,
         aggregation=job.aggregation,
         content_hash=content_hash,
+        job=job,
+        compute=compute,
+        app=app,
+        reserve=reserve,
     )
     return _request_object(request, hub_namespace, federation)

@@ -30,11 +30,12 @@ from ..builders.requests import (
 from ..config import LABEL_ORG, OperatorConfig
 from ..nvflare.provisioning import provision
 from ..policy.content_hash import compute_content_hash
-from ..runtime.kube import Kube
+from ..runtime.kube import Kube, StatusRefused
 from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ServerWorkload, WorkloadRuntime
 from ..status.compute import ObservedCompute, ObservedSite, compute_status
 from ..status.conditions import get_condition
+from ..status.gateway import OrgSeats, org_seats_of
 from .objects import ObjectView
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,21 @@ async def org_of_namespace(hub: Hub, namespace: str) -> str:
     return org
 
 
-async def org_hub_namespaces(hub: Hub) -> dict[str, str]:
-    """org -> the hub namespace where its Gateway (and its AccessRequests) live."""
-    return {gw["spec"]["org"]: gw["metadata"]["namespace"] for gw in await hub.k("list", "Gateway")}
+async def org_hub_namespaces(hub: Hub) -> OrgSeats:
+    """org -> the hub namespace where its Gateway (and its AccessRequests and client kits) live.
+
+    A Gateway counts for org X only in a namespace the cluster admin labelled flareop.io/org=X; one
+    in an unlabelled namespace or in another org's counts for no org, and when several namespaces
+    labelled X hold Gateways for X, X gets none (status/gateway.py `org_seats`; the Gateway timer
+    flags each refused Gateway). Any site credential can write a Gateway in its own namespace; only
+    the cluster admin labels namespaces. Everything the hub writes for X, and every answer it reads
+    back as X's (the AccessRequests' status), is in the namespace returned here, so it is X's by
+    construction. `.get(org)` is the namespace or None; `.missing_message(org)` says why there is
+    none. Two API requests: the Gateways and the Namespaces.
+    """
+    gateways = await hub.k("list", "Gateway")
+    namespaces = await hub.k("list", "Namespace")
+    return org_seats_of(gateways, namespaces)
 
 
 def secret(name: str, namespace: str, data: dict[str, bytes], *, labels: dict, owner: dict | None,
@@ -136,7 +149,8 @@ class Federation(ObjectView):
         for org, datasets in datasets_by_org(self.spec).items():
             hub_ns = hub_namespaces.get(org)
             if hub_ns is None:
-                sites.append(ObservedSite(org=org, datasets=datasets, gateway=False))
+                sites.append(ObservedSite(org=org, datasets=datasets, gateway=False,
+                                          message=hub_namespaces.missing_message(org)))
                 continue
             request = compute_access_request(
                 org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
@@ -282,7 +296,10 @@ async def write_status(hub: Hub, body: dict, status: ComputeSpecStatus) -> None:
     if new == old:
         return
     meta = body["metadata"]
-    await hub.k("apply_status", "ComputeSpec", meta["namespace"], meta["name"], new)
+    try:
+        await hub.k("apply_status", "ComputeSpec", meta["namespace"], meta["name"], new)
+    except StatusRefused:
+        return  # Ready=False (InvalidSpec) with the server's message is on the object instead; logged once
     STATUS_WRITES.labels("ComputeSpec").inc()
     if new.get("phase") != old.get("phase"):
         ready = get_condition(status.conditions, ConditionType.READY)

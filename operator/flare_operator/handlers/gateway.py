@@ -14,13 +14,21 @@ approved here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from .. import __version__
-from ..api.access_request import AccessRequestSpec, AccessRequestStatus, RequestKind
+from ..api.access_request import (
+    AccessRequestSpec,
+    AccessRequestStatus,
+    RequestKind,
+    RequestSource,
+    RuleResult,
+)
 from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
 from ..api.conditions import ConditionType, Reason
@@ -31,12 +39,17 @@ from ..api.kinds import API_VERSION
 from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
 from ..builders.federation import client_name
 from ..builders.naming import enforcement_configmap_name
-from ..builders.requests import LABEL_FEDERATION, kit_secret_name
+from ..builders.nvflare_job import app_code_digest, build_from_api, job_name_for, site_app_files
+from ..builders.requests import LABEL_FEDERATION, job_access_request, kit_secret_name
+from ..catalog import loader as catalog
 from ..config import OperatorConfig, SiteSettings
-from ..policy import ledger
-from ..policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
-from ..policy.site_enforcement import ApprovedJob, ApprovedJobs, parse, render
-from ..runtime.kube import Conflict, Kube
+from ..policy import decider, ledger
+from ..policy.content_check import verify_job_content
+from ..policy.content_hash import canonical_json
+from ..policy.decider import DECIDED_BY
+from ..policy.evaluate import EPSILON_BUDGET, ApprovalView, Evaluation, GrantView, evaluate
+from ..policy.site_enforcement import ApprovedJob, ApprovedJobs, app_digest, parse, render
+from ..runtime.kube import Conflict, Kube, StatusRefused
 from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
 from ..status.conditions import Conditions
@@ -64,6 +77,11 @@ class Site:
     hub_kube: Kube
     runtime: WorkloadRuntime
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # The key the site's admission webhook signs decider records with (handlers/admission.py); None
+    # without a webhook: then no JobApproval counts (who decided could not have been recorded).
+    decider_key: bytes | None = None
+    # What this site computed for a job request's content (policy/content_check.py), by request content.
+    content_cache: dict[str, tuple[RuleResult, str | None]] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())
@@ -84,13 +102,24 @@ def _parse_time(text: str | None) -> datetime:
 
 
 async def read_grants(site: Site) -> list[GrantView]:
+    """The site's DatasetGrants, each checked (handlers/grants.py): one the site cannot use (location,
+    version constraints, a dataset id claimed by other data) carries the reason in `invalid`, and the
+    evaluation never chooses it. One whose stored spec or status does not parse is left out; its
+    status says why (Valid=False)."""
+    from .grants import checked_grants
+
+    checked = await checked_grants(site)
     views = []
-    for obj in await site.site("list", "DatasetGrant", site.settings.namespace):
+    for obj, grant in zip(checked.objects, checked.inputs, strict=True):
+        if grant.spec is None:
+            continue
         try:
-            status = DatasetGrantStatus.model_validate(obj["status"]) if obj.get("status") else None
-            views.append(GrantView(obj["metadata"]["name"], DatasetGrantSpec.model_validate(obj["spec"]), status))
+            status = (DatasetGrantStatus.model_validate(DatasetGrantStatus.own_fields(obj["status"]))
+                      if obj.get("status") else None)
         except ValueError:
-            log.warning("ignoring invalid DatasetGrant %s", obj["metadata"]["name"], exc_info=True)
+            log.warning("ignoring DatasetGrant %s: its status does not parse", grant.name, exc_info=True)
+            continue
+        views.append(GrantView(grant.name, grant.spec, status, invalid=checked.invalid(grant.name)))
     return views
 
 
@@ -103,10 +132,48 @@ async def read_approvals(site: Site) -> list[ApprovalView]:
     views = []
     for obj in await site.site("list", "JobApproval", site.settings.namespace):
         meta = obj["metadata"]
-        decided_by = ((obj.get("status") or {}).get("decidedBy") or {}).get("username")
-        views.append(ApprovalView(meta["name"], JobApprovalSpec.model_validate(obj["spec"]),
-                                  _parse_time(meta.get("creationTimestamp")), decided_by))
+        spec = JobApprovalSpec.model_validate(obj["spec"])
+        recorded = (meta.get("annotations") or {}).get(DECIDED_BY)
+        try:
+            decided_by = decider.verified_decider(site.decider_key, meta["namespace"], meta["name"], spec,
+                                                  json.loads(recorded) if recorded else None)
+        except ValueError:
+            decided_by = None
+        views.append(ApprovalView(meta["name"], spec, _parse_time(meta.get("creationTimestamp")), decided_by))
     return views
+
+
+MAX_CACHED_CONTENT = 512
+
+
+def site_content(request: AccessRequestSpec, org: str, hub_namespace: str) -> tuple[RuleResult, str | None]:
+    """(the ContentVerified rule, the digest of the app folder this site's client must get — None unless
+    verified), computed from the request's specs and this site's *own* catalog. Runs torch-free but
+    calibrates DP noise (dp-accounting), so callers cache it."""
+    job, compute, app_ref = request.job, request.compute, request.app
+    local, problem, rebuilt, build_problem, digest = None, "", None, "", None
+    if job is not None and compute is not None and app_ref is not None:
+        try:
+            app = catalog.load_app(app_ref.id, app_ref.version)
+            local = app_code_digest(app)
+        except catalog.CatalogError as err:
+            problem = str(err)
+        if local is not None:
+            src = request.source
+            try:
+                rebuilt = AccessRequestSpec.model_validate(job_access_request(
+                    org=org, hub_namespace=hub_namespace, source_namespace=src.namespace, source_name=src.name,
+                    source_uid=src.uid, consumer_org=request.consumer_org, job=job, compute=compute, federation="-",
+                    content_hash=request.content_hash, app=app_ref, reserve=request.reserve,
+                    source_created=src.created_at)["spec"])
+                name = job_name_for(src.namespace, src.name)
+                files = build_from_api(app, job, compute, job_name=name)
+                digest = app_digest(site_app_files(files, name, client_name(org)))
+            except (KeyError, ValueError) as err:  # JobBuildError and ParameterError are ValueErrors
+                rebuilt, build_problem = None, str(err)
+    rule = verify_job_content(request, local_code_digest=local, catalog_problem=problem, rebuilt=rebuilt,
+                              build_problem=build_problem)
+    return rule, digest if rule.passed else None
 
 
 def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpec, generation: int,
@@ -138,17 +205,31 @@ class RequestAnswer(ObjectView):
         self.site = site
         self.hub_namespace = self.namespace
         self.federation = self.labels.get(LABEL_FEDERATION, "")
+        self.app_digest: str | None = None  # of the app folder this site's client must get (job requests)
 
     async def _evaluate(self) -> tuple[Evaluation, list[GrantView]]:
         grants = await read_grants(self.site)
+        content = None
+        if self.spec.source.kind == RequestKind.JOB:
+            content, self.app_digest = await self._content()
         ev = evaluate(self.spec, grants=grants, policy=await read_policy(self.site),
-                      approvals=await read_approvals(self.site), now=_now())
+                      approvals=await read_approvals(self.site), now=_now(), content=content)
         return ev, grants
+
+    async def _content(self) -> tuple[RuleResult, str | None]:
+        wire = {k: v for k, v in self.spec.to_wire().items() if k not in ("outcome", "reserve")}
+        key = hashlib.sha256(canonical_json(wire).encode()).hexdigest()
+        cache = self.site.content_cache
+        if key not in cache:
+            if len(cache) >= MAX_CACHED_CONTENT:
+                cache.pop(next(iter(cache)))
+            cache[key] = await asyncio.to_thread(site_content, self.spec, self.site.settings.org, self.hub_namespace)
+        return cache[key]
 
     async def reconcile(self) -> None:
         if self.spec.outcome is not None:
-            await self._spend()  # the job ended: its decision stands, its reservation becomes spent
-            await self._enforce(approved=False)  # and the client takes it no more
+            await self._enforce(approved=False)  # the job ended: the client takes it no more
+            await self._spend()  # its decision stands, its reservation becomes spent
             return
         ev, grants = await self._evaluate()
         client_ready: bool | None = None
@@ -171,16 +252,77 @@ class RequestAnswer(ObjectView):
         key = ledger.job_key(self.spec.source.namespace, self.spec.source.name)
         for attempt in range(MAX_LEDGER_ATTEMPTS):
             try:
-                if ev.decision == Decision.APPROVED and ev.epsilon_to_reserve > 0:
+                if ev.decision != Decision.APPROVED and await self._preempt_younger(ev):
+                    ev, _ = await self._evaluate()
+                if ev.decision == Decision.APPROVED and ev.epsilon_to_reserve > 0 and self.spec.reserve:
                     for grant in ev.charged_grants:
                         await self._update_ledger(grant, _reserve(key, uid, ev.epsilon_to_reserve))
                 else:
-                    await self._release_all(uid)
+                    await self._give_back(unknown=False)
                 return ev
             except Conflict:
                 log.info("ledger of %s changed meanwhile (attempt %d): deciding again", self.name, attempt + 1)
                 ev, _ = await self._evaluate()
         raise kopf_retry("the privacy-budget ledger kept changing; will decide again")
+
+    async def _deployed(self, uid: str, federation: str, *, unknown: bool = True) -> bool:
+        """Whether this site's client ran the job (then its epsilon stays spent), from the client's own
+        workspace. A runtime that cannot tell (the kubernetes runtime: the workspace is on the client
+        Pod's volume) gives ``unknown``: True where the job may have run (it ended or was deleted), False
+        where it was rejected or held back before every org approved (no job is submitted then) or deleted
+        without an outcome (the orchestrator records one for every job it submitted before deleting it)."""
+        known = await self.site.runtime.job_deployed(federation, self.site.settings, self._client_name, uid)
+        return unknown if known is None else known
+
+    async def _give_back(self, *, unknown: bool) -> None:
+        """The job holds no epsilon here any more (rejected, another org rejected it, deleted): release
+        its reservation — or, if this site's client ran it, turn the reservation into spent epsilon."""
+        uid = self.spec.source.uid
+        holding = [g for g in await read_grants(self.site)
+                   if (e := ledger.entry(g.status, uid)) is not None and not e.spent]
+        if not holding:
+            return
+        deployed = await self._deployed(uid, self.federation, unknown=unknown)
+        for grant in holding:
+            change = ((lambda spec, st: ledger.spend(st, uid, ledger.entry(st, uid).epsilon)) if deployed
+                      else (lambda spec, st: ledger.release(st, uid)))
+            await self._update_ledger(grant.name, change)
+
+    async def _preempt_younger(self, ev: Evaluation) -> bool:
+        """Wound-wait on the budget: when this job fails only for epsilon held by *younger* jobs (created
+        later by the FederatedJob's creationTimestamp the orchestrator states, then uid) that have not run here, release theirs so it can be admitted — every
+        org orders jobs the same way, so two jobs competing for budgets that fit one never each hold a
+        different org (the younger one is rejected, and decided again when budget frees up)."""
+        if not ev.failed or any(r.rule != EPSILON_BUDGET for r in ev.failed) or not self.spec.reserve:
+            return False
+        mine = (self.spec.source.created_at.isoformat() if self.spec.source.created_at else "", self.spec.source.uid)
+        others = {r["spec"]["source"]["uid"]: r for r in await self.site.hub("list", "AccessRequest", self.hub_namespace)
+                  if r["spec"]["source"]["kind"] == RequestKind.JOB.value}
+        released = False
+        for grant in await read_grants(self.site):
+            if grant.spec.dataset.id not in self.spec.datasets or grant.status is None:
+                continue
+            for entry in grant.status.ledger:
+                other = others.get(entry.uid)
+                if entry.spent or other is None or entry.uid == mine[1]:
+                    continue
+                other_source = RequestSource.model_validate(other["spec"]["source"])
+                created = other_source.created_at.isoformat() if other_source.created_at else ""
+                if (created, entry.uid) <= mine:
+                    continue  # older jobs keep what they hold
+                fed = (other["metadata"].get("labels") or {}).get(LABEL_FEDERATION, "")
+                if fed:  # first take it off the client's list, so it cannot be deployed meanwhile
+                    await self.site.runtime.update_approved_jobs(
+                        fed, self.site.settings, self._client_name,
+                        lambda text, uid=entry.uid: None if text is None else render(_parsed(text, self.site.settings.org)
+                                                                                     .without(uid)))
+                if await self._deployed(entry.uid, fed):
+                    continue  # it ran here: its epsilon is spent, not ours to take (its own pass lists it again)
+                log.info("%s: releasing the epsilon younger job %s holds on %s for older job %s", self.site.settings.org,
+                         entry.job, grant.name, self.spec.source.name)
+                await self._update_ledger(grant.name, lambda spec, st, uid=entry.uid: ledger.release(st, uid))
+                released = True
+        return released
 
     async def _enforce(self, *, approved: bool) -> None:
         """Add this job (uid + the content hash decided on) to the site's approved-jobs document, or
@@ -190,35 +332,42 @@ class RequestAnswer(ObjectView):
                         self.name, LABEL_FEDERATION)
             return
         source, org = self.spec.source, self.site.settings.org
-        entry = ApprovedJob(source.uid, self.spec.content_hash, f"{source.namespace}/{source.name}")
+        approved = approved and self.app_digest is not None
+        entry = ApprovedJob(source.uid, self.spec.content_hash, f"{source.namespace}/{source.name}",
+                            self.app_digest or "")
 
         def change(text: str | None) -> str | None:
             if text is None and not approved:
                 return None  # nothing to withdraw (and no client folder/ConfigMap to create)
-            try:
-                current = parse(text) if text is not None else ApprovedJobs(org)
-            except ValueError as err:
-                log.warning("approved-jobs document of %s is invalid (%s): writing it anew", self.federation, err)
-                current = ApprovedJobs(org)
+            current = _parsed(text, org) if text is not None else ApprovedJobs(org)
             return render(current.with_job(entry) if approved else current.without(source.uid))
 
         await self.site.runtime.update_approved_jobs(self.federation, self.site.settings, self._client_name, change)
 
     async def _spend(self) -> None:
-        uid = self.spec.source.uid
-        for grant in await read_grants(self.site):
-            entry = ledger.entry(grant.status, uid)
-            if entry is None or entry.spent:
-                continue
-            spent = self.spec.outcome.epsilon_spent
-            amount = entry.epsilon if spent is None else spent
-            await self._update_ledger(grant.name, lambda spec, st, amount=amount: ledger.spend(st, uid, amount))
-
-    async def _release_all(self, uid: str) -> None:
-        for grant in await read_grants(self.site):
-            entry = ledger.entry(grant.status, uid)
-            if entry is not None and not entry.spent:
-                await self._update_ledger(grant.name, lambda spec, st: ledger.release(st, uid))
+        """The job ended (outcome): what it reserved becomes spent, with the accountant's figure when one
+        is reported; a job this site's client ran without a reservation here (e.g. released while it was
+        being deployed) is charged its epsilon on the grants of its datasets."""
+        uid, key = self.spec.source.uid, ledger.job_key(self.spec.source.namespace, self.spec.source.name)
+        reported = self.spec.outcome.epsilon_spent
+        grants = await read_grants(self.site)
+        entries = {g.name: ledger.entry(g.status, uid) for g in grants}
+        if not any(entries.values()):
+            dp = self.spec.differential_privacy
+            if dp is None or not dp.enabled or not await self._deployed(uid, self.federation):
+                return
+            reported = reported if reported is not None else dp.epsilon
+            charged = {}
+            for g in sorted(grants, key=lambda g: g.name):  # one grant per dataset, with a budget
+                if g.spec.dataset.id in self.spec.datasets and g.spec.privacy.epsilon_budget is not None:
+                    charged.setdefault(g.spec.dataset.id, g.name)
+            targets = list(charged.values())
+        else:
+            targets = [name for name, e in entries.items() if e is not None and not e.spent]
+        for name in targets:
+            entry = entries.get(name)
+            amount = reported if reported is not None else entry.epsilon
+            await self._update_ledger(name, lambda spec, st, amount=amount: ledger.spend(st, uid, amount, key))
 
     async def _update_ledger(self, grant_name: str, change) -> None:
         obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
@@ -239,7 +388,7 @@ class RequestAnswer(ObjectView):
         kit = secret_bytes(kit_secret, KIT_KEY)
         if kit is None:
             return False  # the orchestrator provisions once every org approved
-        workload = self._workload(kit, grants)
+        workload = self._workload(kit, ev, grants)
         await self.site.runtime.ensure_client(workload)
         return self.spec.active and await self.site.runtime.client_running(workload)
 
@@ -247,11 +396,16 @@ class RequestAnswer(ObjectView):
     def _client_name(self) -> str:
         return client_name(self.spec.org)
 
-    def _workload(self, kit: bytes, grants: list[GrantView]) -> ClientWorkload:
-        by_id = {g.spec.dataset.id: g.spec.dataset for g in sorted(grants, key=lambda g: g.name)}
+    def _workload(self, kit: bytes, ev: Evaluation, grants: list[GrantView]) -> ClientWorkload:
+        """The client, with each dataset's data from exactly the grant the evaluation chose for it
+        (`Evaluation.granted_by`): never another grant of the same dataset id."""
+        by_name = {g.name: g for g in grants}
         datasets = []
         for dataset_id in self.spec.datasets:
-            source = by_id[dataset_id]
+            chosen = by_name.get(ev.granted_by.get(dataset_id, ""))
+            if chosen is None or chosen.invalid is not None:  # an approved evaluation chose one for each
+                raise kopf_retry(f"no usable DatasetGrant chosen for dataset {dataset_id}; deciding again")
+            source = chosen.spec.dataset
             pvc = source.persistent_volume_claim
             datasets.append(DatasetLocation(dataset_id=dataset_id, path=source.path,
                                             claim_name=pvc.claim_name if pvc else None,
@@ -267,7 +421,10 @@ class RequestAnswer(ObjectView):
         new = status.to_wire()
         if new == AccessRequestStatus.own_fields(self.body.get("status")):
             return
-        await self.site.hub("apply_status", "AccessRequest", self.hub_namespace, self.name, new)
+        try:
+            await self.site.hub("apply_status", "AccessRequest", self.hub_namespace, self.name, new)
+        except StatusRefused:
+            return  # Ready=False (InvalidSpec) with the server's message is on the request instead; logged once
         STATUS_WRITES.labels("AccessRequest").inc()
         if status.decision != self.previous.decision or status.decided_hash != self.previous.decided_hash:
             await self.site.hub("event", self.body, reason=str(status.reason), note=status.message or "",
@@ -279,7 +436,19 @@ class RequestAnswer(ObjectView):
             await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
             return
         await self._enforce(approved=False)
-        await self._release_all(self.spec.source.uid)
+        if self.spec.outcome is not None:  # it was submitted: what it reserved is spent
+            await self._spend()
+        await self._give_back(unknown=False)  # still held: it never ran here (by the client's workspace, or
+        #                                        where the runtime cannot tell, by the hub: no outcome)
+
+
+def _parsed(text: str, org: str) -> ApprovedJobs:
+    """The site's approved-jobs document; an invalid one is written anew (it approves nothing)."""
+    try:
+        return parse(text)
+    except ValueError as err:
+        log.warning("approved-jobs document of %s is invalid (%s): writing it anew", org, err)
+        return ApprovedJobs(org)
 
 
 def _reserve(key: str, uid: str, epsilon: float):
@@ -299,33 +468,51 @@ def _reserve(key: str, uid: str, epsilon: float):
 
 
 def gateway_object(site: Site, grants: list[GrantView]) -> dict:
+    """The Gateway the site publishes: one summary per dataset id (spec.datasets is a list-map keyed by
+    id, so two entries with one id would make the API server refuse every heartbeat), from the valid,
+    unexpired grants. Grants of one id name the same data (policy/grants.py), so the first by name
+    describes it; the models are those any of them allows."""
     s = site.settings
+    now = _now()
+    by_id: dict[str, list[GrantView]] = {}
+    for g in sorted(grants, key=lambda g: (g.spec.dataset.id, g.name)):
+        expires = g.spec.expires_at
+        if g.invalid is None and (expires is None or (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) > now):
+            by_id.setdefault(g.spec.dataset.id, []).append(g)
     spec = GatewaySpec(
         org=s.org, site=s.site, runtime=s.runtime,
         capacity={"gpuClass": s.gpu_class, "gpuCount": s.gpu_count},
-        datasets=[DatasetSummary(id=g.spec.dataset.id, description=g.spec.dataset.description,
-                                 format=g.spec.dataset.format, sample_count=g.spec.dataset.sample_count,
-                                 models=sorted({m.id for m in g.spec.models}))
-                  for g in sorted(grants, key=lambda g: g.spec.dataset.id)
-                  if not g.spec.expires_at or g.spec.expires_at > _now()],
+        datasets=[DatasetSummary(id=dataset_id, description=same[0].spec.dataset.description,
+                                 format=same[0].spec.dataset.format, sample_count=same[0].spec.dataset.sample_count,
+                                 models=sorted({m.id for g in same for m in g.spec.models}))
+                  for dataset_id, same in by_id.items()],
     )
     return {"apiVersion": API_VERSION, "kind": "Gateway",
             "metadata": {"name": s.site, "namespace": s.hub_namespace}, "spec": spec.to_wire()}
 
 
 async def heartbeat(site: Site) -> None:
-    """Publish the Gateway (public summary of the grants) and a heartbeat in its status."""
+    """Publish the Gateway (public summary of the grants) and a heartbeat in its status.
+
+    The site owns Connected; the hub owns OrgVerified (is this Gateway's namespace really its org's?
+    handlers/liveness.py). Ready is derived from both (status/gateway.py `set_ready`), and the hub's
+    conditions are kept as read: a Gateway the hub refused stays Ready=False with the hub's reason
+    through every heartbeat instead of flapping back to True; only the hub clears its flag.
+    """
+    from ..status.gateway import set_ready
+
     grants = await read_grants(site)
-    stored = await site.hub("apply", gateway_object(site, grants))
+    clients_running = await site.runtime.clients_running(site.settings)
+    stored = await site.hub("apply", gateway_object(site, grants))  # read just before the status write
     now = _now()
     generation = stored["metadata"].get("generation")
     previous = GatewayStatus.model_validate(GatewayStatus.own_fields(stored.get("status")))
     conds = Conditions(previous.conditions, generation=generation, now=now)
     conds.set(ConditionType.CONNECTED, True, Reason.HEARTBEAT, f"{site.settings.site} reported in")
-    conds.set(ConditionType.READY, True, Reason.HEARTBEAT, "gateway connected")
+    set_ready(conds)
     status = GatewayStatus(
         observed_generation=generation, conditions=conds.items, last_heartbeat_time=now,
         datasets_offered=len(stored["spec"].get("datasets") or []),
-        clients_running=await site.runtime.clients_running(site.settings), operator_version=__version__,
+        clients_running=clients_running, operator_version=__version__,
     )
     await site.hub("apply_status", "Gateway", site.settings.hub_namespace, site.settings.site, status.to_wire())

@@ -11,14 +11,17 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from ..api.access_request import AppCode
 from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
 from ..api.job import FINISHED_PHASES, FederatedJobSpec, FederatedJobStatus
 from ..builders import naming
 from ..builders.federation import client_name
+from ..builders.nvflare_job import app_code_digest
 from ..builders.requests import LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org, job_access_request
 from ..catalog import loader as catalog
-from ..policy.content_hash import content_hash
+from ..policy.content_hash import job_hash
+from ..runtime.kube import StatusRefused
 from ..runtime.metrics import JOBS_FINISHED, STATUS_WRITES
 from ..status.job import ObservedAdmission, ObservedApproval, admission_status
 from .compute import Hub, SpecError, _now, org_hub_namespaces, org_of_namespace
@@ -60,23 +63,39 @@ class Admission(ObjectView):
         except (SpecError, catalog.CatalogError, catalog.ParameterError) as err:
             return admission_status(self._observed(content_hash=None, approvals=(), compute_ready=False,
                                                    invalid=str(err)), _now())
-        digest = content_hash(self.spec, compute, extra={"app": f"{app.id}@{app.version}"})
+        app_code = AppCode(id=app.id, version=app.version, code_digest=app_code_digest(app))
+        digest = job_hash(self.spec, compute, app_code)
         fed = naming.federation_name(self.namespace, compute_obj["metadata"]["name"])
         hub_namespaces = await org_hub_namespaces(self.hub)
-        approvals = []
+        previous = {a.org for a in self.previous.approvals
+                    if a.content_hash == digest and a.decision == Decision.REJECTED}
+        approvals, applied = [], {}
         for org in datasets_by_org(compute):
             hub_ns = hub_namespaces.get(org)
             if hub_ns is None:
-                approvals.append(ObservedApproval(org, Decision.PENDING, f"{org} has no Gateway on the hub"))
+                approvals.append(ObservedApproval(org, Decision.PENDING, hub_namespaces.missing_message(org)))
                 continue
-            stored = await self.hub.k("apply", job_access_request(
-                org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
-                source_uid=self.uid, consumer_org=consumer_org, job=self.spec, compute=compute, federation=fed,
-                content_hash=digest))
+
+            def request(reserve: bool, org: str = org, hub_ns: str = hub_ns) -> dict:
+                return job_access_request(
+                    org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
+                    source_uid=self.uid, consumer_org=consumer_org, job=self.spec, compute=compute, federation=fed,
+                    content_hash=digest, app=app_code, reserve=reserve,
+                    source_created=_time(self.body["metadata"].get("creationTimestamp")))
+
+            # An org holds epsilon for the job only while no other org rejects it (7: a job rejected
+            # anywhere releases its reservations everywhere at once).
+            reserve = not previous - {org}
+            stored = await self.hub.k("apply", request(reserve))
+            applied[org] = (reserve, request)
             answer = stored.get("status") or {}
             approvals.append(ObservedApproval(org, Decision(answer.get("decision") or "Pending"),
                                               answer.get("message") or "", answer.get("decidedHash"),
                                               _time(answer.get("decidedAt"))))
+        rejecting = {a.org for a in approvals if a.decision == Decision.REJECTED and a.decided_hash == digest}
+        for org, (reserve, request) in applied.items():
+            if reserve != (not rejecting - {org}):  # a rejection seen in this pass: tell the others now
+                await self.hub.k("apply", request(not reserve))
         compute_phase = (compute_obj.get("status") or {}).get("phase")
         return admission_status(self._observed(
             content_hash=digest, approvals=tuple(approvals), compute_ready=compute_phase == "Ready",
@@ -113,7 +132,10 @@ async def write_job_status(hub: Hub, body: dict, status: FederatedJobStatus) -> 
     if new == old:
         return
     meta = body["metadata"]
-    await hub.k("apply_status", "FederatedJob", meta["namespace"], meta["name"], new)
+    try:
+        await hub.k("apply_status", "FederatedJob", meta["namespace"], meta["name"], new)
+    except StatusRefused:
+        return  # Ready=False (InvalidSpec) with the server's message is on the job instead; logged once
     STATUS_WRITES.labels("FederatedJob").inc()
     if new.get("phase") != old.get("phase"):
         if status.phase in FINISHED_PHASES:

@@ -25,7 +25,7 @@ from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, REC
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
-from .liveness import flag_stale_gateway
+from .liveness import SeatsCache, check_gateway
 from .run import Run, abort_if_running, expire_if_due
 
 log = logging.getLogger(__name__)
@@ -196,17 +196,24 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     async def job_deleted(body: kopf.Body, **_) -> None:
         async with hub.lock(body["metadata"]["uid"]):
             await abort_if_running(hub, dict(body))
-            await Admission(hub, dict(body)).delete()
+            status = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(body.get("status")))
+            admission = Admission(hub, dict(body))
+            if status.submitted_at is not None and status.phase not in FINISHED_PHASES:
+                # Deleted mid-run: the sites turn what it reserved into spent epsilon before letting go.
+                await admission.record_outcome(status.model_copy(update={"phase": JobPhase.ABORTED}))
+            await admission.delete()
             JOB_PHASES.observe(body["metadata"]["uid"], None)
 
     gateways = (GROUP, VERSION, "gateways")
+    gateway_interval = max(hub.config.resync_seconds, 5.0)
+    seats = SeatsCache(max_age=gateway_interval)  # one read of the org seats per interval, not per Gateway
 
     @measured("Gateway")
     async def gateway_liveness(body: kopf.Body, **_) -> None:
-        await flag_stale_gateway(hub, dict(body))
+        """Flag a silent site (Connected=False) and a Gateway that counts for no org (OrgVerified=False)."""
+        await check_gateway(hub, dict(body), seats)
 
-    kopf.timer(*gateways, registry=registry, interval=max(hub.config.resync_seconds, 5.0),
-               initial_delay=1)(gateway_liveness)
+    kopf.timer(*gateways, registry=registry, interval=gateway_interval, initial_delay=1)(gateway_liveness)
 
     @kopf.on.probe(registry=registry, id="compute_specs")
     def probe(**_) -> str:
@@ -265,6 +272,26 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     for plural in ("datasetgrants", "orgpolicies", "jobapprovals"):
         kopf.on.event(GROUP, VERSION, plural, registry=site_registry)(inputs_changed)
+
+    # Each DatasetGrant's Valid/Ready conditions (handlers/grants.py): a loop per site, woken by any
+    # grant event — not a Kopf timer, which would put the operator's finalizer on the owner's grants.
+    from .grants import GrantWatch
+
+    grant_watch = GrantWatch(site)
+
+    @kopf.on.event(GROUP, VERSION, "datasetgrants", registry=site_registry)
+    async def grant_changed(**_) -> None:
+        grant_watch.nudge()
+
+    @kopf.on.startup(registry=site_registry)
+    async def start_grant_checks(memo: kopf.Memo, **_) -> None:
+        memo["grant_checks"] = asyncio.create_task(grant_watch.run(), name=f"grant checks {site.settings.site}")
+
+    @kopf.on.cleanup(registry=site_registry)
+    async def stop_grant_checks(memo: kopf.Memo, **_) -> None:
+        task = memo.get("grant_checks")
+        if task:
+            task.cancel()
 
     if site.settings.webhook_port:
         from .admission import register_admission

@@ -28,18 +28,22 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..api.access_request import RequestKind
+from ..api.common import Decision
 from ..api.conditions import ConditionType, Reason
 from ..api.job import (
+    FINISHED_PHASES,
     Checkpoint,
     FederatedJobSpec,
     FederatedJobStatus,
     JobPhase,
+    OrgDecision,
     ResultFile,
     Results,
 )
 from ..builders.federation import client_name
-from ..builders.nvflare_job import aggregation_from_api, build_job, privacy_from_api, sites_for, write_job
-from ..builders.requests import datasets_by_org
+from ..builders.nvflare_job import build_from_api, job_name_for, write_job
+from ..builders.requests import LABEL_REQUEST_KIND, LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org
 from ..catalog import loader as catalog
 from ..nvflare.admin import FlareUnavailable
 from ..runtime.metrics import APPROVAL_WAIT_SECONDS, JOB_SUBMISSIONS, ROUNDS_COMPLETED, SUBMIT_SECONDS
@@ -98,7 +102,7 @@ class Run(ObjectView):
         if phase == JobPhase.SUCCEEDED:
             self.conds.set(ConditionType.RUNNING, False, Reason.SUCCEEDED, message)
             self.conds.set(ConditionType.COMPLETE, True, Reason.SUCCEEDED, message)
-        if phase in (JobPhase.FAILED, JobPhase.TIMED_OUT, JobPhase.ABORTED):
+        if phase in (JobPhase.FAILED, JobPhase.TIMED_OUT, JobPhase.ABORTED, JobPhase.REVOKED):
             self.conds.set(ConditionType.RUNNING, False, reason, message)
             self.conds.set(ConditionType.FAILED, True, reason, message)
         return self.status.model_copy(update={"phase": phase, "conditions": self.conds.items, **fields})
@@ -124,6 +128,9 @@ class Run(ObjectView):
         try:
             if not self._running:
                 return await self._submit(server, admin)
+            withdrawn = self._withdrawn(self.status.approvals)
+            if withdrawn:
+                return await self._revoke(server, admin, withdrawn)
             if self.spec.suspend:
                 return await self._suspend(server, admin)
             return await self._follow(server, admin)
@@ -137,7 +144,6 @@ class Run(ObjectView):
     async def _submit(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         compute_spec = Federation(self.hub, self.compute).spec
         app = catalog.load_app(compute_spec.model.id, compute_spec.model.version)
-        sites = sites_for(datasets_by_org(compute_spec), client_name)
         attempt = self.status.attempts + 1
         checkpoint = self.status.checkpoint
         resume = None
@@ -146,13 +152,11 @@ class Run(ObjectView):
             resume = {"checkpoint": checkpoint.path,
                       "startRound": min(checkpoint.completed_rounds, self.spec.rounds - 1),
                       "priorReleases": checkpoint.completed_rounds + self.status.attempts}
-        job_name = f"{self.namespace}-{self.name}"[:60]
+        job_name = job_name_for(self.namespace, self.name)
         started = _now()
         with SUBMIT_SECONDS.time():
             files = await asyncio.to_thread(
-                build_job, app, {**self.spec.parameters, "rounds": self.spec.rounds}, sites, job_name=job_name,
-                privacy=privacy_from_api(self.spec.privacy.to_wire(), self.spec.rounds),
-                aggregation=aggregation_from_api(self.spec.aggregation.to_wire()),
+                build_from_api, app, self.spec, compute_spec, job_name=job_name,
                 metadata={"uid": self.uid, "contentHash": self.status.content_hash, "attempt": attempt,
                           "job": f"{self.namespace}/{self.name}"},
                 resume=resume)
@@ -199,6 +203,9 @@ class Run(ObjectView):
             return await self._recover(server, state, updates)
         if state.startswith("FINISHED"):
             phase = _DONE.get(state, JobPhase.FAILED)
+            withdrawn = [] if phase == JobPhase.SUCCEEDED else self._withdrawn(await self._current_approvals())
+            if withdrawn:  # it ended because an org stopped it at its site: say so
+                return await self._revoke(server, admin, withdrawn)
             if phase != JobPhase.SUCCEEDED:
                 return self._with(phase, Reason.ABORTED if phase == JobPhase.ABORTED else Reason.JOB_FAILED,
                                   f"NVFlare job {job_id} ended {state}", completion_time=_now(),
@@ -210,6 +217,41 @@ class Run(ObjectView):
                               completion_time=_now(), results=results, **updates)
         return self._with(JobPhase.SUBMITTED, Reason.SUBMITTED, f"NVFlare job {job_id} is {state or 'queued'}",
                           **updates)
+
+    def _withdrawn(self, approvals: Iterable[OrgDecision]) -> list[str]:
+        """'org: reason' for each org whose approval of the running job's content no longer stands."""
+        return [f"{a.org}: {a.message or a.decision}" if a.content_hash == self.status.content_hash
+                else f"{a.org}: its decision is for other content than the running job's (the compute changed)"
+                for a in approvals if a.decision != Decision.APPROVED or a.content_hash != self.status.content_hash]
+
+    async def _current_approvals(self) -> list[OrgDecision]:
+        """The orgs' answers as they are now (the light pass follows with the last full pass's)."""
+        labels = {LABEL_SOURCE_NAMESPACE: self.namespace, LABEL_SOURCE_NAME: self.name,
+                  LABEL_REQUEST_KIND: RequestKind.JOB.value}
+        out = []
+        for request in await self.hub.k("list", "AccessRequest", None, labels=labels):
+            answer = request.get("status") or {}
+            out.append(OrgDecision(org=request["spec"]["org"], decision=answer.get("decision") or Decision.PENDING,
+                                   message=(answer.get("message") or "")[:1024],
+                                   content_hash=answer.get("decidedHash")))
+        return out or list(self.status.approvals)
+
+    async def _revoke(self, server: ServerWorkload, admin, withdrawn: list[str]) -> FederatedJobStatus:
+        """An org withdrew its approval while the job ran (its client already stopped the job there):
+        abort the NVFlare job, keep what it produced so far (the last global model, metrics, logs)."""
+        job_id = self.status.nvflare_job_id
+        checkpoint = self._save_checkpoint(server, job_id)
+        try:
+            await asyncio.to_thread(admin.abort, job_id)
+        except Exception:  # noqa: BLE001 - it may have ended already
+            log.info("NVFlare job %s: abort after revocation", job_id, exc_info=True)
+        updates = self._progress(server, job_id)
+        results = await self._logs_only(admin, job_id, checkpoint)
+        message = (f"approval withdrawn ({' | '.join(withdrawn)}); NVFlare job {job_id} stopped after "
+                   f"{updates.get('progress', self.status.progress or '0/' + str(self.spec.rounds))} rounds")
+        await self.hub.k("event", self.body, type_="Warning", reason="Revoked", note=message[:1024])
+        return self._with(JobPhase.REVOKED, Reason.REVOKED, message[:32768], completion_time=_now(), results=results,
+                          **({"checkpoint": checkpoint} if checkpoint else {}), **updates)
 
     async def _suspend(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         """spec.suspend: keep the last global checkpoint, abort the NVFlare job; resuming resubmits."""
@@ -320,13 +362,22 @@ class Run(ObjectView):
     def _participants(self) -> list[str]:
         return ["server"] + [client_name(org) for org in datasets_by_org(Federation(self.hub, self.compute).spec)]
 
-    async def _logs_only(self, admin, job_id: str) -> Results | None:
-        """A job that did not succeed keeps its logs (server and every site) for whoever debugs it."""
+    async def _logs_only(self, admin, job_id: str, checkpoint: Checkpoint | None = None) -> Results | None:
+        """A job that did not succeed keeps its logs (server and every site) for whoever debugs it, and a
+        revoked one the last global model it reached (``checkpoint``)."""
         location = self._job_dir("results")
 
         def fetch() -> Results | None:
             shutil.rmtree(location, ignore_errors=True)
-            return _listing(location) if _store_logs(admin, job_id, location / "logs", self._participants()) else None
+            kept = _store_logs(admin, job_id, location / "logs", self._participants())
+            if checkpoint is not None and Path(checkpoint.path).exists():
+                location.mkdir(parents=True, exist_ok=True)
+                shutil.copy(checkpoint.path, location / "global_trainable.safetensors")
+                metrics = Path(checkpoint.path).with_name(f"metrics-{checkpoint.from_job_id}.json")
+                if metrics.exists():
+                    shutil.copy(metrics, location / "metrics.json")
+                kept += 1
+            return _listing(location) if kept else None
 
         return await asyncio.to_thread(fetch)
 
@@ -366,8 +417,7 @@ def _store_logs(admin, job_id: str, folder: Path, expected: Iterable[str] = (), 
 async def abort_if_running(hub: Hub, body: dict) -> None:
     """The job is being deleted: stop its NVFlare job if it still runs."""
     status = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(body.get("status")))
-    if not status.nvflare_job_id or status.phase in (JobPhase.SUCCEEDED, JobPhase.FAILED, JobPhase.ABORTED,
-                                                     JobPhase.TIMED_OUT):
+    if not status.nvflare_job_id or status.phase in FINISHED_PHASES:
         return
     spec = FederatedJobSpec.model_validate(body["spec"])
     compute = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], spec.compute_spec_ref.name)

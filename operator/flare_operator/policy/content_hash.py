@@ -11,8 +11,10 @@ What is bound (everything that changes what runs on the data or under which term
   choosing when its object is garbage-collected does not change what runs on the data);
 - the ComputeSpec spec, without ``active`` (scaling to zero and back runs the same code and
   resources);
-- ``extra``: whatever else the caller binds, e.g. ``{"appDigest": "sha256:..."}`` for the catalog
-  app's content, so that changing the training code invalidates decisions too.
+- ``extra``: whatever else the caller binds; for jobs (:func:`job_hash`) the catalog app's id,
+  version and code digest (``builders.nvflare_job.app_code_digest``), so that changing the training
+  code invalidates decisions too — and a site whose own copy of the app digests differently
+  computes another hash than the hub and refuses the request.
 
 Hashed document: ``{"job": <job>, "compute": <compute>, "extra": <extra>}`` (``job`` absent for
 :func:`compute_content_hash`, ``extra`` absent when empty). Because defaults are applied, adding a
@@ -26,6 +28,7 @@ import hashlib
 import json
 from typing import Any
 
+from ..api.access_request import AppCode
 from ..api.compute import ComputeSpecSpec
 from ..api.job import FederatedJobSpec
 
@@ -78,3 +81,13 @@ def compute_content_hash(compute_spec: ComputeSpecSpec, extra: dict[str, Any] | 
     if extra:
         document["extra"] = extra
     return _sha256(document)
+
+
+def job_hash(job_spec: FederatedJobSpec, compute_spec: ComputeSpecSpec, app: AppCode) -> str:
+    """The content hash of a FederatedJob: its spec, its ComputeSpec's spec and the app's code digest.
+
+    The orchestrator computes it with its catalog; each site computes it again from the specs in its
+    AccessRequest and the digest of its *own* copy of the app, and decides only when both agree.
+    """
+    return content_hash(job_spec, compute_spec,
+                        extra={"app": f"{app.id}@{app.version}", "appDigest": app.code_digest})

@@ -27,7 +27,11 @@ Decisions of note
 -----------------
 - Several grants for the same dataset are alternatives (grants add permissions): the dataset is
   allowed when one of them allows everything. The first such grant (by name) is the one the job is
-  charged on (``Evaluation.charged_grants``); when none does, every candidate's failures are reported.
+  charged on (``Evaluation.charged_grants``) and whose data the site's client gets
+  (``Evaluation.granted_by``); when none does, every candidate's failures are reported. Grants the site
+  found invalid (``GrantView.invalid``, policy/grants.py: location, version constraints, a dataset id
+  claimed by other data) are never candidates; when only invalid ones exist the dataset is refused,
+  naming them (without their location: the message goes to the hub).
 - Differential privacy: a grant's or the policy's ``maxEpsilon*`` and the grant's epsilon budget
   constrain jobs that use DP; whether DP is mandatory is ``dpRequired`` (grant or policy floor).
 - The org asked is always counted as a participating org (it contributes the data in question).
@@ -52,6 +56,7 @@ from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus
 from ..api.job_approval import ApprovalDecision, JobApprovalSpec
 from ..api.org_policy import ORG_POLICY_NAME, ApprovalMode, OrgPolicySpec
 from . import ledger
+from .content_check import CONTENT_VERIFIED
 
 # --- rule names (public API: they appear in AccessRequest status.rules[].rule) -------------------
 
@@ -79,7 +84,7 @@ MANUAL_APPROVAL = "ManualApproval"
 """Job only, Manual mode (or no OrgPolicy): the org's admin approved this content hash."""
 
 RULES: tuple[str, ...] = (
-    DATASET_GRANTED, CONSUMER_ALLOWED, MODEL_ALLOWED, GRANT_NOT_EXPIRED, MIN_PARTICIPATING_ORGS,
+    CONTENT_VERIFIED, DATASET_GRANTED, CONSUMER_ALLOWED, MODEL_ALLOWED, GRANT_NOT_EXPIRED, MIN_PARTICIPATING_ORGS,
     CLIENT_RESOURCES, MAX_ROUNDS, JOB_DURATION, DIFFERENTIAL_PRIVACY, EPSILON_BUDGET, MANUAL_APPROVAL,
 )
 """Every rule name, in the order rules are reported."""
@@ -104,11 +109,15 @@ class GrantView:
     name: str
     spec: DatasetGrantSpec
     status: DatasetGrantStatus | None = None
+    invalid: str | None = None
+    """Why the site cannot use this grant (the reason of its Valid condition, policy/grants.py);
+    None: valid. An invalid grant allows nothing: the evaluation names it, and never chooses it."""
 
 
 @dataclass(frozen=True)
 class ApprovalView:
-    """One JobApproval at the site. `decided_by`: status.decidedBy.username (set by the webhook)."""
+    """One JobApproval at the site. `decided_by`: who decided, as the site's admission webhook recorded
+    it — only when its signature verified (handlers/admission.py); None: the approval does not count."""
 
     name: str
     spec: JobApprovalSpec
@@ -130,6 +139,9 @@ class Evaluation:
     epsilon_to_reserve: float = 0.0
     """Epsilon to reserve on each grant in `charged_grants` (0 unless Approved with DP)."""
     charged_grants: tuple[str, ...] = ()
+    granted_by: dict[str, str] = field(default_factory=dict)
+    """Dataset id -> name of the grant chosen for it (datasets some grant allows, in request order):
+    the grant whose data the site's client gets, and `charged_grants` in the same order."""
     """Names of the grants the decision relies on, one per dataset (where the epsilon is reserved)."""
     approval: str | None = None
     """Name of the JobApproval that decided, if one did."""
@@ -462,13 +474,24 @@ def _policy_rules(ctx: _Ctx) -> list[RuleResult]:
     return out
 
 
-def _dataset_rules(ctx: _Ctx, grants: Sequence[GrantView]) -> tuple[list[RuleResult], list[str]]:
-    """DatasetGranted per dataset, then the rules of the grant used for it (or of every candidate)."""
+def _dataset_rules(ctx: _Ctx, grants: Sequence[GrantView]) -> tuple[list[RuleResult], dict[str, str]]:
+    """DatasetGranted per dataset, then the rules of the grant used for it (or of every candidate).
+    Grants the site found invalid are never candidates. Returns the rules and dataset -> chosen grant."""
     out: list[RuleResult] = []
-    charged: list[str] = []
+    charged: dict[str, str] = {}
     org = ctx.org
     for dataset in dict.fromkeys(ctx.request.datasets):
-        candidates = sorted((g for g in grants if g.spec.dataset.id == dataset), key=lambda g: g.name)
+        for_dataset = sorted((g for g in grants if g.spec.dataset.id == dataset), key=lambda g: g.name)
+        candidates = [g for g in for_dataset if g.invalid is None]
+        invalid = [g for g in for_dataset if g.invalid is not None]
+        if not candidates and invalid:
+            names = ", ".join(f"{g.name} ({g.invalid})" for g in invalid)
+            out.append(_rule(
+                DATASET_GRANTED, False,
+                f"{org}: the DatasetGrant for dataset {dataset} is not valid at the site: {names}; {org}'s admin "
+                f"must fix it (its status says how)", f"DatasetGrant/{invalid[0].name}",
+            ))
+            continue
         if not candidates:
             out.append(_rule(DATASET_GRANTED, False, f"{org} has no DatasetGrant for dataset {dataset}"))
             continue
@@ -479,7 +502,7 @@ def _dataset_rules(ctx: _Ctx, grants: Sequence[GrantView]) -> tuple[list[RuleRes
             out.append(_rule(DATASET_GRANTED, True, f"{org}: dataset {dataset} is granted by {g.name}",
                              f"DatasetGrant/{g.name}"))
             out.extend(rules)
-            charged.append(g.name)
+            charged[dataset] = g.name
         else:
             names = ", ".join(g.name for g, _ in evaluated)
             out.append(_rule(
@@ -502,13 +525,17 @@ def _manual(ctx: _Ctx, approvals: Sequence[ApprovalView], limits_ok: bool) -> Ru
     req, org = ctx.request, ctx.org
     for_job = [a for a in approvals
                if a.spec.job.namespace == req.source.namespace and a.spec.job.name == req.source.name]
-    current = _newest(a for a in for_job if a.spec.content_hash == req.content_hash)
-    stale = [a for a in for_job if a.spec.content_hash != req.content_hash]
+    # Only decisions the site's webhook recorded (who decided, signed) and made for this very job count.
+    unrecorded = sorted(a.name for a in for_job if not a.decided_by)
+    earlier_job = sorted(a.name for a in for_job if a.decided_by and a.spec.job.uid != req.source.uid)
+    counted = [a for a in for_job if a.decided_by and a.spec.job.uid == req.source.uid]
+    current = _newest(a for a in counted if a.spec.content_hash == req.content_hash)
+    stale = [a for a in counted if a.spec.content_hash != req.content_hash]
     no_policy = (f" ({org} has no OrgPolicy '{ORG_POLICY_NAME}', so jobs need manual approval)"
                  if ctx.policy is None else "")
     if current is not None:
         src = f"JobApproval/{current.name}"
-        who = current.decided_by or f"{org}'s admin"
+        who = current.decided_by
         if current.spec.decision == ApprovalDecision.REJECT:
             reason = current.spec.reason or "no reason given"
             return _rule(MANUAL_APPROVAL, False, f"{org}: rejected by {who} (JobApproval {current.name}): {reason}", src)
@@ -528,6 +555,13 @@ def _manual(ctx: _Ctx, approvals: Sequence[ApprovalView], limits_ok: bool) -> Ru
     if stale:
         names = ", ".join(sorted(a.name for a in stale))
         message += f"; a JobApproval ({names}) exists for an older content hash; the job changed since: decide again"
+    if earlier_job:
+        message += (f"; JobApproval {', '.join(earlier_job)} was for an earlier job of that name (another uid): "
+                    f"this job (uid {req.source.uid}) needs a decision of its own")
+    if unrecorded:
+        message += (f"; JobApproval {', '.join(unrecorded)} does not count: {org}'s admission webhook did not record "
+                    "who decided (created while the webhook was bypassed, or its record was altered): delete it and "
+                    "create it again")
     return _rule(MANUAL_APPROVAL, False, message, POLICY_SOURCE if ctx.policy is not None else "")
 
 
@@ -541,16 +575,19 @@ def evaluate(
     policy: OrgPolicySpec | None,
     approvals: Sequence[ApprovalView] = (),
     now: datetime,
+    content: RuleResult | None = None,
 ) -> Evaluation:
     """This org's decision on `request` (see the module docstring for how it decides).
 
     grants: the org's DatasetGrants (any; the ones for the request's datasets are picked).
     policy: the org's OrgPolicy 'default', None if it has none.
     approvals: the org's JobApprovals (any; the ones for this job are picked).
+    content: job requests: the site's ContentVerified rule (policy/content_check.py), reported first;
+        when it fails the request is rejected whatever the grants say.
     """
     ctx = _Ctx(request=request, policy=policy, now=now)
     dataset_rules, charged = _dataset_rules(ctx, grants)
-    rules = dataset_rules + _policy_rules(ctx)
+    rules = ([content] if content is not None else []) + dataset_rules + _policy_rules(ctx)
     limits_ok = all(r.passed for r in rules)
 
     manual: RuleResult | None = None
@@ -569,12 +606,12 @@ def evaluate(
         # A failed rule, or the admin's Reject (checked after the rules, so an Approve overrides nothing).
         return Evaluation(
             decision=Decision.REJECTED, reason=Reason.REJECTED, message=_join([r.message for r in failed]),
-            rules=rules, charged_grants=tuple(charged), approval=approval_name,
+            rules=rules, charged_grants=tuple(charged.values()), granted_by=charged, approval=approval_name,
         )
     if manual is not None and not manual.passed:  # no JobApproval for this hash yet
         return Evaluation(
             decision=Decision.PENDING, reason=Reason.AWAITING_APPROVAL, message=manual.message,
-            rules=rules, charged_grants=tuple(charged),
+            rules=rules, charged_grants=tuple(charged.values()), granted_by=charged,
         )
     if ctx.is_job:
         how = manual.message if manual is not None else f"{org}: approved automatically"
@@ -585,6 +622,6 @@ def evaluate(
     eps = ctx.dp_epsilon if ctx.is_job else None
     return Evaluation(
         decision=Decision.APPROVED, reason=Reason.APPROVED, message=_clip(message, MESSAGE_MAX), rules=rules,
-        epsilon_to_reserve=float(eps) if eps is not None else 0.0, charged_grants=tuple(charged),
-        approval=approval_name,
+        epsilon_to_reserve=float(eps) if eps is not None else 0.0, charged_grants=tuple(charged.values()),
+        granted_by=charged, approval=approval_name,
     )

@@ -164,6 +164,9 @@ class KubernetesRuntime:
             labels = naming.standard_labels(federation, "client", site.org)
             await self._k("apply", _configmap(name, site.namespace, {APPROVED_FILE: new}, labels, None))
 
+    async def job_deployed(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> bool | None:
+        return None  # the client's workspace is on its Pod's volume; the caller assumes the worst
+
     async def clients_running(self, site: SiteSettings) -> int:
         items = await self._k("list", "StatefulSet", site.namespace,
                               labels={"app.kubernetes.io/component": "client", "flareop.io/org": site.org})

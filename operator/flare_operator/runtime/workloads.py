@@ -22,7 +22,7 @@ from ..builders.federation import ADMIN_IDENTITY, ENFORCEMENT_RESOURCES_FILE, en
 from ..config import SiteSettings
 from ..nvflare.admin import FlareAdmin
 from ..nvflare.provisioning import unpack_kit, with_local_files
-from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
+from ..policy.site_enforcement import APPROVED_FILE, META_KEY, readable_or_empty
 from .process import ProcessSupervisor
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 SITE_CONFIG_ENV = "FLAREOP_SITE_CONFIG"  # where a client's jobs find the site's own config (dataset paths)
 ENFORCEMENT_FOLDER = "enforcement"  # process runtime: <client folder>/enforcement/approved.json
+
+JOB_META_FILE = "meta.json"  # nvflare.apis.fl_constant.WorkspaceConstants.JOB_META_FILE (not imported: no nvflare here)
 
 ApprovedChange = Callable[[str | None], str | None]
 """Approved-jobs document text now (None: there is none) -> the text to store (None: leave it as it is)."""
@@ -86,6 +88,9 @@ class WorkloadRuntime(Protocol):
         """Read-modify-write the site's approved-jobs document for its client in ``federation``
         (policy/site_enforcement.py), atomically with respect to this runtime's other updates. A
         change never restarts the client: its enforcement component reads the document on each check."""
+    async def job_deployed(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> bool | None:
+        """Whether the site's client ever deployed a job of the FederatedJob ``uid`` (its data may have
+        been used), from the client's own workspace; None when this runtime cannot tell."""
     async def close(self) -> None: ...
 
 
@@ -173,6 +178,10 @@ class ProcessRuntime:
                                    change: ApprovedChange) -> None:
         self._change_approved(self.supervisor.folder(_client_federation(federation, site.org), client_name), change)
 
+    async def job_deployed(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> bool | None:
+        folder = self.supervisor.folder(_client_federation(federation, site.org), client_name)
+        return await asyncio.to_thread(_deployed_in_workspace, folder, uid)
+
     @staticmethod
     def _change_approved(folder: Path, change: ApprovedChange) -> None:
         """Synchronous on the event loop, so no other update interleaves; the file is replaced
@@ -199,6 +208,19 @@ class ProcessRuntime:
         for federation in list(self._admins):
             self._drop_admin(federation)
         await self.supervisor.stop_all()
+
+
+def _deployed_in_workspace(folder: Path, uid: str) -> bool:
+    """NVFlare's client deploys each job into ``<workspace>/<job id>/`` with the job's ``meta.json``
+    (nvflare/private/fed/utils/app_deployer.py); ours carry the FederatedJob's uid under ``flareop``."""
+    for meta_file in folder.glob(f"*/{JOB_META_FILE}"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get(META_KEY), dict) and meta[META_KEY].get("uid") == uid:
+            return True
+    return False
 
 
 def _client_federation(federation: str, org: str) -> str:
