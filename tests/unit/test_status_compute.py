@@ -28,6 +28,10 @@ def _cond(status, type_):
         (replace(READY, active=False), "Deactivated", "Deactivated", "spec.active is false"),
         (replace(READY, sites=(A, replace(B, gateway=False, decision=Decision.PENDING)), provisioned=False),
          "Pending", "GatewayMissing", "no Gateway registered on the hub for org-b"),
+        (replace(READY, sites=(A, replace(B, gateway=False, decision=Decision.PENDING, message=(
+            "org-b has no Gateway on the hub: org-b's Gateway org-b is in namespace org-c, which belongs to org-c"))),
+            provisioned=False),
+         "Pending", "GatewayMissing", "(org-b has no Gateway on the hub: org-b's Gateway org-b is in namespace org-c"),
         (replace(READY, sites=(A, replace(B, decision=Decision.REJECTED, message="grant allows 5 rounds")),
                  provisioned=False), "Failed", "DatasetDenied", "org-b refused scl-org-b: grant allows 5 rounds"),
         (replace(READY, sites=(A, replace(B, decision=Decision.PENDING)), provisioned=False),

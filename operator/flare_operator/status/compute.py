@@ -43,8 +43,11 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
     denied = [s for s in o.sites if s.decision == Decision.REJECTED]
     waiting = [s.org for s in o.sites if s.gateway and s.decision == Decision.PENDING]
     if missing:
+        # why a Gateway that exists does not count (another org's or an unlabelled namespace), if so
+        why = [s.message for s in o.sites if not s.gateway and s.message and s.message != f"{s.org} has no Gateway on the hub"]
         cond(T.DATASETS_GRANTED, False, R.GATEWAY_MISSING,
-             f"no Gateway registered on the hub for {', '.join(missing)}: the org's site must install the gateway")
+             f"no Gateway registered on the hub for {', '.join(missing)}: the org's site must install the gateway"
+             + (f" ({'; '.join(why)})" if why else ""))
     elif denied:
         cond(T.DATASETS_GRANTED, False, R.DATASET_DENIED,
              "; ".join(f"{s.org} refused {', '.join(s.datasets)}: {s.message}" for s in denied))
