@@ -172,6 +172,8 @@ KINDS: tuple[Kind, ...] = (
         status=DatasetGrantStatus,
         columns=(
             _column("Dataset", ".spec.dataset.id"),
+            _condition_column("Valid", "Valid"),
+            _condition_column("Ready", "Ready"),
             _column("Samples", ".spec.dataset.sampleCount", "integer"),
             _column("Eps-Spent", ".status.epsilonSpent", "number"),
             _column("Eps-Reserved", ".status.epsilonReserved", "number", priority=1),

@@ -290,9 +290,12 @@ class RequestAnswer(ObjectView):
 
     async def _preempt_younger(self, ev: Evaluation) -> bool:
         """Wound-wait on the budget: when this job fails only for epsilon held by *younger* jobs (created
-        later by the FederatedJob's creationTimestamp the orchestrator states, then uid) that have not run here, release theirs so it can be admitted — every
-        org orders jobs the same way, so two jobs competing for budgets that fit one never each hold a
-        different org (the younger one is rejected, and decided again when budget frees up)."""
+        later, by the FederatedJob creationTimestamp the request states, then uid) that have not run
+        here, release theirs so it can be admitted. Every org orders jobs the same way, so two jobs
+        competing for budgets that fit one never each hold a different org (the younger one is
+        rejected, and decided again when budget frees up). Where the runtime cannot tell whether a job
+        ran here (kubernetes), nothing is taken: the orchestrator's `reserve: false` for a job rejected
+        elsewhere is what frees such budgets."""
         if not ev.failed or any(r.rule != EPSILON_BUDGET for r in ev.failed) or not self.spec.reserve:
             return False
         mine = (self.spec.source.created_at.isoformat() if self.spec.source.created_at else "", self.spec.source.uid)
