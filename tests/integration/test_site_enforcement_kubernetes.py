@@ -6,6 +6,7 @@ revocations change the ConfigMap only: the client's StatefulSet and Pod stay as 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -89,6 +90,16 @@ def test_sites_materialise_their_approvals_into_the_clients_configmap(control_pl
         wait_phase(cp, "federatedjob", m, "run1", "Queued", timeout=60)
         assert approved(cp, b, fed) == {uid: (first_hash, f"{m}/run1")}, "approved at org-b before the hub saw it"
 
+        # Revocation at org-b (issue 12, 6): deleting the approval withdraws the job from its client at once.
+        cp.kubectl("delete", "jobapproval", "run1", "-n", b)
+        wait_for(lambda: approved(cp, b, fed) == {}, timeout=30, message="approval deleted: withdrawn at org-b")
+        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "JobApproval",
+                   "metadata": {"name": "run1-again", "namespace": b},
+                   "spec": {"job": {"namespace": m, "name": "run1"}, "contentHash": first_hash,
+                            "decision": "Approve"}})
+        wait_for(lambda: approved(cp, b, fed) == {uid: (first_hash, f"{m}/run1")}, timeout=30,
+                 message="approved again at org-b")
+
         # The job changes: org-a decides again for the new hash, org-b's approval no longer counts.
         cp.kubectl("patch", "federatedjob", "run1", "-n", m, "--type=merge", "-p", '{"spec":{"rounds":3}}')
         again = wait_phase(cp, "federatedjob", m, "run1", "AwaitingApproval", timeout=60)
@@ -105,6 +116,22 @@ def test_sites_materialise_their_approvals_into_the_clients_configmap(control_pl
         for org in (a, b):  # none of this restarted a client
             sts = get(cp, "statefulset", org, f"{fed}-{org}")
             assert (sts["metadata"]["generation"], client_pod(cp, org)["metadata"]["uid"]) == before[org]
+
+        # A grant that expires (by the site's own clock) withdraws everything it allowed: the job from
+        # the client's list, and the client itself (the compute is no longer granted either).
+        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": "run2", "namespace": m},
+                   "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": 2, "parameters": {"preset": "tiny"}}})
+        run2 = wait_phase(cp, "federatedjob", m, "run2", "AwaitingApproval", timeout=60)
+        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "JobApproval", "metadata": {"name": "run2", "namespace": b},
+                   "spec": {"job": {"namespace": m, "name": "run2"}, "contentHash": run2["status"]["contentHash"],
+                            "decision": "Approve"}})
+        wait_for(lambda: run2["metadata"]["uid"] in (approved(cp, b, fed) or {}), timeout=30, message="run2 at org-b")
+        expires = (datetime.now(UTC) + timedelta(seconds=8)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        apply(cp, grant(b, "scl-b", m, expiresAt=expires))
+        wait_for(lambda: not approved(cp, b, fed) and get(cp, "statefulset", b, f"{fed}-{b}") is None, timeout=40,
+                 message="grant expired: the job withdrawn and the client removed at org-b")
+        request = get(cp, "accessrequest", b, f"job-{m}-run2")["status"]
+        assert request["decision"] == "Rejected" and f"grant scl-b expired at {expires}" in request["message"]
     except BaseException:
         print(op.tail(120))
         raise
