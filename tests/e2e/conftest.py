@@ -310,3 +310,14 @@ def submit_and_wait(fed: PocFederation, job_dir: Path, token: str, timeout: floa
     dest = fed.root / "download"
     dest.mkdir(exist_ok=True)
     return Path(s.download_job_result(job_id, destination=str(dest)))
+
+
+def stale_atime(path: Path) -> None:
+    """atime older than mtime: under relatime the next read of the file moves it."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_mtime_ns - 3_600_000_000_000, st.st_mtime_ns))
+
+
+def was_read(path: Path) -> bool:
+    st = path.stat()
+    return st.st_atime_ns >= st.st_mtime_ns

@@ -12,13 +12,12 @@ read. Once org-b approves, the operator's own submission of the job runs at once
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BASE_PARAMS
+from tests.e2e.conftest import BASE_PARAMS, stale_atime, was_read
 from tests.operator_harness import (
     Consortium,
     OperatorProcess,
@@ -64,16 +63,6 @@ def submit_straight(admin, tmp: Path, name: str, sites: dict[str, str], metadata
     folder = write_job(files, tmp / name)
     return admin.submit(folder, f"bypass-{name}")
 
-
-def stale_atime(path: Path) -> None:
-    """atime older than mtime: under relatime the next read of the file moves it."""
-    st = path.stat()
-    os.utime(path, ns=(st.st_mtime_ns - 3_600_000_000_000, st.st_mtime_ns))
-
-
-def was_read(path: Path) -> bool:
-    st = path.stat()
-    return st.st_atime_ns >= st.st_mtime_ns
 
 
 def test_clients_refuse_jobs_their_org_has_not_approved(control_plane, e2e_data, tmp_path):

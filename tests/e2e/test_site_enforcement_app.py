@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import BASE_PARAMS, PocFederation
+from tests.e2e.conftest import BASE_PARAMS, PocFederation, stale_atime, was_read
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -140,15 +140,6 @@ def own_data(e2e_data: dict, tmp: Path) -> dict:
         sites[site] = {**e2e_data["sites"][site], "path": str(path)}
     return {**e2e_data, "sites": sites}
 
-
-def stale_atime(path: Path) -> None:
-    st = path.stat()
-    os.utime(path, ns=(st.st_mtime_ns - 3_600_000_000_000, st.st_mtime_ns))
-
-
-def was_read(path: Path) -> bool:
-    st = path.stat()
-    return st.st_atime_ns >= st.st_mtime_ns
 
 
 def atime_works(tmp: Path) -> bool:

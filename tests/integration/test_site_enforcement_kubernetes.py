@@ -11,16 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.operator_harness import (
-    Consortium,
     OperatorProcess,
     apply,
     compute,
-    create_org_namespace,
+    consortium_namespaces,
     free_port,
     gateway_config,
     get,
     grant,
-    install_crds,
     policy,
     remove_namespaces,
     wait_phase,
@@ -47,11 +45,7 @@ def client_pod(cp, namespace: str) -> dict:
 
 def test_sites_materialise_their_approvals_into_the_clients_configmap(control_plane, tmp_path):
     cp = control_plane
-    install_crds(cp)
-    c = Consortium()
-    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
-    for ns in (a, b, m):
-        create_org_namespace(cp, ns, ns)
+    _, a, b, m = consortium_namespaces(cp)
     apply(cp, grant(a, "scl-a", m), grant(b, "scl-b", m), policy(a, "Automatic"), policy(b, "Manual"))
     sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
     sites[1]["webhookPort"] = free_port()  # org-b's approvals count only as its webhook records them
