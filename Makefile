@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job
+.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job images
 
 ## help: list the targets
 help:
@@ -76,6 +76,10 @@ demo-multicluster: install controlplane
 ## demo-multicluster-down: stop what `make demo-multicluster` started (its 3 operators, NVFlare processes, 3 control planes)
 demo-multicluster-down:
 	@bash hack/demo-multicluster.sh down
+
+## images: the operator, runtime and pause images as OCI archives, built from images/*/Dockerfile with buildah (no Docker, no registry; cached by content; last line: JSON with archives and refs)
+images:
+	@bash hack/images/build.sh | tail -n1
 
 include hack/controlplane/controlplane.mk
 -include flare_apps/apps.mk
