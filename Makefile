@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job images
+.PHONY: help install test test-unit test-schema test-integration test-node test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job images
 
 ## help: list the targets
 help:
@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[flare,train,dev]'
 	touch $@
 
-## test: every tier (unit, schema, integration, e2e) - the README's test command and CI's
-test: install controlplane
-	$(PYTEST) tests/unit tests/schema tests/integration tests/e2e
+## test: every tier (unit, schema, integration, node, e2e) - the README's test command and CI's
+test: install controlplane images
+	$(PYTEST) tests/unit tests/schema tests/integration tests/node tests/e2e
 
 ## test-unit: pure code only (seconds, no control plane)
 test-unit: install
@@ -37,6 +37,10 @@ test-schema: install controlplane
 ## test-integration: the operator and the control plane on real API servers
 test-integration: install controlplane
 	$(PYTEST) tests/integration
+
+## test-node: pods from the project's images on a real node (kubelet, containerd; root)
+test-node: install controlplane images
+	$(PYTEST) tests/node
 
 ## test-e2e: real NVFlare federations training real torch models
 test-e2e: install

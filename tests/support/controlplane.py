@@ -7,14 +7,18 @@
     alice = cp.user_kubeconfig("alice", ["org-a-admins"])
     cp.stop()
 
-No Docker, no kubelet: nodes and pods are kwok fakes (pods become Running/Ready, PVCs bind
-through kwok's volume stages and the default StorageClass ``kwok-volume``).
+By default there is no kubelet: nodes and pods are kwok fakes (pods become Running/Ready, PVCs
+bind through kwok's volume stages and the default StorageClass ``kwok-volume``). With
+``real_nodes=1`` (root) the cluster also gets ``real-node-0``: kubelet, containerd, kube-proxy and
+CoreDNS in their own namespaces, whose pods run the images passed in ``imports`` (OCI archives,
+see tests/support/images.py); its default StorageClass is ``flarecp-local``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -121,12 +125,22 @@ class ControlPlane:
         nodes: int = 2,
         gpus: int = 8,
         timeout: float = 240.0,
+        real_nodes: int = 0,
+        imports: Sequence[Path | str] = (),
         extra_args: Sequence[str] = (),
     ) -> ControlPlane:
         """Start a cluster in ``dir`` and return once its kubeconfig is written (the launcher
-        writes it last: apiserver /readyz, nodes Ready, default ServiceAccount present)."""
+        writes it last: apiserver /readyz, nodes Ready, default ServiceAccount present).
+        ``real_nodes``/``imports``: a real node and the image archives loaded into it (the pause
+        image among them); importing the runtime image takes a few minutes, so pass a longer
+        ``timeout``."""
         cp = cls(dir, name)
-        cp._start(nodes=nodes, gpus=gpus, timeout=timeout, extra_args=extra_args)
+        args = list(extra_args)
+        if real_nodes:
+            args += ["--real-nodes", str(real_nodes), "--timeout", f"{int(timeout)}s"]
+            for archive in imports:
+                args += ["--import", str(archive)]
+        cp._start(nodes=nodes, gpus=gpus, timeout=timeout, extra_args=args)
         return cp
 
     def _start(self, *, nodes: int, gpus: int, timeout: float, extra_args: Sequence[str]) -> None:
@@ -183,6 +197,11 @@ class ControlPlane:
         deadline = time.monotonic() + 15
         while self.running_pids() and time.monotonic() < deadline:
             time.sleep(0.1)
+        # A real node's image store holds an unpacked copy of every imported image (≈ 14 GB with
+        # the runtime image): tests free it at once rather than leave it to pytest's tmp cleanup.
+        store = self.dir / "node" / "containerd"
+        if store.exists() and not self.running_pids():
+            shutil.rmtree(store, ignore_errors=True)
 
     def running_pids(self) -> list[int]:
         """Tracked pids still alive, plus any process still naming this cluster's directory."""

@@ -10,6 +10,11 @@ Fixtures
   namespace              function a fresh namespace in ``control_plane`` (its default
                                   ServiceAccount exists); at teardown every object's finalizers
                                   are stripped and the namespace deleted (not awaited)
+  real_node_cluster      session  a cluster with a real node (kubelet, containerd, kube-proxy,
+                                  CoreDNS; no kwok nodes) and the project's images loaded
+                                  (tests/support/images.py); needs root
+  real_node_namespace    function a fresh namespace in ``real_node_cluster`` that enforces the
+                                  restricted Pod Security Standard
 
 Nothing starts unless a test asks for one of these. At session end every cluster is stopped
 and the factory fails the session's last teardown if any launcher/component process is left.
@@ -27,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.controlplane import ControlPlane, bin_dir
+from tests.support.images import ProjectImages, project_images
 
 __all__ = [
     "ControlPlaneFactory",
@@ -34,6 +40,9 @@ __all__ = [
     "control_plane_factory",
     "kube",
     "namespace",
+    "real_node_cluster",
+    "real_node_namespace",
+    "real_node_images",
     "wait_for",
     "strip_finalizers",
     "raw_request",
@@ -204,13 +213,43 @@ def _ns_name(request) -> str:
     return f"t-{base}-{uuid.uuid4().hex[:6]}"
 
 
+@pytest.fixture(scope="session")
+def real_node_images() -> ProjectImages:
+    return project_images()
+
+
+@pytest.fixture(scope="session")
+def real_node_cluster(control_plane_factory, real_node_images) -> ControlPlane:
+    import os
+
+    if os.geteuid() != 0:
+        raise RuntimeError("a cluster with a real node needs root (namespaces, cgroups, iptables)")
+    # Importing the runtime image (~6.5 GB unpacked) is most of the start-up.
+    return control_plane_factory.start(
+        "real-node", nodes=0, real_nodes=1, imports=real_node_images.archives(), timeout=900
+    )
+
+
+@pytest.fixture
+def real_node_namespace(real_node_cluster, request) -> Iterator[str]:
+    api = real_node_cluster.api_client()
+    try:
+        yield from _fresh_namespace(api, request, {"pod-security.kubernetes.io/enforce": "restricted"})
+    finally:
+        api.close()
+
+
 @pytest.fixture
 def namespace(kube, request) -> Iterator[str]:
+    yield from _fresh_namespace(kube, request)
+
+
+def _fresh_namespace(kube, request, labels: dict[str, str] | None = None) -> Iterator[str]:
     from kubernetes import client
 
     core = client.CoreV1Api(kube)
     name = _ns_name(request)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
     # Pods are refused until the controller-manager created the default ServiceAccount.
     wait_for(
         lambda: core.read_namespaced_service_account("default", name),

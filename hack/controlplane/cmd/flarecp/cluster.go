@@ -105,18 +105,25 @@ type launcher struct {
 // Children die with the launcher (Pdeathsig), and live in their own process group so that a
 // Ctrl-C in a terminal reaches only the launcher, which then stops them in order.
 func (l *launcher) start(name string, args ...string) (*child, error) {
+	return l.startPath(name, l.self, &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true},
+		append([]string{name}, args...)...)
+}
+
+// startPath runs path args... as a child with the given process attributes (namespaces for the
+// real node), output to DIR/logs/<name>.log.
+func (l *launcher) startPath(name, path string, attr *syscall.SysProcAttr, args ...string) (*child, error) {
 	logPath := filepath.Join(l.dir, "logs", name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(f, "\n=== %s flarecp %s %s\n", time.Now().Format(time.RFC3339), name, strings.Join(args, " "))
-	cmd := exec.Command(l.self, append([]string{name}, args...)...)
+	fmt.Fprintf(f, "\n=== %s %s %s\n", time.Now().Format(time.RFC3339), filepath.Base(path), strings.Join(args, " "))
+	cmd := exec.Command(path, args...)
 	cmd.Stdout = f
 	cmd.Stderr = f
 	cmd.Dir = l.dir
 	cmd.Env = os.Environ()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		f.Close()
 		return nil, err
@@ -147,7 +154,9 @@ func (c *child) stop(grace time.Duration) {
 	case <-c.done:
 	case <-time.After(grace):
 		logf("%s did not stop in %s, killing", c.name, grace)
-		_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		if syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL) != nil {
+			_ = c.cmd.Process.Kill()
+		}
 		<-c.done
 	}
 }
@@ -266,6 +275,11 @@ type upOptions struct {
 	timeout             time.Duration
 	etcdFsync           bool
 	exitWithParent      bool
+	realNodes           int
+	realNodeGPUs        int
+	imports             stringList
+	apiserverPort       int
+	runc, cniBinDir     string
 }
 
 func clusterUp(args []string) int {
@@ -283,6 +297,12 @@ func clusterUp(args []string) int {
 	fs.StringVar(&o.nodePods, "node-pods", "110", "pods capacity per node")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "how long to wait for the control plane to be ready")
 	fs.BoolVar(&o.etcdFsync, "etcd-fsync", false, "let etcd fsync (default: UnsafeNoFsync, fast and not crash-safe)")
+	fs.IntVar(&o.realNodes, "real-nodes", 0, "real nodes (kubelet, containerd, kube-proxy, CoreDNS; needs root): 0 or 1")
+	fs.IntVar(&o.realNodeGPUs, "real-node-gpus", 2, "nvidia.com/gpu capacity advertised on the real node (no device behind it)")
+	fs.Var(&o.imports, "import", "image archive (OCI or docker) to import into the real node's containerd before the cluster is ready (repeatable; the pause image is required)")
+	fs.StringVar(&o.runc, "runc", "/usr/sbin/runc", "runc binary for the real node's containerd (Debian's runc)")
+	fs.StringVar(&o.cniBinDir, "cni-bin-dir", "/usr/lib/cni", "CNI plugins directory for the real node (Debian's containernetworking-plugins)")
+	fs.IntVar(&o.apiserverPort, "apiserver-port", 0, "kube-apiserver port (default: a free port)")
 	fs.BoolVar(&o.exitWithParent, "exit-with-parent", false, "stop the cluster (SIGTERM to itself) when the process that started it dies")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -322,6 +342,33 @@ func clusterUp(args []string) int {
 		logf("a cluster is already running in %s (pid %d); run `flarecp cluster down --dir %s`", dir, pid, dir)
 		return 1
 	}
+	self, err := os.Executable()
+	if err != nil {
+		logf("%v", err)
+		return 1
+	}
+	// Prerequisites first: a missing one fails here, with what to install, before anything runs.
+	if o.apiserverPort != 0 {
+		l, err := net.Listen("tcp", fmt.Sprintf(":%d", o.apiserverPort))
+		if err != nil {
+			logf("--apiserver-port %d is in use (%v): free it (`ss -ltnp 'sport = :%d'` shows by whom) or choose another port",
+				o.apiserverPort, err, o.apiserverPort)
+			return 1
+		}
+		l.Close()
+	}
+	var node *nodeNet
+	if o.realNodes > 0 {
+		if err := checkNodePrerequisites(self, o); err != nil {
+			logf("%v", err)
+			return 1
+		}
+		if node, err = allocateNodeNet(); err != nil {
+			logf("%v", err)
+			return 1
+		}
+		defer node.release()
+	}
 	os.Remove(filepath.Join(dir, "kubeconfig"))
 	os.Remove(filepath.Join(dir, "cluster.json"))
 	if err := writeFileAtomic(filepath.Join(dir, "flarecp.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -330,11 +377,6 @@ func clusterUp(args []string) int {
 	}
 	defer os.Remove(filepath.Join(dir, "flarecp.pid"))
 
-	self, err := os.Executable()
-	if err != nil {
-		logf("%v", err)
-		return 1
-	}
 	l := &launcher{dir: dir, self: self, exited: make(chan *child, 16)}
 
 	sigs := make(chan os.Signal, 2)
@@ -355,7 +397,7 @@ func clusterUp(args []string) int {
 	}()
 
 	upStart = time.Now()
-	st, err := l.bringUp(ctx, o)
+	st, cs, err := l.bringUp(ctx, o, node)
 	cancel()
 	<-watcherDone // a signal is now either recorded in signalled or still queued in sigs
 	if err != nil || signalled.Load() {
@@ -372,6 +414,14 @@ func clusterUp(args []string) int {
 	}
 	logf("cluster %q ready in %.1fs (nodes Ready): %s", o.name, time.Since(upStart).Seconds(), st.Server)
 	fmt.Println(st.Kubeconfig)
+	svcCtx, stopServices := context.WithCancel(context.Background())
+	servicesDone := make(chan struct{})
+	go func() {
+		defer close(servicesDone)
+		if node != nil {
+			nodeServices(svcCtx, cs, o)
+		}
+	}()
 
 	// Serve until signalled or a component dies.
 	code := 0
@@ -390,6 +440,8 @@ wait:
 			break wait
 		}
 	}
+	stopServices()
+	<-servicesDone
 	os.Remove(filepath.Join(dir, "kubeconfig"))
 	os.Remove(filepath.Join(dir, "cluster.json"))
 	l.stopAll()
@@ -397,18 +449,27 @@ wait:
 	return code
 }
 
-func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, error) {
+func (l *launcher) bringUp(ctx context.Context, o upOptions, node *nodeNet) (*clusterState, kubernetes.Interface, error) {
+	st, cs, err := l.bringUpInner(ctx, o, node)
+	return st, cs, err
+}
+
+func (l *launcher) bringUpInner(ctx context.Context, o upOptions, node *nodeNet) (*clusterState, kubernetes.Interface, error) {
 	dir := o.dir
 	pkiDir := filepath.Join(dir, "pki")
-	p, err := ensurePKI(pkiDir)
+	var extraIPs []net.IP
+	if node != nil {
+		extraIPs = append(extraIPs, net.ParseIP(node.hostIP))
+	}
+	p, err := ensurePKI(pkiDir, extraIPs)
 	if err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, nil, fmt.Errorf("pki: %w", err)
 	}
 	caPool := x509.NewCertPool()
 	caPool.AddCert(p.ca.cert)
 	adminTLS, err := tls.X509KeyPair(certPEM(p.admin.cert), keyPEM(p.admin.key))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	httpc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: caPool, Certificates: []tls.Certificate{adminTLS}},
@@ -421,18 +482,21 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 	var server string
 	for attempt := 1; ; attempt++ {
 		if ports, err = freePorts(7); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		etcdClient, etcdPeer, apiPort := ports[0], ports[1], ports[2]
+		if o.apiserverPort != 0 {
+			apiPort, ports[2] = o.apiserverPort, o.apiserverPort
+		}
 		dataDir := filepath.Join(dir, "etcd")
 		if err := os.RemoveAll(dataDir); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		etcdC, err = l.start("etcd", "--data-dir="+dataDir, "--name="+o.name,
 			"--client-port="+strconv.Itoa(etcdClient), "--peer-port="+strconv.Itoa(etcdPeer),
 			"--unsafe-no-fsync="+strconv.FormatBool(!o.etcdFsync))
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		err = waitFor(ctx, "etcd /health", 60*time.Second, []*child{etcdC}, func() (bool, error) {
 			return httpGetOK(plain, fmt.Sprintf("http://127.0.0.1:%d/health", etcdClient))
@@ -444,23 +508,35 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 				logf("etcd: %v; retrying with other ports", err)
 				continue
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		server = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
-		apiC, err = l.start("kube-apiserver",
-			"--etcd-servers="+fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
-			"--bind-address=127.0.0.1",
-			"--advertise-address=127.0.0.1",
-			"--secure-port="+strconv.Itoa(apiPort),
-			"--cert-dir="+filepath.Join(pkiDir, "apiserver-generated"),
-			"--tls-cert-file="+filepath.Join(pkiDir, "apiserver.crt"),
-			"--tls-private-key-file="+filepath.Join(pkiDir, "apiserver.key"),
-			"--client-ca-file="+filepath.Join(pkiDir, "ca.crt"),
+		bind, advertise := "127.0.0.1", "127.0.0.1"
+		var nodeArgs []string
+		if node != nil {
+			// The real node (its own network namespace) and its pods reach the apiserver at the
+			// host end of the node's veth; the apiserver reaches kubelets (logs, exec) at their IP.
+			bind, advertise = "0.0.0.0", node.hostIP
+			nodeArgs = []string{
+				"--kubelet-client-certificate=" + filepath.Join(pkiDir, "apiserver-kubelet-client.crt"),
+				"--kubelet-client-key=" + filepath.Join(pkiDir, "apiserver-kubelet-client.key"),
+				"--kubelet-preferred-address-types=InternalIP",
+			}
+		}
+		apiC, err = l.start("kube-apiserver", append([]string{
+			"--etcd-servers=" + fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
+			"--bind-address=" + bind,
+			"--advertise-address=" + advertise,
+			"--secure-port=" + strconv.Itoa(apiPort),
+			"--cert-dir=" + filepath.Join(pkiDir, "apiserver-generated"),
+			"--tls-cert-file=" + filepath.Join(pkiDir, "apiserver.crt"),
+			"--tls-private-key-file=" + filepath.Join(pkiDir, "apiserver.key"),
+			"--client-ca-file=" + filepath.Join(pkiDir, "ca.crt"),
 			"--authorization-mode=Node,RBAC",
 			"--enable-admission-plugins=NodeRestriction",
 			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-			"--service-account-key-file="+filepath.Join(pkiDir, "sa.pub"),
-			"--service-account-signing-key-file="+filepath.Join(pkiDir, "sa.key"),
+			"--service-account-key-file=" + filepath.Join(pkiDir, "sa.pub"),
+			"--service-account-signing-key-file=" + filepath.Join(pkiDir, "sa.key"),
 			"--service-cluster-ip-range=10.96.0.0/16",
 			"--allow-privileged=true",
 			"--enable-priority-and-fairness=false",
@@ -468,9 +544,9 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 			"--max-mutating-requests-inflight=0",
 			"--profiling=false",
 			"--event-ttl=1h",
-		)
+		}, nodeArgs...)...)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		err = waitFor(ctx, "kube-apiserver /readyz", 120*time.Second, []*child{apiC, etcdC}, func() (bool, error) {
 			return httpGetOK(httpc, server+"/readyz")
@@ -484,7 +560,7 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 				logf("kube-apiserver: %v; retrying with other ports", err)
 				continue
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		break
 	}
@@ -502,19 +578,19 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 	}
 	adminKC, err := write("admin", p.admin)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	kcmKC, err := write("controller-manager", p.kcm)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	schedKC, err := write("scheduler", p.sched)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	stagesPath := filepath.Join(dir, "kwok-stages.yaml")
 	if err := writeFileAtomic(stagesPath, kwokStages, 0o644); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	kcmPort, schedPort, kwokPort := ports[3], ports[4], ports[5]
@@ -540,7 +616,7 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 		"--node-monitor-grace-period=3m",
 	)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	schedC, err := l.start("kube-scheduler",
 		"--kubeconfig="+schedKC,
@@ -553,31 +629,39 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 		"--profiling=false",
 	)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	kwokC, err := l.start("kwok",
 		"--kubeconfig="+adminKC,
-		"--manage-all-nodes=true",
+		// Only the fake nodes: a real node (--real-nodes) is its kubelet's.
+		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
 		"--config="+stagesPath,
 		"--server-address=127.0.0.1:"+strconv.Itoa(kwokPort),
 		"--node-port="+strconv.Itoa(ports[6]),
 	)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	all := []*child{etcdC, apiC, kcmC, schedC, kwokC}
+	if node != nil {
+		nodeC, err := l.startNode(o, node, server, p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("real node: %w", err)
+		}
+		all = append(all, nodeC)
+	}
 
 	rc, err := clientcmd.BuildConfigFromFlags("", adminKC)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rc.QPS, rc.Burst = 50, 100
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := setupObjects(ctx, cs, o); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	err = waitFor(ctx, "nodes Ready", o.timeout, all, func() (bool, error) {
 		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: "type=kwok"})
@@ -595,7 +679,28 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 		return ready >= o.nodes, fmt.Errorf("%d/%d nodes Ready", ready, o.nodes)
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if node != nil {
+		err = waitFor(ctx, "the real node Ready", o.timeout, all, func() (bool, error) {
+			n, err := cs.CoreV1().Nodes().Get(ctx, realNodeName, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady {
+					return c.Status == corev1.ConditionTrue, fmt.Errorf("%s: %s", c.Reason, c.Message)
+				}
+			}
+			return false, errors.New("no Ready condition yet")
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w (see logs/node.log, logs/kubelet.log, logs/containerd.log)", err)
+		}
+		if err := advertiseGPUs(ctx, cs, o.realNodeGPUs); err != nil && o.realNodeGPUs > 0 {
+			return nil, nil, err
+		}
+		logf("real node %s Ready in %.1fs (%s, pods %s)", realNodeName, time.Since(upStart).Seconds(), node.nodeIP, node.podCIDR)
 	}
 	// Pods are refused until the token controller created the namespace's ServiceAccount.
 	err = waitFor(ctx, "default ServiceAccount", o.timeout, all, func() (bool, error) {
@@ -603,7 +708,7 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 		return err == nil, err
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 
 	kcPath := filepath.Join(dir, "kubeconfig")
@@ -615,17 +720,17 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions) (*clusterState, err
 	}
 	sb, _ := json.MarshalIndent(st, "", "  ")
 	if err := writeFileAtomic(filepath.Join(dir, "cluster.json"), append(sb, '\n'), 0o644); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	adminBytes, err := os.ReadFile(adminKC)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Last: its appearance is the readiness signal for scripts and the test fixtures.
 	if err := writeFileAtomic(kcPath, adminBytes, 0o600); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return st, nil
+	return st, cs, nil
 }
 
 // setupObjects creates the default StorageClass served by kwok's volume stages and the kwok
@@ -635,13 +740,19 @@ func setupObjects(ctx context.Context, cs kubernetes.Interface, o upOptions) err
 	reclaim := corev1.PersistentVolumeReclaimDelete
 	sc := &storagev1.StorageClass{
 		ObjectMeta: metav1.ObjectMeta{Name: "kwok-volume", Annotations: map[string]string{
-			"storageclass.kubernetes.io/is-default-class": "true"}},
+			"storageclass.kubernetes.io/is-default-class": strconv.FormatBool(o.realNodes == 0)}},
 		Provisioner:       "kwok.x-k8s.io/volume",
 		ReclaimPolicy:     &reclaim,
 		VolumeBindingMode: &bindImmediate,
 	}
 	if _, err := cs.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("storageclass: %w", err)
+	}
+	if o.realNodes > 0 {
+		// Real pods need real directories: the default class of a cluster with a real node.
+		if _, err := cs.StorageV1().StorageClasses().Create(ctx, localStorageClass(), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("storageclass %s: %w", localStorage, err)
+		}
 	}
 	res := corev1.ResourceList{
 		corev1.ResourceCPU:    resource.MustParse(o.nodeCPU),

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	_ "time/tzdata" // CronJob time zones, as in the upstream mains
 
@@ -16,7 +17,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 
 	kwokconfig "sigs.k8s.io/kwok/pkg/config"
 	kwokcmd "sigs.k8s.io/kwok/pkg/kwok/cmd"
@@ -37,6 +40,14 @@ func runControllerManager() int {
 
 func runScheduler() int {
 	return cli.Run(scheduler.NewSchedulerCommand())
+}
+
+func runKubelet() int {
+	return cli.Run(kubelet.NewKubeletCommand(context.Background()))
+}
+
+func runKubeProxy() int {
+	return cli.Run(proxy.NewProxyCommand())
 }
 
 func runKubectl() int {

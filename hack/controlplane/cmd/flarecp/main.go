@@ -20,11 +20,16 @@ components (each runs as its own process):
   kube-scheduler            k8s.io/kubernetes/cmd/kube-scheduler
   kubectl                   k8s.io/kubectl
   kwok                      sigs.k8s.io/kwok (fake nodes and pods)
+  kubelet                   k8s.io/kubernetes/cmd/kubelet (the real node, --real-nodes)
+  kube-proxy                k8s.io/kubernetes/cmd/kube-proxy (the real node's Services)
 
 launcher:
   cluster up --dir DIR [--name NAME] [--nodes N] [--gpus N]
+             [--real-nodes 1 --import IMAGE.tar ... [--real-node-gpus N]]   (root; see node.go)
+             [--apiserver-port PORT] [--runc PATH] [--cni-bin-dir DIR]
   cluster down --dir DIR [--timeout 60s]
   user-kubeconfig --dir DIR --user NAME [--group G ...] --out FILE
+  node-init                 internal: PID 1 of a real node's namespaces
   version
 `
 
@@ -53,10 +58,16 @@ func dispatch(name string, args []string) int {
 		return runControllerManager()
 	case "kube-scheduler":
 		return runScheduler()
+	case "kubelet":
+		return runKubelet()
+	case "kube-proxy":
+		return runKubeProxy()
 	case "kubectl":
 		return runKubectl()
 	case "kwok":
 		return runKwok()
+	case "node-init":
+		return runNodeInit(args)
 	case "cluster":
 		return runCluster(args)
 	case "user-kubeconfig":

@@ -179,7 +179,7 @@ type pkiSet struct {
 
 // ensurePKI creates DIR/pki. The CA and service-account key are kept across restarts of the
 // same DIR (so user kubeconfigs and tokens stay valid); leaf certs are re-issued every time.
-func ensurePKI(dir string) (*pkiSet, error) {
+func ensurePKI(dir string, extraIPs []net.IP) (*pkiSet, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -212,7 +212,7 @@ func ensurePKI(dir string) (*pkiSet, error) {
 	serving, err := ca.sign("kube-apiserver", nil,
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local"},
-		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1"), net.IPv6loopback}, true)
+		append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1"), net.IPv6loopback}, extraIPs...), true)
 	if err != nil {
 		return nil, err
 	}
@@ -227,6 +227,14 @@ func ensurePKI(dir string) (*pkiSet, error) {
 		return nil, err
 	}
 	if p.sched, err = ca.sign("system:kube-scheduler", nil, nil, nil, false); err != nil {
+		return nil, err
+	}
+	// The apiserver's identity towards kubelets (logs, exec, port-forward).
+	kc, err := ca.sign("kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := kc.write(dir, "apiserver-kubelet-client"); err != nil {
 		return nil, err
 	}
 	return p, nil
