@@ -255,6 +255,17 @@ def test_service_reaches_a_pod_by_cluster_ip_and_by_dns_name(
     assert f"http://web.{ns}.svc.cluster.local/ hello from web" in out
     assert "http://web/ hello from web" in out  # the pod's search path
     assert f"resolved {cluster_ip}" in out and "resolved 10.96.0.1" in out
+    # CoreDNS reads what it serves and nothing else (its own identity, not the admin's).
+    coredns = real_node_cluster.dir / "node" / "coredns.kubeconfig"
+    can = [
+        cp.kubectl("auth", "can-i", *q, kubeconfig=coredns, check=False).stdout.strip()
+        for q in (
+            ["watch", "endpointslices.discovery.k8s.io", "-A"],
+            ["list", "services", "-A"],
+            ["get", "secrets", "-A"],
+        )
+    ]
+    assert can == ["yes", "yes", "no"]
     # kubectl exec through the apiserver and the kubelet's streaming server.
     exec_out = cp.kubectl(
         "-n", ns, "exec", "web", "--", "python3", "-c", "import os; print('exec as', os.getuid())"

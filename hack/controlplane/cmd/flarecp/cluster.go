@@ -643,13 +643,6 @@ func (l *launcher) bringUpInner(ctx context.Context, o upOptions, node *nodeNet)
 		return nil, nil, err
 	}
 	all := []*child{etcdC, apiC, kcmC, schedC, kwokC}
-	if node != nil {
-		nodeC, err := l.startNode(o, node, server, p)
-		if err != nil {
-			return nil, nil, fmt.Errorf("real node: %w", err)
-		}
-		all = append(all, nodeC)
-	}
 
 	rc, err := clientcmd.BuildConfigFromFlags("", adminKC)
 	if err != nil {
@@ -659,6 +652,16 @@ func (l *launcher) bringUpInner(ctx context.Context, o upOptions, node *nodeNet)
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, err
+	}
+	if node != nil {
+		if err := nodeRBAC(ctx, cs); err != nil {
+			return nil, nil, fmt.Errorf("real node: %w", err)
+		}
+		nodeC, err := l.startNode(o, node, server, p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("real node: %w", err)
+		}
+		all = append(all, nodeC)
 	}
 	if err := setupObjects(ctx, cs, o); err != nil {
 		return nil, nil, err

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -308,7 +309,8 @@ func (l *launcher) startNode(o upOptions, n *nodeNet, server string, p *pkiSet) 
 func writeNodeConfig(o upOptions, n *nodeNet, nodeDir, server string, p *pkiSet) error {
 	nodeServer := strings.Replace(server, "127.0.0.1", n.hostIP, 1)
 	// Identities: the kubelet (Node authorizer, NodeRestriction), kube-proxy (bootstrap RBAC binds
-	// system:node-proxier to system:kube-proxy) and CoreDNS (reads Services and EndpointSlices).
+	// system:node-proxier to system:kube-proxy) and CoreDNS (nodeRBAC: reads Services,
+	// EndpointSlices, Namespaces and Pods, nothing else).
 	kubelet, err := p.ca.sign("system:node:"+realNodeName, []string{"system:nodes"}, nil, nil, false)
 	if err != nil {
 		return err
@@ -317,7 +319,11 @@ func writeNodeConfig(o upOptions, n *nodeNet, nodeDir, server string, p *pkiSet)
 	if err != nil {
 		return err
 	}
-	kcs := map[string]*keyPair{"kubelet": kubelet, "kube-proxy": proxy, "coredns": p.admin}
+	coredns, err := p.ca.sign(corednsUser, nil, nil, nil, false)
+	if err != nil {
+		return err
+	}
+	kcs := map[string]*keyPair{"kubelet": kubelet, "kube-proxy": proxy, "coredns": coredns}
 	for name, kp := range kcs {
 		b, err := kubeconfigBytes(o.name, nodeServer, p.ca, kp)
 		if err != nil {
@@ -759,6 +765,32 @@ func provisionVolumes(ctx context.Context, cs kubernetes.Interface, root string)
 		if err := cs.CoreV1().PersistentVolumes().Delete(ctx, pv.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}
+	}
+	return nil
+}
+
+const corednsUser = "system:flarecp:coredns"
+
+// nodeRBAC lets CoreDNS read what its kubernetes plugin watches (the role of the same name in
+// CoreDNS's own deployment manifests), before CoreDNS starts.
+func nodeRBAC(ctx context.Context, cs kubernetes.Interface) error {
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: "system:coredns"},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"endpoints", "services", "pods", "namespaces"}, Verbs: []string{"list", "watch"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+		},
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "system:coredns"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: corednsUser}},
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("clusterrole %s: %w", role.Name, err)
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("clusterrolebinding %s: %w", binding.Name, err)
 	}
 	return nil
 }
