@@ -124,8 +124,12 @@ def test_sites_materialise_their_approvals_into_the_clients_configmap(control_pl
         apply(cp, grant(b, "scl-b", m, expiresAt=expires))
         wait_for(lambda: not approved(cp, b, fed) and get(cp, "statefulset", b, f"{fed}-{b}") is None, timeout=40,
                  message="grant expired: the job withdrawn and the client removed at org-b")
-        request = get(cp, "accessrequest", b, f"job-{m}-run2")["status"]
-        assert request["decision"] == "Rejected" and f"grant scl-b expired at {expires}" in request["message"]
+        # The site withdraws first, then records its decision on the AccessRequest (its next write).
+        request = wait_for(
+            lambda: (s := get(cp, "accessrequest", b, f"job-{m}-run2")["status"])["decision"] == "Rejected" and s,
+            timeout=30, message="org-b's AccessRequest for run2 Rejected",
+        )  # fmt: skip
+        assert f"grant scl-b expired at {expires}" in request["message"], request
     except BaseException:
         print(op.tail(120))
         raise
