@@ -450,11 +450,6 @@ wait:
 }
 
 func (l *launcher) bringUp(ctx context.Context, o upOptions, node *nodeNet) (*clusterState, kubernetes.Interface, error) {
-	st, cs, err := l.bringUpInner(ctx, o, node)
-	return st, cs, err
-}
-
-func (l *launcher) bringUpInner(ctx context.Context, o upOptions, node *nodeNet) (*clusterState, kubernetes.Interface, error) {
 	dir := o.dir
 	pkiDir := filepath.Join(dir, "pki")
 	var extraIPs []net.IP

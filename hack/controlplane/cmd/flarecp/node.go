@@ -622,7 +622,6 @@ func nodeStart(ctx context.Context, l *launcher, n *nodeNet, nodeDir, binDir str
 		return fmt.Errorf("the pause image %s is not in the node's containerd and cannot be pulled offline: "+
 			"pass its archive with --import (`make images` builds it)", pauseImage)
 	}
-	watch := []*child{cd}
 	for _, c := range []struct {
 		name string
 		args []string
@@ -640,11 +639,9 @@ func nodeStart(ctx context.Context, l *launcher, n *nodeNet, nodeDir, binDir str
 		{"kube-proxy", []string{filepath.Join(binDir, "flarecp"), "kube-proxy",
 			"--config=" + filepath.Join(nodeDir, "kube-proxy.yaml"), "--v=1"}},
 	} {
-		k, err := l.exec(c.name, c.args[0], c.args[1:]...)
-		if err != nil {
+		if _, err := l.exec(c.name, c.args[0], c.args[1:]...); err != nil {
 			return err
 		}
-		watch = append(watch, k)
 	}
 	return nil
 }
