@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[flare,train,dev]'
+	$(PYTHON) -m pip install -q -e '.[flare,train,dev,s3]'
 	touch $@
 
 ## test: every tier (unit, schema, integration, node, e2e) - the README's test command and CI's
@@ -84,6 +84,11 @@ demo-multicluster-down:
 ## images: the operator, runtime and pause images as OCI archives, built from images/*/Dockerfile with buildah (no Docker, no registry; cached by content; last line: JSON with archives and refs)
 images:
 	@bash hack/images/build.sh | tail -n1
+
+.PHONY: s3server
+## s3server: build (or reuse) the S3-compatible test server (gofakes3 with SigV4 checks, hack/s3server); prints its path
+s3server:
+	@bash hack/s3server/build.sh | tail -n1
 
 include hack/controlplane/controlplane.mk
 -include flare_apps/apps.mk

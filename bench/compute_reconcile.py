@@ -81,7 +81,7 @@ def main() -> int:
         apply(cp, grant("org-a", "scl-a", "modeller"), grant("org-b", "scl-b", "modeller"))
         sites = [dict(gateway_config(o, o), runtime="kubernetes") for o in ("org-a", "org-b")]
         port = free_port()
-        config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 5, "heartbeatSeconds": 10,
+        config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": 5, "heartbeatSeconds": 10,
                   "gateways": sites, "metricsPort": port}
         op = OperatorProcess(cp, work, config).start()
         # Measure steady state: wait until both gateways registered (the operator is up and watching).

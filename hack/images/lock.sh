@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the images' lock files from pyproject.toml:
-#   images/operator/requirements.txt   [project] dependencies + extra "flare"
+#   images/operator/requirements.txt   [project] dependencies + extras "flare" and "s3"
 #   images/runtime/requirements.txt    [project] dependencies + extras "flare" and "train"
 # Each pins every package of the resolved set with ==, plus pip and setuptools (the Dockerfiles
 # install the project itself with --no-deps --no-build-isolation, so setuptools is the build backend).
@@ -53,5 +53,5 @@ print(f"lock.sh: {out}: {len(pins)} packages", file=sys.stderr)
 EOF
 }
 
-lock operator flare
+lock operator flare s3
 lock runtime flare train

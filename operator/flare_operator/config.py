@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from .api.common import OrgName
@@ -56,6 +56,8 @@ class SiteSettings(_Config):
     gpu_resource_name: str = "nvidia.com/gpu"
     storage_class: str | None = None
     workspace_size: str = "10Gi"
+    # Delete: a client's workspace volume (job folders, logs) goes with its ComputeSpec; Retain: kept.
+    workspace_retention: Literal["Delete", "Retain"] = "Delete"
     gpu_class: str = ""
     gpu_count: int = 0
     # The JobApproval admission webhook (records who decided; refuses unknown jobs and stale hashes),
@@ -75,6 +77,35 @@ class SiteSettings(_Config):
     )
 
 
+class S3StoreConfig(_Config):
+    """An S3-compatible bucket for finished jobs' results (one prefix per consumer namespace and job).
+
+    Credentials are read from the environment variables named here, never from the config file."""
+
+    endpoint: str | None = Field(None, description="Endpoint URL (None: AWS's own for the region)")
+    bucket: str = Field(min_length=3, max_length=63)
+    region: str = "us-east-1"
+    prefix: str = Field("", description="Key prefix before <namespace>/<job>/ (e.g. 'results/')")
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    create_bucket: bool = Field(False, description="Create the bucket if it does not exist")
+    ca_bundle: Path | None = Field(None, description="CA bundle to verify the endpoint's TLS certificate")
+
+
+class ResultsStoreConfig(_Config):
+    """Where finished FederatedJobs' results go: a local directory (single machine) or an S3 bucket."""
+
+    type: Literal["local", "s3"] = "local"
+    path: Path | None = Field(None, description="type local: the directory (None: <workdir>/results)")
+    s3: S3StoreConfig | None = None
+
+    @model_validator(mode="after")
+    def _s3_needs_settings(self) -> ResultsStoreConfig:
+        if self.type == "s3" and self.s3 is None:
+            raise ValueError("resultsStore.type s3 needs resultsStore.s3 (endpoint, bucket, ...)")
+        return self
+
+
 class OperatorConfig(_Config):
     mode: OperatorMode = OperatorMode.ALL
     runtime: RuntimeKind = RuntimeKind.PROCESS
@@ -90,6 +121,15 @@ class OperatorConfig(_Config):
     operator_namespace: str = "flare-system"
     storage_class: str | None = None
     workspace_size: str = "10Gi"
+    # Delete: the server's workspace volume goes with its ComputeSpec; Retain: kept (for inspection).
+    workspace_retention: Literal["Delete", "Retain"] = "Delete"
+    # Kubernetes runtime: how the orchestrator reaches each server's admin port (the FLARE API).
+    # service: the Service name in the kit (the operator runs in the cluster); port-forward: a local
+    # relay through the Kubernetes API's pods/portforward (an operator outside the cluster, kubeconfig
+    # only); pod-ip: a local relay straight to the server Pod's IP (the operator's machine routes to
+    # the Pod network); auto: service in a Pod, port-forward elsewhere; none: no route — the hub
+    # creates and scales the workloads but submits no jobs (e.g. nodes that run no containers, kwok).
+    admin_route: Literal["auto", "service", "port-forward", "pod-ip", "none"] = "auto"
     metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1 (0: off)
     heartbeat_seconds: float = 10.0
     # The hub flags a Gateway whose site has not reported in for this long (Connected=False).
@@ -99,6 +139,8 @@ class OperatorConfig(_Config):
     # finished round or job shows without waiting for the resync.
     active_job_poll_seconds: float = Field(1.0, gt=0)
     gateways: list[SiteSettings] = Field(default_factory=list)
+    # Finished jobs' results (files with sizes and sha256): a local directory or an S3 bucket.
+    results_store: ResultsStoreConfig = Field(default_factory=ResultsStoreConfig)
 
     @classmethod
     def from_file(cls, path: Path) -> OperatorConfig:

@@ -46,7 +46,10 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     # name, registry, namespaces, Kopf settings
     operators: list[tuple[str, kopf.OperatorRegistry, list[str], kopf.OperatorSettings]] = []
     if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
-        hub = Hub(config=config, kube=kube, runtime=runtime)
+        from .store.results import store_from_config
+
+        hub = Hub(config=config, kube=kube, runtime=runtime,
+                  results_store=store_from_config(config.results_store, config.workdir))
         operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces),
                           operator_settings(config)))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):

@@ -48,7 +48,7 @@ def consortium(control_plane, tmp_path):
           policy(a, "Automatic"), policy(b, "Manual", privacyFloor={"dpRequired": True}))
     sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
     sites[1]["webhookPort"] = free_port()  # org-b records who decided through its admission webhook
-    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
               "namespaces": [m],
               "workdir": str(tmp_path / "work")}
     op = OperatorProcess(cp, tmp_path, config).start()

@@ -71,7 +71,7 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
         site.update(runtime="kubernetes", nodeSelector={"flareop.io/gpu": "true"} if org == org_b else {},
                     storageClass=None, workspaceSize="2Gi")
         sites.append(site)
-    config = {"mode": "all", "runtime": "kubernetes", "image": "registry.example/flare-runtime:test",
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "image": "registry.example/flare-runtime:test",
               "resyncSeconds": 2, "heartbeatSeconds": 5, "workspaceSize": "3Gi", "gateways": sites,
               "metricsPort": free_port(), "namespaces": [modeller]}
     # kwok's nodes carry no custom label: give one GPU node the label org-b's site schedules onto.

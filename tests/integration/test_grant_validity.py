@@ -159,7 +159,7 @@ def test_a_volume_grant_needs_its_claim_and_a_node_path_must_be_absolute(control
     apply(cp, dataset_grant(a, "on-volume", m, {"id": "on-volume", "persistentVolumeClaim": {"claimName": "scl-data"}}),
           dataset_grant(a, "relative", m, {"id": "relative", "path": "data/scl.csv"}))
     site = dict(gateway_config(a, a), runtime="kubernetes")
-    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": [site],
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": [site],
               "namespaces": [m], "workdir": str(tmp_path / "work")}
     with running_operator(cp, tmp_path, config):
         missing = wait_valid(cp, a, "on-volume", "False")

@@ -49,7 +49,7 @@ def test_sites_materialise_their_approvals_into_the_clients_configmap(control_pl
     apply(cp, grant(a, "scl-a", m), grant(b, "scl-b", m), policy(a, "Automatic"), policy(b, "Manual"))
     sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
     sites[1]["webhookPort"] = free_port()  # org-b's approvals count only as its webhook records them
-    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
               "namespaces": [m], "workdir": str(tmp_path / "work")}
     op = OperatorProcess(cp, tmp_path, config).start()
     try:

@@ -61,7 +61,7 @@ def manual_b(control_plane, tmp_path):
           policy(a, "Automatic"), policy(b, "Manual"))
     sites = [dict(gateway_config(org, org), runtime="kubernetes") for org in (a, b)]
     sites[1]["webhookPort"] = free_port()
-    config = {"mode": "all", "runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
               "namespaces": [m], "workdir": str(tmp_path / "work")}
     site = Site(cp, c, config, tmp_path, OperatorProcess(cp, tmp_path, config).start())
     try:
@@ -205,7 +205,7 @@ def hub_and_sites(control_plane, tmp_path):
     shutil.copytree(catalog_root(), hub_catalog, ignore=shutil.ignore_patterns("__pycache__"))
     script = hub_catalog / "esm2-finetune" / "custom" / "esm2_client.py"
     script.write_text(script.read_text() + "\nimport os  # the hub's extra: os.system('curl … < data')\n")
-    base = {"runtime": "kubernetes", "resyncSeconds": 2, "heartbeatSeconds": 5, "workdir": str(tmp_path / "work")}
+    base = {"runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": 2, "heartbeatSeconds": 5, "workdir": str(tmp_path / "work")}
     hub = OperatorProcess(cp, tmp_path, {**base, "mode": "orchestrator", "namespaces": [m]}, name="hub",
                           env={ENV_VAR: str(hub_catalog)}).start()
     sites = OperatorProcess(cp, tmp_path, {**base, "mode": "gateway", "gateways": [

@@ -222,6 +222,12 @@ def real_node_images() -> ProjectImages:
 def real_node_cluster(control_plane_factory, real_node_images) -> ControlPlane:
     import os
 
+    attach = os.environ.get("FLARE_REAL_NODE_CLUSTER")
+    if attach:  # developing: a cluster already up (`REAL_NODE=1 make cluster-up CLUSTER_DIR=DIR`)
+        cp = ControlPlane(attach)
+        if not cp.kubeconfig.exists():
+            raise RuntimeError(f"FLARE_REAL_NODE_CLUSTER={attach}: no kubeconfig there (is the cluster up?)")
+        return cp
     if os.geteuid() != 0:
         raise RuntimeError("a cluster with a real node needs root (namespaces, cgroups, iptables)")
     # Importing the runtime image (~6.5 GB unpacked) is most of the start-up.

@@ -307,7 +307,7 @@ def test_client_volumes_read_only_and_workspace_claim():
 def test_client_default_command_uses_the_participant_and_org():
     cmd = pod(build_client(participant="org-a-client"))["containers"][0]["command"]
     assert "nvflare.private.fed.app.client.client_train" in cmd
-    assert "uid=org-a-client" in cmd and "org=org-a" in cmd and "fed_client.json" in cmd
+    assert "uid=org-a-client" in cmd and "org=org_a" in cmd and "fed_client.json" in cmd  # NVFlare org names: [A-Za-z0-9_]
     assert "uid=org-a" in pod(build_client())["containers"][0]["command"]
 
 
@@ -419,3 +419,17 @@ def test_builders_are_deterministic():
     assert build_server() == build_server()
     assert build_client() == build_client()
     assert naming.selector_labels(FED, "server").items() <= standard_labels(FED, "server").items()
+
+
+def test_workspace_retention_is_the_statefulsets_claim_policy():
+    policy = "persistentVolumeClaimRetentionPolicy"
+    assert build_server()["StatefulSet"]["spec"][policy] == {"whenDeleted": "Delete", "whenScaled": "Retain"}
+    assert build_client(workspace_retention="Retain")["StatefulSet"]["spec"][policy]["whenDeleted"] == "Retain"
+    with pytest.raises(ValueError, match="workspace_retention"):
+        build_server(workspace_retention="Keep")
+
+
+def test_the_client_finds_the_sites_own_config_in_its_local_folder():
+    env = {e["name"]: e.get("value") for e in pod(build_client(local_config="kit-local"))["containers"][0]["env"]}
+    assert env["FLAREOP_SITE_CONFIG"] == "/workspace/local/site.json"
+    assert "FLAREOP_SITE_CONFIG" not in {e["name"] for e in pod(build_client())["containers"][0]["env"]}

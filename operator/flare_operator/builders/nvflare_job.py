@@ -32,6 +32,7 @@ from .requests import datasets_by_org
 
 SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 JOB_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RESUME_CHECKPOINT = "resume/global_trainable.safetensors"
 SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
 
 NVFLARE_FILTERS = {
@@ -169,11 +170,12 @@ def build_job(
             meta.json under ``flareop`` and in the results' model card.
         min_clients: sites that must answer each round (default: all).
         task_timeout: seconds a round may take per task (0 = no limit).
-        resume: ``{"checkpoint": path, "startRound": k, "priorReleases": n}`` to continue after a
-            server restart or suspend: the path (as the server sees it) of a
-            ``global_trainable.safetensors`` the previous run wrote after round k-1 (metrics.json
-            ``last_completed_round`` = k-1); n = updates each site already released in earlier
-            attempts (DP accounting goes on from there; default 0).
+        resume: ``{"checkpoint": path or bytes, "startRound": k, "priorReleases": n}`` to continue
+            after a server restart or suspend: a ``global_trainable.safetensors`` the previous run
+            wrote after round k-1 (metrics.json ``last_completed_round`` = k-1) — its content (bytes),
+            shipped inside the job as ``app_server/resume/…`` (the server may be a Pod that cannot see
+            the operator's disk), or a path as the server sees it; n = updates each site already
+            released in earlier attempts (DP accounting goes on from there; default 0).
 
     Raises:
         ParameterError (from the catalog) for bad params/privacy/aggregation, JobBuildError otherwise.
@@ -219,12 +221,15 @@ def build_job(
         prior_releases = resume.get("priorReleases", 0)
         if not isinstance(prior_releases, int) or prior_releases < 0:
             raise JobBuildError(f"resume.priorReleases must be a non-negative integer, got {prior_releases!r}")
-        if not isinstance(ckpt, str) or not ckpt:
-            raise JobBuildError("resume.checkpoint must be a non-empty path")
+        if not isinstance(ckpt, str | bytes) or not ckpt:
+            raise JobBuildError("resume.checkpoint must be a non-empty path or the checkpoint's bytes")
         if not isinstance(start_round, int) or not 0 <= start_round < rounds:
             raise JobBuildError(f"resume.startRound must be an integer in [0, {rounds}), got {start_round!r}")
     files: dict[str, bytes] = {}
     root = job_name
+    if isinstance(ckpt, bytes):
+        files[f"{root}/app_server/{RESUME_CHECKPOINT}"] = ckpt
+        ckpt = RESUME_CHECKPOINT  # relative: the controller resolves it against its app folder
     deploy_map = {"app_server": ["server"]}
     # --- server
     server_cfg = {

@@ -9,7 +9,9 @@ Container layout (server and client alike)::
     /workspace               volume claim "workspace" (RWO, site/hub storage class and size), rw:
                              the NVFlare workspace root (``-m /workspace``): run folders, logs.
                              Survives scale-to-zero (persistentVolumeClaimRetentionPolicy
-                             whenScaled=Retain) and is deleted with the StatefulSet (whenDeleted=Delete).
+                             whenScaled=Retain) and is deleted with the StatefulSet (whenDeleted=Delete), or kept
+                             for inspection (``workspace_retention="Retain"``: the operator's
+                             ``workspaceRetention``, a site's own setting for its clients).
     /workspace/startup       the kit Secret, read-only (mode 0440, group = fsGroup): the provisioned
                              startup folder (fed_server.json / fed_client.json, certificates, private
                              key, rootCA.pem, signature.json).
@@ -50,6 +52,7 @@ from typing import Any
 
 from ..api.compute import ComputeSpecSpec
 from ..config import SiteSettings
+from .federation import nvflare_org
 from .naming import (
     COMPONENT_CLIENT,
     COMPONENT_SERVER,
@@ -100,6 +103,8 @@ ENV_ENFORCEMENT_DIR = "FLAREOP_ENFORCEMENT_DIR"
 ENV_FEDERATION = "FLAREOP_FEDERATION"
 ENV_SERVER = "FLAREOP_SERVER"
 ENV_SITE = "FLAREOP_SITE"
+ENV_SITE_CONFIG = "FLAREOP_SITE_CONFIG"  # the site's own config (dataset paths), read by the client's jobs
+SITE_CONFIG_FILE = "site.json"  # in the client's local/ folder (the ``local_config`` ConfigMap)
 
 
 @dataclass(frozen=True)
@@ -271,6 +276,7 @@ def _statefulset(
     pod_spec: dict,
     claim: dict,
     owner: Mapping[str, Any] | None,
+    workspace_retention: str = "Delete",
 ) -> Manifest:
     return {
         "apiVersion": "apps/v1",
@@ -283,11 +289,17 @@ def _statefulset(
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
             "revisionHistoryLimit": 3,
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Delete", "whenScaled": "Retain"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": workspace_retention, "whenScaled": "Retain"},
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
             "volumeClaimTemplates": [claim],
         },
     }
+
+
+def _retention(value: str) -> str:
+    if value not in ("Delete", "Retain"):
+        raise ValueError(f"workspace_retention must be Delete or Retain, got {value!r}")
+    return value
 
 
 def _check_port(port: int, what: str) -> None:
@@ -335,6 +347,7 @@ def server_manifests(
     client_namespaces: Sequence[str] | None = None,
     operator_namespace: str | None = None,
     local_config: str | None = None,
+    workspace_retention: str = "Delete",
 ) -> list[Manifest]:
     """NetworkPolicy, Service and StatefulSet of federation ``fed``'s NVFlare server, in ``namespace``.
 
@@ -383,6 +396,7 @@ def server_manifests(
         pod_spec=_pod_spec(container, _common_volumes(kit_secret, local_config)),
         claim=_workspace_claim(labels, storage_class, workspace_size),
         owner=owner,
+        workspace_retention=_retention(workspace_retention),
     )
 
     service = {
@@ -481,6 +495,7 @@ def client_manifests(
     participant: str | None = None,
     server_namespace: str | None = None,
     local_config: str | None = None,
+    workspace_retention: str = "Delete",
 ) -> list[Manifest]:
     """NetworkPolicy and StatefulSet of ``site``'s NVFlare client of federation ``fed``, in ``site.namespace``.
 
@@ -528,11 +543,13 @@ def client_manifests(
         {"name": ENV_SERVER, "value": f"{server_host}:{fl_port}"},
         {"name": ENV_ENFORCEMENT_DIR, "value": ENFORCEMENT_DIR},
     ]
+    if local_config:
+        env.append({"name": ENV_SITE_CONFIG, "value": f"{LOCAL_DIR}/{SITE_CONFIG_FILE}"})
     container = {
         "name": CLIENT_CONTAINER,
         "image": image,
         "imagePullPolicy": image_pull_policy,
-        "command": list(command) if command else client_command(participant, site.org),
+        "command": list(command) if command else client_command(participant, nvflare_org(site.org)),
         "workingDir": WORKSPACE_DIR,
         "env": env,
         "resources": _equal_resources(limits),
@@ -554,6 +571,7 @@ def client_manifests(
         pod_spec=pod_spec,
         claim=_workspace_claim(labels, site.storage_class, site.workspace_size),
         owner=owner,
+        workspace_retention=_retention(workspace_retention),
     )
 
     if server_namespace:

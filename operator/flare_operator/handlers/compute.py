@@ -57,6 +57,7 @@ class Hub:
     config: OperatorConfig
     kube: Kube
     runtime: WorkloadRuntime
+    results_store: Any = None  # store.results.ResultsStore: where finished jobs' results go
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     port_base: int = 18000
 
@@ -133,6 +134,14 @@ class Federation(ObjectView):
         if self.hub.config.runtime == "process":
             return "localhost"
         return f"{naming.server_name(self.fed)}.{self.namespace}.svc"  # the Service clients dial
+
+    def _extra_host_names(self) -> tuple[str, ...]:
+        """Further names in the server's certificate (Kubernetes runtime): the Service's full name, and
+        ``localhost`` for the operator's admin relay (runtime/admin_route.py) — only participants of
+        this federation trust its CA, so the name grants nothing beyond it."""
+        if self.hub.config.runtime == "process":
+            return ()
+        return (f"{self.server_name}.cluster.local", "localhost")
 
     def _names(self) -> dict[str, str]:
         return {"ca": f"{self.fed}-ca", "server": f"{self.fed}-server-kit", "admin": f"{self.fed}-admin-kit"}
@@ -215,7 +224,7 @@ class Federation(ObjectView):
         else:
             fl_port, admin_port = self._ports()
             plan = FederationPlan(project=self.fed, server_host=self.server_name, fl_port=fl_port,
-                                  admin_port=admin_port, clients=())
+                                  admin_port=admin_port, clients=(), extra_host_names=self._extra_host_names())
         wanted = plan.with_clients(clients)
         server_kit = await self.hub.k("get", "Secret", self.namespace, names["server"])
         admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])

@@ -3,8 +3,10 @@
 The NVFlare job is built from the catalog app (builders/nvflare_job.py) with each site's dataset
 named by reference (`dataset:<id>`: only the site knows where its data is) and submitted through
 the FLARE API with the operator's admin kit and submit token = the job's uid (attempt 1) or
-uid-<attempt>, so a restarted operator never submits twice. Progress comes from the app's live
-metrics in the server's workspace; results are downloaded when NVFlare reports the job finished.
+uid-<attempt>, so a restarted operator never submits twice. Progress and the last global
+checkpoint come from the server app through the FLARE API (app commands), never from the server's
+disk, so both runtimes follow a job the same way; results are downloaded when NVFlare reports the
+job finished and put into the operator's results store (a local folder or an S3 bucket).
 
 Lifecycle beyond the happy path:
 - suspend: the last global checkpoint is saved, the NVFlare job aborted; resuming submits a new
@@ -38,7 +40,6 @@ from ..api.job import (
     FederatedJobStatus,
     JobPhase,
     OrgDecision,
-    ResultFile,
     Results,
 )
 from ..builders.federation import client_name
@@ -47,7 +48,7 @@ from ..builders.requests import LABEL_REQUEST_KIND, LABEL_SOURCE_NAME, LABEL_SOU
 from ..catalog import loader as catalog
 from ..nvflare.admin import FlareUnavailable
 from ..runtime.metrics import APPROVAL_WAIT_SECONDS, JOB_SUBMISSIONS, ROUNDS_COMPLETED, SUBMIT_SECONDS
-from ..runtime.workloads import ProcessRuntime, ServerWorkload
+from ..runtime.workloads import ServerWorkload
 from ..status.conditions import Conditions
 from ..status.job import progress_from_metrics
 from .compute import Federation, Hub
@@ -55,9 +56,6 @@ from .objects import ObjectView
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "app_server/results/metrics.json"
-CHECKPOINT_FILE = "app_server/results/global_trainable.safetensors"
-SERVER_LOG = "log.txt"
 RESULTS_DIR = "workspace/app_server/results"
 _DONE = {"FINISHED:COMPLETED": JobPhase.SUCCEEDED, "FINISHED:ABORTED": JobPhase.ABORTED}
 LOST_BY_SERVER = frozenset({"FINISHED:ABANDONED", "FINISHED:ABNORMAL"})
@@ -115,17 +113,14 @@ class Run(ObjectView):
         """One pass: submit, follow, suspend or recover, from the admission status just computed."""
         if not self._running and self.status.phase != JobPhase.QUEUED:
             return self.status  # waiting (approval, compute, suspended) or decided; nothing runs
-        if not isinstance(self.hub.runtime, ProcessRuntime):
-            return self._with(JobPhase.QUEUED, Reason.PROGRESSING,
-                              "approved; this operator's runtime cannot submit jobs yet (process runtime only)")
         federation = Federation(self.hub, self.compute)
         server = await federation.existing_server()
         if self._running and (server is None or not federation.spec.active):
             return await self._compute_gone(server)
         if server is None:
             return self._with(JobPhase.PENDING, Reason.COMPUTE_NOT_READY, "the federation is not provisioned")
-        admin = self.hub.runtime.admin(server)
         try:
+            admin = await self.hub.runtime.admin(server)
             if not self._running:
                 return await self._submit(server, admin)
             withdrawn = self._withdrawn(self.status.approvals)
@@ -149,7 +144,7 @@ class Run(ObjectView):
         resume = None
         if checkpoint is not None and Path(checkpoint.path).exists():
             # DP: count conservatively — every earlier attempt may have released the round it was in.
-            resume = {"checkpoint": checkpoint.path,
+            resume = {"checkpoint": Path(checkpoint.path).read_bytes(),
                       "startRound": min(checkpoint.completed_rounds, self.spec.rounds - 1),
                       "priorReleases": checkpoint.completed_rounds + self.status.attempts}
         job_name = job_name_for(self.namespace, self.name)
@@ -184,7 +179,7 @@ class Run(ObjectView):
         job_id = self.status.nvflare_job_id
         meta = await asyncio.to_thread(admin.job_meta, job_id)
         state = str(meta.get("status", ""))
-        updates = self._progress(server, job_id)
+        updates = await self._progress(admin, job_id, running=state == "RUNNING")
         if self.spec.active_deadline_seconds and self.status.submitted_at:
             elapsed = (_now() - self.status.submitted_at).total_seconds()
             if elapsed > self.spec.active_deadline_seconds and not state.startswith("FINISHED"):
@@ -200,7 +195,7 @@ class Run(ObjectView):
             return self._with(JobPhase.RUNNING, Reason.RUNNING, f"round {updates.get('progress', '?')}",
                               start_time=start, **updates)
         if state in LOST_BY_SERVER:
-            return await self._recover(server, state, updates)
+            return await self._recover(server, admin, state, updates)
         if state.startswith("FINISHED"):
             phase = _DONE.get(state, JobPhase.FAILED)
             withdrawn = [] if phase == JobPhase.SUCCEEDED else self._withdrawn(await self._current_approvals())
@@ -210,8 +205,8 @@ class Run(ObjectView):
                 return self._with(phase, Reason.ABORTED if phase == JobPhase.ABORTED else Reason.JOB_FAILED,
                                   f"NVFlare job {job_id} ended {state}", completion_time=_now(),
                                   results=await self._logs_only(admin, job_id), **updates)
-            results = await self._fetch_results(admin, job_id)
-            updates.update(self._metrics(results))
+            results, final = await self._fetch_results(admin, job_id)
+            updates.update(final)
             return self._with(JobPhase.SUCCEEDED, Reason.SUCCEEDED,
                               f"completed {self.spec.rounds} rounds; results in {results.location}",
                               completion_time=_now(), results=results, **updates)
@@ -240,12 +235,12 @@ class Run(ObjectView):
         """An org withdrew its approval while the job ran (its client already stopped the job there):
         abort the NVFlare job, keep what it produced so far (the last global model, metrics, logs)."""
         job_id = self.status.nvflare_job_id
-        checkpoint = self._save_checkpoint(server, job_id)
+        updates = await self._progress(admin, job_id)
+        checkpoint = updates.pop("checkpoint", None) or await self._save_checkpoint(admin, job_id)
         try:
             await asyncio.to_thread(admin.abort, job_id)
         except Exception:  # noqa: BLE001 - it may have ended already
             log.info("NVFlare job %s: abort after revocation", job_id, exc_info=True)
-        updates = self._progress(server, job_id)
         results = await self._logs_only(admin, job_id, checkpoint)
         message = (f"approval withdrawn ({' | '.join(withdrawn)}); NVFlare job {job_id} stopped after "
                    f"{updates.get('progress', self.status.progress or '0/' + str(self.spec.rounds))} rounds")
@@ -256,7 +251,7 @@ class Run(ObjectView):
     async def _suspend(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         """spec.suspend: keep the last global checkpoint, abort the NVFlare job; resuming resubmits."""
         job_id = self.status.nvflare_job_id
-        checkpoint = self._save_checkpoint(server, job_id)
+        checkpoint = await self._save_checkpoint(admin, job_id)
         await asyncio.to_thread(admin.abort, job_id)
         where = f"round {checkpoint.completed_rounds}" if checkpoint else "round 0 (no checkpoint yet)"
         await self.hub.k("event", self.body, reason="Suspended", note=f"NVFlare job {job_id} aborted; resumes from {where}")
@@ -264,10 +259,11 @@ class Run(ObjectView):
         return self._stopped(JobPhase.SUSPENDED, Reason.SUSPENDED,
                              f"spec.suspend is true: NVFlare job {job_id} aborted; resumes from {where}", checkpoint)
 
-    async def _recover(self, server: ServerWorkload, state: str, updates: dict) -> FederatedJobStatus:
-        """The server lost the job: resubmit from the last checkpoint while backoffLimit allows."""
+    async def _recover(self, server: ServerWorkload, admin, state: str, updates: dict) -> FederatedJobStatus:
+        """The server lost the job: resubmit from the last checkpoint while backoffLimit allows
+        (the one saved while the job ran: the lost job answers no more)."""
         job_id = self.status.nvflare_job_id
-        checkpoint = self._save_checkpoint(server, job_id)
+        checkpoint = updates.pop("checkpoint", None) or self.status.checkpoint
         failures = self.status.server_failures + 1
         self.status = self.status.model_copy(update={"server_failures": failures})
         if failures > self.spec.backoff_limit:
@@ -280,7 +276,6 @@ class Run(ObjectView):
         self.status = self.status.model_copy(update={"nvflare_job_id": None, "checkpoint": checkpoint,
                                                      **updates})
         self.conds.set(ConditionType.READY, False, Reason.RESUBMITTED, f"NVFlare job {job_id} ended {state}")
-        admin = self.hub.runtime.admin(server)
         return await self._submit(server, admin)
 
     async def _compute_gone(self, server: ServerWorkload | None) -> FederatedJobStatus:
@@ -288,7 +283,7 @@ class Run(ObjectView):
         job_id = self.status.nvflare_job_id
         if server is not None:
             try:
-                await asyncio.to_thread(self.hub.runtime.admin(server).abort, job_id)
+                await asyncio.to_thread((await self.hub.runtime.admin(server)).abort, job_id)
             except Exception:  # noqa: BLE001 - the server is stopping anyway
                 log.info("could not abort NVFlare job %s on a deactivated federation", job_id, exc_info=True)
         name = self.spec.compute_spec_ref.name
@@ -303,59 +298,76 @@ class Run(ObjectView):
             update["checkpoint"] = checkpoint
         return self.status.model_copy(update=update)
 
-    def _save_checkpoint(self, server: ServerWorkload, job_id: str) -> Checkpoint | None:
-        """Copy the job's last global checkpoint out of the server's workspace, with the rounds it
-        holds (the app writes the checkpoint before metrics.json records the round)."""
-        raw_metrics = self.hub.runtime.server_job_file(server, job_id, METRICS_FILE)
-        weights = self.hub.runtime.server_job_file(server, job_id, CHECKPOINT_FILE)
-        last = json.loads(raw_metrics).get("last_completed_round") if raw_metrics else None
-        if weights is None or last is None:
-            return self.status.checkpoint  # nothing newer than what an earlier attempt saved
+    async def _save_checkpoint(self, admin, job_id: str, record: dict | None = None) -> Checkpoint | None:
+        """The running job's last global checkpoint, asked of its server app and kept in the operator's
+        workdir with the metrics record of that moment (the app records a round's checkpoint before
+        its metrics). The last saved one when the job has nothing newer (or does not answer)."""
+        answer = await asyncio.to_thread(admin.checkpoint, job_id)
+        if answer is None:
+            return self.status.checkpoint
+        last, weights = answer
+        if record is None:
+            record = await asyncio.to_thread(admin.progress, job_id)
         folder = self._job_dir("checkpoints")
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"global_trainable-{job_id}.safetensors"
-        path.write_bytes(weights)
-        (folder / f"metrics-{job_id}.json").write_bytes(raw_metrics)
-        return Checkpoint(completed_rounds=int(last) + 1, path=str(path), from_job_id=job_id, saved_at=_now())
+
+        def save() -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, weights)
+            if record is not None:
+                _write_atomic(folder / f"metrics-{job_id}.json", json.dumps(record, indent=1).encode())
+
+        await asyncio.to_thread(save)
+        return Checkpoint(completed_rounds=last + 1, path=str(path), from_job_id=job_id, saved_at=_now())
 
     def _job_dir(self, kind: str) -> Path:
         return (self.hub.config.workdir / kind / self.namespace / self.name).resolve()
 
-    def _progress(self, server: ServerWorkload, job_id: str) -> dict:
-        raw = self.hub.runtime.server_job_file(server, job_id, METRICS_FILE)
-        updates = self._from_metrics(json.loads(raw)) if raw else {}
+    async def _progress(self, admin, job_id: str, *, running: bool = True) -> dict:
+        """Status fields from the job's live metrics; with a newer global checkpoint than the one
+        saved, that one too (so a server lost mid-job resumes from its last round)."""
+        record = await asyncio.to_thread(admin.progress, job_id) if running else None
+        if not record:
+            return {}
+        updates = self._from_metrics(record)
         done, before = updates.get("current_round"), self.status.current_round or 0
         if done is not None and done > before:
             ROUNDS_COMPLETED.inc(done - before)
+        last = record.get("last_completed_round")
+        saved = self.status.checkpoint
+        if isinstance(last, int) and (saved is None or saved.from_job_id != job_id or saved.completed_rounds <= last):
+            checkpoint = await self._save_checkpoint(admin, job_id, record)
+            if checkpoint is not None and checkpoint is not saved:
+                updates["checkpoint"] = checkpoint
         return updates
 
     def _from_metrics(self, record: dict) -> dict:
         return progress_from_metrics(record, self.spec.rounds)
 
-    def _metrics(self, results: Results) -> dict:
-        path = Path(results.location) / "metrics.json"
-        return self._from_metrics(json.loads(path.read_text())) if path.exists() else {}
-
-    async def _fetch_results(self, admin, job_id: str) -> Results:
-        location = self._job_dir("results")
+    async def _fetch_results(self, admin, job_id: str) -> tuple[Results, dict]:
+        """The finished job's results (the server app's results folder, every participant's log, the
+        metrics of earlier attempts) into the results store; with the status fields of its metrics."""
         earlier = self._job_dir("checkpoints")
 
-        def fetch() -> Results:
+        def fetch() -> tuple[Results, dict]:
             with tempfile.TemporaryDirectory(prefix="flareop-dl-") as tmp:
-                downloaded = Path(admin.download(job_id, Path(tmp)))
-                candidates = [downloaded / RESULTS_DIR, Path(tmp) / job_id / RESULTS_DIR]
+                downloaded = Path(admin.download(job_id, Path(tmp) / "download"))
+                candidates = [downloaded / RESULTS_DIR, Path(tmp) / "download" / job_id / RESULTS_DIR]
                 source = next((c for c in candidates if c.exists()), candidates[-1])
-                shutil.rmtree(location, ignore_errors=True)
-                shutil.copytree(source, location)
-                log_txt = next(iter(Path(tmp).rglob("log.txt")), None)
+                tree = Path(tmp) / "results"
+                shutil.copytree(source, tree)
+                log_txt = next(iter((Path(tmp) / "download").rglob("log.txt")), None)
                 if log_txt:
-                    (location / "logs").mkdir(exist_ok=True)
-                    shutil.copy(log_txt, location / "logs" / "server-log.txt")
-            _store_logs(admin, job_id, location / "logs", self._participants())
-            for previous in sorted(earlier.glob("metrics-*.json")):  # attempts before a suspend / server loss
-                (location / "attempts").mkdir(exist_ok=True)
-                shutil.copy(previous, location / "attempts" / previous.name)
-            return _listing(location)
+                    (tree / "logs").mkdir(exist_ok=True)
+                    shutil.copy(log_txt, tree / "logs" / "server-log.txt")
+                _store_logs(admin, job_id, tree / "logs", self._participants())
+                for previous in sorted(earlier.glob("metrics-*.json")):  # attempts before a suspend / server loss
+                    if previous.name != f"metrics-{job_id}.json":
+                        (tree / "attempts").mkdir(exist_ok=True)
+                        shutil.copy(previous, tree / "attempts" / previous.name)
+                metrics = tree / "metrics.json"
+                fields = self._from_metrics(json.loads(metrics.read_text())) if metrics.exists() else {}
+                return self.hub.results_store.put_tree(tree, self.namespace, self.name), fields
 
         return await asyncio.to_thread(fetch)
 
@@ -365,27 +377,26 @@ class Run(ObjectView):
     async def _logs_only(self, admin, job_id: str, checkpoint: Checkpoint | None = None) -> Results | None:
         """A job that did not succeed keeps its logs (server and every site) for whoever debugs it, and a
         revoked one the last global model it reached (``checkpoint``)."""
-        location = self._job_dir("results")
 
         def fetch() -> Results | None:
-            shutil.rmtree(location, ignore_errors=True)
-            kept = _store_logs(admin, job_id, location / "logs", self._participants())
-            if checkpoint is not None and Path(checkpoint.path).exists():
-                location.mkdir(parents=True, exist_ok=True)
-                shutil.copy(checkpoint.path, location / "global_trainable.safetensors")
-                metrics = Path(checkpoint.path).with_name(f"metrics-{checkpoint.from_job_id}.json")
-                if metrics.exists():
-                    shutil.copy(metrics, location / "metrics.json")
-                kept += 1
-            return _listing(location) if kept else None
+            with tempfile.TemporaryDirectory(prefix="flareop-logs-") as tmp:
+                tree = Path(tmp)
+                kept = _store_logs(admin, job_id, tree / "logs", self._participants())
+                if checkpoint is not None and Path(checkpoint.path).exists():
+                    shutil.copy(checkpoint.path, tree / "global_trainable.safetensors")
+                    metrics = Path(checkpoint.path).with_name(f"metrics-{checkpoint.from_job_id}.json")
+                    if metrics.exists():
+                        shutil.copy(metrics, tree / "metrics.json")
+                    kept += 1
+                return self.hub.results_store.put_tree(tree, self.namespace, self.name) if kept else None
 
         return await asyncio.to_thread(fetch)
 
 
-def _listing(location: Path) -> Results:
-    files = [ResultFile(name=str(p.relative_to(location)), size=p.stat().st_size, sha256=_sha256(p))
-             for p in sorted(location.rglob("*")) if p.is_file()]
-    return Results(location=str(location), files=files[:256])
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def _store_logs(admin, job_id: str, folder: Path, expected: Iterable[str] = (), *, tries: int = 6) -> int:
@@ -421,12 +432,12 @@ async def abort_if_running(hub: Hub, body: dict) -> None:
         return
     spec = FederatedJobSpec.model_validate(body["spec"])
     compute = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], spec.compute_spec_ref.name)
-    if compute is None or not isinstance(hub.runtime, ProcessRuntime):
+    if compute is None:
         return
     server = await Federation(hub, compute).existing_server()
     if server is not None:
         try:
-            await asyncio.to_thread(hub.runtime.admin(server).abort, status.nvflare_job_id)
+            await asyncio.to_thread((await hub.runtime.admin(server)).abort, status.nvflare_job_id)
         except Exception:  # noqa: BLE001 - the server may be gone already
             log.warning("could not abort NVFlare job %s", status.nvflare_job_id, exc_info=True)
 

@@ -6,6 +6,8 @@ fails is closed and re-opened on the next call (the server may have restarted).
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 from datetime import datetime
@@ -15,6 +17,10 @@ from typing import Any
 from ..builders.federation import ADMIN_IDENTITY
 
 log = logging.getLogger(__name__)
+
+# App commands of the catalog apps' server workflows (flare_apps/esm2-finetune/custom/esm2_app/controller.py).
+PROGRESS_TOPIC = "flareop.progress"
+CHECKPOINT_TOPIC = "flareop.checkpoint"
 
 
 class FlareUnavailable(ConnectionError):
@@ -77,6 +83,42 @@ class FlareAdmin:
             log.info("cannot tell whether job %s outlived a server restart (start times %r, %r)",
                      job_id, server_start, job_start)
             return False
+
+    def app_command(self, job_id: str, topic: str) -> dict | None:
+        """A running job's answer to an app command of its server app; None when the job does not
+        run (any more) or its app does not answer that topic."""
+        from nvflare.fuel.flare_api.api_spec import JobNotRunning
+
+        try:
+            reply = self._call("do_app_command", job_id, topic, None)
+        except JobNotRunning:
+            return None
+        except FlareUnavailable:
+            raise
+        except Exception as err:  # noqa: BLE001 - an app without the command, a job just ending
+            log.info("app command %s of job %s: %s: %s", topic, job_id, type(err).__name__, err)
+            return None
+        return reply if isinstance(reply, dict) else None
+
+    def progress(self, job_id: str) -> dict | None:
+        """The job's metrics record (metrics.json) as its server app holds it now."""
+        reply = self.app_command(job_id, PROGRESS_TOPIC)
+        text = (reply or {}).get("metrics")
+        if not text:
+            return None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            log.warning("job %s: its progress is not JSON", job_id)
+            return None
+        return record if isinstance(record, dict) else None
+
+    def checkpoint(self, job_id: str) -> tuple[int, bytes] | None:
+        """(last completed round, global trainable parameters as safetensors) of a running job."""
+        reply = self.app_command(job_id, CHECKPOINT_TOPIC) or {}
+        if "safetensors_b64" not in reply or reply.get("last_completed_round") is None:
+            return None
+        return int(reply["last_completed_round"]), base64.b64decode(reply["safetensors_b64"])
 
     def job_logs(self, job_id: str) -> dict[str, str]:
         """The job's log per participant ("server" and each client), from the server's log store

@@ -3,7 +3,8 @@
 The kit (a tar.gz from provisioning) is split into what the pods mount: a Secret with startup/
 (certificates, keys, fed_*.json) and a ConfigMap with local/ (resources.json pointing NVFlare's
 state into the workspace volume). Readiness comes from the StatefulSets; whether clients are
-connected is what each site reports (the operator does not reach into a site's network).
+connected is what the FLARE API says (the admin session: runtime/admin_route.py says how an
+operator outside the cluster reaches it).
 """
 
 from __future__ import annotations
@@ -12,17 +13,29 @@ import asyncio
 import io
 import json
 import logging
+import os
 import tarfile
+from pathlib import Path
 from typing import Any
 
 from ..builders import naming
 from ..builders.federation import ENFORCEMENT_RESOURCES_FILE, enforcement_resources
 from ..builders.requests import LABEL_FEDERATION
-from ..builders.workloads import ENFORCEMENT_DIR, STATE_DIR, DatasetMount, client_manifests, server_manifests
+from ..builders.workloads import (
+    ENFORCEMENT_DIR,
+    SITE_CONFIG_FILE,
+    STATE_DIR,
+    DatasetMount,
+    client_manifests,
+    server_manifests,
+)
 from ..config import OperatorConfig, SiteSettings
+from ..nvflare.admin import FlareAdmin, FlareUnavailable
+from ..nvflare.provisioning import unpack_kit
 from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
+from .admin_route import LocalRelay, admin_port, dial_direct, dial_port_forward, route_kit_through
 from .kube import Kube
-from .workloads import ApprovedChange, ClientWorkload, ServerWorkload, site_local_config
+from .workloads import ApprovedChange, ClientWorkload, ServerWorkload, digest, site_local_config
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +91,7 @@ class KubernetesRuntime:
         self.config = config
         self.kube = kube
         self._approved_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._admins: dict[str, tuple[str, FlareAdmin, LocalRelay | None]] = {}
 
     async def _k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
@@ -97,6 +111,7 @@ class KubernetesRuntime:
             kit_secret=startup_secret, storage_class=self.config.storage_class, workspace_size=self.config.workspace_size,
             operator_labels={"app.kubernetes.io/name": "flare-operator"}, owner=w.owner,
             allow_external_clients=True, operator_namespace=self.config.operator_namespace, local_config=local_config,
+            workspace_retention=self.config.workspace_retention,
         ):
             await self._k("apply", manifest)
 
@@ -104,9 +119,66 @@ class KubernetesRuntime:
         return _ready(await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation)))
 
     async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
-        return None
+        if self._route() == "none":
+            return None  # no FLARE API: the sites' own reports decide
+        if not w.spec.active or not await self.server_ready(w):
+            return []
+        try:
+            admin = await self.admin(w)
+            return await asyncio.to_thread(admin.connected_clients)
+        except Exception as err:  # noqa: BLE001 - the server may still be starting
+            log.info("FLARE API of %s not answering yet: %s", w.federation, err)
+            return []
+
+    def _route(self) -> str:
+        route = self.config.admin_route
+        if route == "auto":
+            return "service" if os.environ.get("KUBERNETES_SERVICE_HOST") else "port-forward"
+        return route
+
+    async def admin(self, w: ServerWorkload) -> FlareAdmin:
+        """The FLARE API session with ``w``'s server, through the configured route."""
+        route = self._route()
+        if route == "none":
+            raise FlareUnavailable("this orchestrator has no route to the NVFlare server's admin port "
+                                   "(adminRoute: none): it runs no jobs")
+        key = f"{digest(w.admin_kit)}/{route}"
+        known = self._admins.get(w.federation)
+        if known and known[0] == key:
+            return known[1]
+        self._drop_admin(w.federation)
+        folder = Path(self.config.workdir).resolve() / "admin" / w.namespace / w.federation
+        await asyncio.to_thread(unpack_kit, w.admin_kit, folder)
+        relay = None
+        if route != "service":
+            port = admin_port(folder)
+            pod = f"{naming.server_name(w.federation)}-0"
+            if route == "port-forward":
+                dial = dial_port_forward(self.kube.api, w.namespace, pod, port)
+            else:
+                dial = dial_direct(lambda: self._pod_ip(w.namespace, pod), port)
+            relay = LocalRelay(dial, f"{w.namespace}/{pod}:{port}")
+            route_kit_through(folder, relay)
+        admin = FlareAdmin(folder, timeout=5.0)
+        self._admins[w.federation] = (key, admin, relay)
+        return admin
+
+    def _pod_ip(self, namespace: str, pod: str) -> str:
+        obj = self.kube.get("Pod", namespace, pod)
+        ip = ((obj or {}).get("status") or {}).get("podIP")
+        if not ip:
+            raise ConnectionError(f"Pod {namespace}/{pod} has no IP (not running)")
+        return ip
+
+    def _drop_admin(self, federation: str) -> None:
+        known = self._admins.pop(federation, None)
+        if known:
+            known[1].close()
+            if known[2] is not None:
+                known[2].close()
 
     async def remove_server(self, federation: str, namespace: str) -> None:
+        self._drop_admin(federation)
         await self._remove(namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "server"})
 
     async def _remove(self, namespace: str, labels: dict) -> None:
@@ -121,7 +193,7 @@ class KubernetesRuntime:
         startup, local = split_kit(w.kit)
         mounts = [DatasetMount(d.dataset_id, claim_name=d.claim_name, sub_path=d.sub_path) if d.claim_name
                   else DatasetMount(d.dataset_id, host_path=d.path) for d in w.datasets]
-        local["site.json"] = json.dumps({**site_local_config(w),
+        local[SITE_CONFIG_FILE] = json.dumps({**site_local_config(w),
                                          "datasets": {m.dataset_id: m.path for m in mounts}}, sort_keys=True)
         local[ENFORCEMENT_RESOURCES_FILE] = json.dumps(
             enforcement_resources(f"{ENFORCEMENT_DIR}/{APPROVED_FILE}", site.org), indent=1)
@@ -139,6 +211,7 @@ class KubernetesRuntime:
             image_pull_policy=self.config.image_pull_policy, command=self.config.client_command,
             kit_secret=startup_secret, dataset_mounts=mounts, enforcement_configmap=w.enforcement_configmap, server_host=host,
             fl_port=int(port), owner=None, participant=w.client_name, local_config=local_config,
+            workspace_retention=site.workspace_retention,
         ):
             await self._k("apply", manifest)
 
@@ -173,4 +246,5 @@ class KubernetesRuntime:
         return sum(1 for sts in items if _ready(sts))
 
     async def close(self) -> None:
-        return None
+        for federation in list(self._admins):
+            self._drop_admin(federation)

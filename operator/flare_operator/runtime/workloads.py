@@ -78,6 +78,9 @@ class WorkloadRuntime(Protocol):
     async def server_ready(self, w: ServerWorkload) -> bool: ...
     async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
         """Clients connected per the FLARE API; None where the runtime cannot ask (kwok pods)."""
+    async def admin(self, w: ServerWorkload) -> FlareAdmin:
+        """The operator's FLARE API session with the federation's server (its admin kit), reachable
+        from wherever the operator runs."""
     async def remove_server(self, federation: str, namespace: str) -> None: ...
     async def ensure_client(self, w: ClientWorkload) -> None: ...
     async def client_running(self, w: ClientWorkload) -> bool: ...
@@ -111,7 +114,10 @@ class ProcessRuntime:
         await self.supervisor.ensure(w.federation, w.server_name, role="server", org="hub", kit=w.kit,
                                      kit_digest=digest(w.kit))
 
-    def admin(self, w: ServerWorkload) -> FlareAdmin:
+    async def admin(self, w: ServerWorkload) -> FlareAdmin:
+        return self._admin(w)
+
+    def _admin(self, w: ServerWorkload) -> FlareAdmin:
         kit_digest = digest(w.admin_kit)
         known = self._admins.get(w.federation)
         if known and known[0] == kit_digest:
@@ -135,18 +141,10 @@ class ProcessRuntime:
         if not await self.server_ready(w):
             return []
         try:
-            return await asyncio.to_thread(self.admin(w).connected_clients)
+            return await asyncio.to_thread(self._admin(w).connected_clients)
         except Exception as err:  # noqa: BLE001 - the server may still be starting
             log.info("FLARE API of %s not answering yet: %s", w.federation, err)
             return []
-
-    def server_job_file(self, w: ServerWorkload, job_id: str, relative: str) -> bytes | None:
-        """A file of a running job in the server's workspace (e.g. the app's live metrics)."""
-        path = self.supervisor.folder(w.federation, w.server_name) / job_id / relative
-        try:
-            return path.read_bytes()
-        except OSError:
-            return None
 
     async def remove_server(self, federation: str, namespace: str) -> None:
         self._drop_admin(federation)

@@ -4,12 +4,19 @@ Results (``<app_server>/results/``): ``model/`` (final global model, safetensors
 vocab; LoRA merged), ``global_trainable.safetensors`` (the exchanged parameters, updated every
 round — the checkpoint to resume from), ``metrics.json`` (global and per-site, per round),
 ``MODEL_CARD.md`` and ``tensorboard/`` event files.
+
+While the job runs, the operator follows it through the FLARE API, never the server's disk (which
+is a Pod's volume on Kubernetes): app commands ``flareop.progress`` (metrics.json as it stands) and
+``flareop.checkpoint`` (the last global trainable parameters, safetensors, base64). A resumed job
+carries its checkpoint inside the job (``initial_checkpoint`` relative to this app's folder).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -20,6 +27,9 @@ from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from . import LOCATION_CLASSES
+
+PROGRESS_TOPIC = "flareop.progress"
+CHECKPOINT_TOPIC = "flareop.checkpoint"
 
 
 def _jsonable(x):
@@ -69,6 +79,29 @@ class Esm2FedAvg(ModelController):
             float(params.get("serverLearningRate", 1.0)),
             float(params.get("serverMomentum", 0.9)),
         )
+        self._published = threading.Lock()
+        self._progress_text = ""  # metrics.json as last written
+        self._checkpoint: tuple[int, bytes] | None = None  # (last completed round, safetensors)
+
+    # ---- what the operator reads through the FLARE API -----------------------------------
+    def _register_app_commands(self):
+        register = getattr(self.engine, "register_app_command", None)
+        if register is None:  # e.g. the simulator's engine: nobody asks there
+            self.warning("the engine takes no app commands: progress only in metrics.json")
+            return
+        register(PROGRESS_TOPIC, self._on_progress)
+        register(CHECKPOINT_TOPIC, self._on_checkpoint)
+
+    def _on_progress(self, topic, cmd_data, fl_ctx) -> dict:
+        with self._published:
+            return {"metrics": self._progress_text}
+
+    def _on_checkpoint(self, topic, cmd_data, fl_ctx) -> dict:
+        with self._published:
+            if self._checkpoint is None:
+                return {}
+            last, data = self._checkpoint
+        return {"last_completed_round": last, "safetensors_b64": base64.b64encode(data).decode()}
 
     # ---- helpers -------------------------------------------------------------------------
     def _results_dir(self) -> str:
@@ -136,9 +169,12 @@ class Esm2FedAvg(ModelController):
         results_dir = self._results_dir()
         model = model_from_params(self.params, allow_random=bool(self.params.get("allowRandomInit", False)))
         global_params = get_trainable(model)
+        self._register_app_commands()
         if self.initial_checkpoint:
             from safetensors.numpy import load_file
 
+            if not os.path.isabs(self.initial_checkpoint):
+                self.initial_checkpoint = os.path.join(self.get_app_dir(), self.initial_checkpoint)
             ck = load_file(self.initial_checkpoint)
             if set(ck) != set(global_params):
                 self.panic(
@@ -191,8 +227,11 @@ class Esm2FedAvg(ModelController):
         }
 
         def dump():
+            text = json.dumps(_jsonable(record), indent=2)
             with open(os.path.join(results_dir, "metrics.json"), "w") as f:
-                json.dump(_jsonable(record), f, indent=2)
+                f.write(text)
+            with self._published:
+                self._progress_text = text
 
         dump()
         for rnd in range(self.start_round, self.num_rounds):
@@ -236,7 +275,9 @@ class Esm2FedAvg(ModelController):
             }
             record["history"].append(entry)
             self._log_tb(tb, rnd, entry)
-            self._save_trainable(global_params, os.path.join(results_dir, "global_trainable.safetensors"))
+            data = self._save_trainable(global_params, os.path.join(results_dir, "global_trainable.safetensors"))
+            with self._published:
+                self._checkpoint = (rnd, data)
             record["last_completed_round"] = rnd
             dump()
 
@@ -276,10 +317,15 @@ class Esm2FedAvg(ModelController):
             tb.close()
         self.info(f"results written to {results_dir}")
 
-    def _save_trainable(self, params: dict, path: str):
-        from safetensors.numpy import save_file
+    def _save_trainable(self, params: dict, path: str) -> bytes:
+        from safetensors.numpy import save
 
-        save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, path)
+        data = save({k: np.ascontiguousarray(v) for k, v in params.items()})
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return data
 
     def _log_tb(self, tb, step: int, entry: dict):
         if not tb:

@@ -412,6 +412,9 @@ authorization:
   mode: Webhook
 registerNode: true
 nodeStatusReportFrequency: 10s
+# How soon a changed ConfigMap reaches the files of the pods mounting it (default 1m): a site's
+# approved-jobs document, which its NVFlare client reads, follows approvals within ~10 s here.
+syncFrequency: 10s
 `, n.cgroupName, sock, n.nodeIP, filepath.Join(nodeDir, "resolv.conf"), filepath.Join(nodeDir, "pod-logs"),
 			filepath.Join(p.dir, "ca.crt")),
 		// Pods with dnsPolicy Default get this; there is no upstream resolver on an offline machine.

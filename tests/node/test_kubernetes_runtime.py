@@ -1,0 +1,247 @@
+"""The kubernetes runtime end to end on a real node: the orchestrator and two orgs' gateways (one
+operator process outside the cluster, as a developer runs it) run a federation as real Pods from
+the project's runtime image — the NVFlare server StatefulSet on the hub, a client StatefulSet per
+site with the site's dataset mounted read-only — and a FederatedJob through its whole lifecycle.
+
+The operator reaches the server's admin port through its documented route for an operator outside
+the cluster (a local relay through the Kubernetes API's port-forward), follows progress through
+the FLARE API only, and stores results in the configured results store."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from flare_operator.builders import naming
+from tests.e2e.conftest import BASE_PARAMS, DATA_ARGS
+from tests.e2e.test_site_enforcement import submit_straight
+from tests.operator_harness import (
+    OperatorProcess,
+    apply,
+    create_org_namespace,
+    gateway_config,
+    get,
+    grant,
+    install_crds,
+    policy,
+    remove_namespaces,
+    wait_phase,
+)
+from tests.support.kube_fixtures import wait_for
+
+pytestmark = [pytest.mark.node, pytest.mark.timeout(2400)]
+
+REAL_NODE = {"flarecp.io/real-node": "true"}
+
+
+@pytest.fixture
+def shared_data():
+    """The sites' generated datasets in a folder every user may read: the client Pods run as uid
+    10001 and mount them from the node (hostPath), and pytest's own tmp folders are private."""
+    from flare_operator.datagen import GeneratorConfig, write_dataset
+
+    root = Path("/var/tmp") / f"flareop-node-data-{uuid.uuid4().hex[:8]}"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    manifest = write_dataset(GeneratorConfig(**DATA_ARGS), root)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield root, manifest
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def pods(cp, namespace: str, selector: str) -> list[dict]:
+    out = cp.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
+def names(cp, kind: str, namespace: str, selector: str) -> list[str]:
+    out = cp.kubectl("-n", namespace, "get", kind, "-l", selector, "-o", "name").stdout
+    return sorted(out.split())
+
+
+def status(cp, namespace: str, name: str) -> dict:
+    return (get(cp, "federatedjob", namespace, name) or {}).get("status") or {}
+
+
+@contextmanager
+def relayed_admin(cp, namespace: str, fed: str, folder: Path):
+    """A FLARE API session with the federation's admin kit (from its Secret), through a port-forward
+    relay as the operator makes one (runtime/admin_route.py)."""
+    from flare_operator.nvflare.admin import FlareAdmin
+    from flare_operator.nvflare.provisioning import unpack_kit
+    from flare_operator.runtime.admin_route import (
+        LocalRelay,
+        admin_port,
+        dial_port_forward,
+        route_kit_through,
+    )
+
+    secret = json.loads(cp.kubectl("-n", namespace, "get", "secret", f"{fed}-admin-kit", "-o", "json").stdout)
+    (kit,) = secret["data"].values()
+    unpack_kit(base64.b64decode(kit), folder)
+    api = cp.api_client()
+    relay = LocalRelay(dial_port_forward(api, namespace, f"{fed}-server-0", admin_port(folder)), "test")
+    route_kit_through(folder, relay)
+    admin = FlareAdmin(folder, timeout=10.0)
+    try:
+        yield admin
+    finally:
+        admin.close()
+        relay.close()
+        api.close()
+
+
+def fetch_results(s3_server, results: dict, dest: Path) -> dict:
+    """Download a job's results from the store, every file checked against the sha256 in its status."""
+    from flare_operator.api.job import Results
+
+    listed = Results.model_validate(results)
+    assert listed.location.startswith(f"s3://{s3_server.bucket}/"), listed.location
+    names_listed = {f.name for f in listed.files}
+    assert {"metrics.json", "MODEL_CARD.md", "model/model.safetensors", "logs/server-log.txt"} <= names_listed
+    assert any(n.startswith("tensorboard/") for n in names_listed), sorted(names_listed)
+    downloaded = s3_server.store().get_tree(listed, dest)  # raises on any size or sha256 mismatch
+    assert len(downloaded) == len(listed.files)
+    return json.loads((dest / "metrics.json").read_text())
+
+
+def claim_uids(cp, namespace: str, selector: str) -> dict[str, str]:
+    out = json.loads(cp.kubectl("-n", namespace, "get", "pvc", "-l", selector, "-o", "json").stdout)
+    return {c["metadata"]["name"]: c["metadata"]["uid"] for c in out["items"]}
+
+
+def secret_data(cp, namespace: str, name: str) -> dict:
+    return json.loads(cp.kubectl("-n", namespace, "get", "secret", name, "-o", "json").stdout)["data"]
+
+
+def job(namespace: str, name: str, rounds: int) -> dict:
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": rounds,
+                     "parameters": {**BASE_PARAMS, "localSteps": 8},
+                     "privacy": {"differentialPrivacy": {"enabled": False}}}}
+
+
+def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, shared_data, s3_server, tmp_path):
+    cp = real_node_cluster
+    data_root, data = shared_data
+    install_crds(cp)
+    suffix = uuid.uuid4().hex[:5]
+    a, b, m = f"org-a-{suffix}", f"org-b-{suffix}", f"modeller-{suffix}"
+    for ns in (a, b, m):
+        create_org_namespace(cp, ns, ns)
+    paths = [s["path"] for s in data["sites"].values()]
+    apply(cp, grant(a, "scl-a", m, path=paths[0]), grant(b, "scl-b", m, path=paths[1]),
+          policy(a, "Automatic"), policy(b, "Automatic"))
+    sites = [{**gateway_config(org, org), "runtime": "kubernetes", "dataRoots": [str(data_root)],
+              "nodeSelector": REAL_NODE, "workspaceSize": "1Gi"} for org in (a, b)]
+    config = {"mode": "all", "runtime": "kubernetes", "image": real_node_images.runtime_ref,
+              "imagePullPolicy": "Never", "workdir": str(tmp_path / "work"), "namespaces": [m],
+              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+              "resultsStore": {"type": "s3", "s3": {"endpoint": s3_server.endpoint_url, "bucket": s3_server.bucket,
+                                                    "prefix": f"t-{suffix}/"}}}
+    operator = OperatorProcess(cp, tmp_path, config, env=s3_server.env()).start()
+    fed = naming.federation_name(m, "esm2")
+    owned = f"flareop.io/federation={fed}"
+    try:
+        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec",
+                   "metadata": {"name": "esm2", "namespace": m},
+                   "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
+                            "datasets": [{"org": a, "id": "scl-a"}, {"org": b, "id": "scl-b"}],
+                            "server": {"cpu": "400m", "memory": "2Gi"},
+                            "client": {"cpu": "700m", "memory": "2Gi"}}})
+        ready = wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=600)["status"]
+        assert all(s["clientReady"] for s in ready["sites"]), ready["sites"]
+        (server_pod,) = pods(cp, m, "app.kubernetes.io/component=server")
+        assert server_pod["status"]["phase"] == "Running"
+        assert server_pod["spec"]["nodeName"] == "real-node-0"
+        for org in (a, b):
+            (client_pod,) = pods(cp, org, "app.kubernetes.io/component=client")
+            assert client_pod["status"]["phase"] == "Running", client_pod["status"]
+
+        # The bypass: a job straight through the FLARE API with the operator's own admin kit and no
+        # approval. Each client Pod's enforcement (the site's approved-jobs ConfigMap, mounted) refuses it.
+        with relayed_admin(cp, m, fed, tmp_path / "bypass-kit") as admin:
+            made_up = submit_straight(admin, tmp_path / "bypass", "made-up", {a: "scl-a", b: "scl-b"},
+                                      {"uid": "00000000-forged", "contentHash": "sha256:" + "0" * 64,
+                                       "job": f"{m}/evil"})
+
+            def history() -> str:
+                return "\n".join(admin.job_meta(made_up).get("schedule_history") or [])
+
+            wait_for(lambda: f"{a} has not approved job {m}/evil" in history()
+                     and f"{b} has not approved job {m}/evil" in history(), timeout=120,
+                     message="both client pods refuse the job no org approved")
+            admin.abort(made_up)
+        for org in (a, b):
+            (client_pod,) = pods(cp, org, "app.kubernetes.io/component=client")
+            log = cp.kubectl("-n", org, "logs", client_pod["metadata"]["name"]).stdout
+            assert f"REFUSED check_resources of NVFlare job {made_up}" in log, log[-3000:]
+
+        # A job: 3 rounds on real pods, followed through the FLARE API.
+        apply(cp, job(m, "run1", 3))
+        done = wait_phase(cp, "federatedjob", m, "run1", "Succeeded", timeout=900)["status"]
+        assert done["progress"] == "3/3"
+        assert done["globalMetrics"] and {s["site"] for s in done["siteMetrics"]} == {a, b}, done
+        metrics = fetch_results(s3_server, done["results"], tmp_path / "download-run1")
+        assert [h["round"] for h in metrics["history"]] == [0, 1, 2]
+        assert set(metrics["history"][-1]["sites"]) == {a, b}
+
+        # The server Pod dies mid-job (its StatefulSet starts another, same workspace volume): NVFlare's
+        # new server forgot the job, the operator resubmits it from the last checkpoint it fetched.
+        rounds = 12
+        apply(cp, job(m, "run2", rounds))
+        first = wait_for(lambda: (st := status(cp, m, "run2")).get("currentRound", 0) >= 2 and st.get("checkpoint")
+                         and st, timeout=600, message="run2: two rounds done, a checkpoint kept")
+        cp.kubectl("-n", m, "delete", "pod", f"{fed}-server-0", "--wait=false")
+        resumed = wait_for(lambda: (st := status(cp, m, "run2")).get("attempts") == 2 and st.get("nvflareJobId")
+                           and st, timeout=600, message="run2 resubmitted after the server Pod was lost")
+        assert resumed["serverFailures"] == 1 and resumed["nvflareJobId"] != first["nvflareJobId"]
+        checkpoint = resumed["checkpoint"]
+        assert checkpoint["fromJobId"] == first["nvflareJobId"] and checkpoint["completedRounds"] >= 2
+        done2 = wait_phase(cp, "federatedjob", m, "run2", "Succeeded", timeout=900)["status"]
+        assert done2["progress"] == f"{rounds}/{rounds}" and done2["attempts"] == 2
+        metrics2 = fetch_results(s3_server, done2["results"], tmp_path / "download-run2")
+        start = min(checkpoint["completedRounds"], rounds - 1)  # a finished training redoes its last round
+        assert metrics2["resumed_from"]["round"] == start
+        assert [h["round"] for h in metrics2["history"]] == list(range(start, rounds))
+        assert f"attempts/metrics-{first['nvflareJobId']}.json" in {f["name"] for f in done2["results"]["files"]}
+
+        # active: false -> no server or client pods (the volumes and kits stay); true -> back as before.
+        claims = {ns: claim_uids(cp, ns, owned) for ns in (m, a, b)}
+        kits = secret_data(cp, m, f"{fed}-server-kit")
+        cp.kubectl("-n", m, "patch", "computespec", "esm2", "--type=merge", "-p", '{"spec":{"active":false}}')
+        for ns in (m, a, b):
+            wait_for(lambda ns=ns: not pods(cp, ns, owned), timeout=180, message=f"no federation pods in {ns}")
+        cp.kubectl("-n", m, "patch", "computespec", "esm2", "--type=merge", "-p", '{"spec":{"active":true}}')
+        ready = wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=600)["status"]
+        assert all(s["clientReady"] for s in ready["sites"]), ready["sites"]
+        assert {ns: claim_uids(cp, ns, owned) for ns in (m, a, b)} == claims, "the same workspace volumes"
+        assert secret_data(cp, m, f"{fed}-server-kit") == kits, "the same server identity (kit, certificate)"
+
+        # Deleting the ComputeSpec removes its pods, volumes and Secrets on the hub and at every site.
+        cp.kubectl("-n", m, "delete", "computespec", "esm2", "--wait=false")
+        for ns in (m, a, b):
+            wait_for(lambda ns=ns: not any(names(cp, kind, ns, owned) for kind in ("pods", "pvc", "secrets", "sts",
+                                                                                    "svc", "configmaps")),
+                     timeout=240, message=f"nothing of {fed} left in {ns}")
+    except BaseException:
+        print(f"--- operator log\n{operator.tail(200)}")
+        for ns in (m, a, b):
+            print(cp.kubectl("-n", ns, "get", "pods,pvc,svc,sts", "-o", "wide", check=False).stdout)
+            for p in pods(cp, ns, "app.kubernetes.io/part-of=flare-operator"):
+                name = p["metadata"]["name"]
+                print(f"--- logs {ns}/{name}\n" + cp.kubectl("-n", ns, "logs", name, "--tail=80", check=False).stdout)
+        raise
+    finally:
+        operator.stop()
+        remove_namespaces(cp, a, b, m)
+    wait_for(lambda: not names(cp, "pods", m, "app.kubernetes.io/part-of=flare-operator"), timeout=120,
+             message="no pods left")
