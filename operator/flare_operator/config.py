@@ -106,6 +106,28 @@ class ResultsStoreConfig(_Config):
         return self
 
 
+class ExternalServerConfig(_Config):
+    """How NVFlare clients on other clusters reach a federation's server (kubernetes runtime): a
+    Service of ``serviceType`` exposing only the FL port, and the address the sites dial. TLS is end
+    to end (mutual, NVFlare's own certificates): a load balancer or proxy in front must pass TCP
+    through (L4 / TLS passthrough), never terminate TLS."""
+
+    host: str = Field(min_length=1, max_length=253, description="DNS name or IP the sites dial; it goes into "
+                      "each server's certificate, so set it before federations are provisioned")
+    port: int | None = Field(None, ge=1, le=65535, description="Port the sites dial; None: each federation's "
+                             "NodePort (serviceType NodePort, host a node address)")
+    service_type: Literal["NodePort", "LoadBalancer"] = "NodePort"
+    node_port: int | None = Field(None, ge=30000, le=32767, description="A fixed NodePort (one federation "
+                                  "per hub, e.g. behind a passthrough proxy); None: the API server picks one")
+
+    @model_validator(mode="after")
+    def _port_known(self) -> ExternalServerConfig:
+        if self.port is None and self.service_type != "NodePort":
+            raise ValueError("externalServer.port is required with serviceType LoadBalancer (the port the "
+                             "load balancer listens on)")
+        return self
+
+
 class OperatorConfig(_Config):
     mode: OperatorMode = OperatorMode.ALL
     runtime: RuntimeKind = RuntimeKind.PROCESS
@@ -130,6 +152,9 @@ class OperatorConfig(_Config):
     # the Pod network); auto: service in a Pod, port-forward elsewhere; none: no route — the hub
     # creates and scales the workloads but submits no jobs (e.g. nodes that run no containers, kwok).
     admin_route: Literal["auto", "service", "port-forward", "pod-ip", "none"] = "auto"
+    # Kubernetes runtime: the endpoint for sites on other clusters (their Gateway says
+    # sameClusterAsHub: false); None: every site must be on the hub's cluster.
+    external_server: ExternalServerConfig | None = None
     metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1 (0: off)
     heartbeat_seconds: float = 10.0
     # The hub flags a Gateway whose site has not reported in for this long (Connected=False).

@@ -43,3 +43,21 @@ def test_each_federation_has_its_own_root_ca():
     two = provision(FederationPlan("fed-two", "localhost", 18004, 18005, (("org-a", "org-a"),)))
     root = [x509.load_pem_x509_certificate(_files(p.kits["org-a"])["startup/rootCA.pem"]) for p in (one, two)]
     assert root[0].public_key() != root[1].public_key()
+
+
+def test_a_site_on_another_cluster_dials_the_external_endpoint_named_in_the_servers_certificate():
+    svc = "fed-server.modeller.svc"
+    plan = FederationPlan("fed", svc, 8002, 8003, (("org-a", "org-a"),),
+                          extra_host_names=(f"{svc}.cluster.local", "localhost", "flare.hub.example.org"))
+    first = provision(plan)
+    grown = plan.with_clients({"org-a": "org-a", "org-b": "org-b"}, {"org-b": ("flare.hub.example.org", 30802)})
+    kits = provision(grown, first.ca_state).kits
+    target = {org: json.loads(_files(kits[org])["startup/fed_client.json"])["servers"][0]["service"]["target"]
+              for org in ("org-a", "org-b")}
+    assert target == {"org-a": f"{svc}:8002", "org-b": "flare.hub.example.org:30802"}
+    assert kits["org-a"] == first.kits["org-a"] and kits[svc] == first.kits[svc], "nobody else re-keyed"
+    cert = x509.load_pem_x509_certificate(_files(kits[svc])["startup/server.crt"])
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert {svc, f"{svc}.cluster.local", "localhost", "flare.hub.example.org"} <= set(names)
+    # a client that no longer takes part drops its endpoint too
+    assert grown.with_clients({"org-a": "org-a"}, {"org-b": ("x", 1)}).connect_to == ()

@@ -7,30 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 
 from flare_operator.store import ResultsCorrupt, ResultsStoreError
+from tests.unit.test_results_store import TREE, make_tree
 
 pytestmark = pytest.mark.integration
-
-TREE = {
-    "model.safetensors": b"\x00weights" * 5000,
-    "metrics.json": b'{"loss": 0.25}\n',
-    "MODEL_CARD.md": b"# ESM2 LoRA\n",
-    "logs/site-1/log.txt": b"round 1\n",
-    "tensorboard/events.out.tfevents.1": b"tb",
-}
-
-
-def make_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return root
-
 
 def keys(client, bucket: str, prefix: str) -> list[str]:
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))

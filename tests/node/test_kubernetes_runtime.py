@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -129,8 +130,9 @@ def job(namespace: str, name: str, rounds: int) -> dict:
                      "privacy": {"differentialPrivacy": {"enabled": False}}}}
 
 
-def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, shared_data, s3_server, tmp_path):
-    cp = real_node_cluster
+def consortium(cp, shared_data, *extra: dict) -> tuple[str, str, str, list[dict]]:
+    """org-a, org-b (Automatic policies, each granting its generated dataset) and a modeller, in fresh
+    namespaces of ``cp``; with the two sites' gateway settings for the real node."""
     data_root, data = shared_data
     install_crds(cp)
     suffix = uuid.uuid4().hex[:5]
@@ -138,10 +140,17 @@ def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, sha
     for ns in (a, b, m):
         create_org_namespace(cp, ns, ns)
     paths = [s["path"] for s in data["sites"].values()]
-    apply(cp, grant(a, "scl-a", m, path=paths[0]), grant(b, "scl-b", m, path=paths[1]),
+    apply(cp, grant(a, "scl-a", m, path=paths[0]), grant(b, "scl-b", m, path=paths[1]), *extra,
           policy(a, "Automatic"), policy(b, "Automatic"))
     sites = [{**gateway_config(org, org), "runtime": "kubernetes", "dataRoots": [str(data_root)],
               "nodeSelector": REAL_NODE, "workspaceSize": "1Gi"} for org in (a, b)]
+    return a, b, m, sites
+
+
+def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, shared_data, s3_server, tmp_path):
+    cp = real_node_cluster
+    a, b, m, sites = consortium(cp, shared_data)
+    suffix = m.rsplit("-", 1)[1]
     config = {"mode": "all", "runtime": "kubernetes", "image": real_node_images.runtime_ref,
               "imagePullPolicy": "Never", "workdir": str(tmp_path / "work"), "namespaces": [m],
               "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
@@ -245,3 +254,167 @@ def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, sha
         remove_namespaces(cp, a, b, m)
     wait_for(lambda: not names(cp, "pods", m, "app.kubernetes.io/part-of=flare-operator"), timeout=120,
              message="no pods left")
+
+
+def test_bad_input_ends_in_a_condition_and_an_event_that_name_the_cause(real_node_cluster, shared_data, tmp_path):
+    """An image that does not exist, a dataset claim that does not exist: each is named in the
+    ComputeSpec's status and a Warning Event within a bounded time, and a job on it waits in Pending
+    with that reason — never silently in Submitted."""
+    cp = real_node_cluster
+    missing_claim = {"apiVersion": "flareop.io/v1alpha1", "kind": "DatasetGrant",
+                     "metadata": {"name": "cells"},
+                     "spec": {"dataset": {"id": "cells", "persistentVolumeClaim": {"claimName": "no-such-claim"},
+                                          "sampleCount": 100},
+                              "models": [{"id": "esm2-finetune"}]}}
+    a, b, m, sites = consortium(cp, shared_data)
+    missing_claim["metadata"]["namespace"], missing_claim["spec"]["consumers"] = b, [m]
+    apply(cp, missing_claim)
+    config = {"mode": "all", "runtime": "kubernetes", "image": "localhost/flare-operator/runtime:does-not-exist",
+              "imagePullPolicy": "Never", "workdir": str(tmp_path / "work"), "namespaces": [m],
+              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites}
+
+    def compute_obj(name: str, datasets: list[tuple[str, str]]) -> dict:
+        return {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec", "metadata": {"name": name, "namespace": m},
+                "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
+                         "datasets": [{"org": o, "id": d} for o, d in datasets],
+                         "server": {"cpu": "200m", "memory": "1Gi"}, "client": {"cpu": "200m", "memory": "1Gi"}}}
+
+    def ready_condition(name: str) -> dict:
+        obj = get(cp, "computespec", m, name) or {}
+        return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+    def warnings(name: str) -> str:
+        out = cp.kubectl("-n", m, "get", "events", "--field-selector",
+                         f"involvedObject.kind=ComputeSpec,involvedObject.name={name},type=Warning",
+                         "-o", "jsonpath={range .items[*]}{.reason}: {.note}{.message}{'\\n'}{end}").stdout
+        return out
+
+    operator = OperatorProcess(cp, tmp_path, config).start()
+    try:
+        # The dataset claim does not exist at org-b: refused at the site, named on the hub.
+        apply(cp, compute_obj("claims", [(a, "scl-a"), (b, "cells")]))
+        failed = wait_phase(cp, "computespec", m, "claims", "Failed", timeout=120)["status"]
+        # The hub learns which grant and why in general; the details stay in the grant's status at the site.
+        assert "cells (InvalidLocation)" in ready_condition("claims")["message"], failed
+        valid = next(c for c in get(cp, "datasetgrant", b, "cells")["status"]["conditions"] if c["type"] == "Valid")
+        assert valid["status"] == "False" and "PersistentVolumeClaim no-such-claim does not exist" in valid["message"]
+
+        # The image does not exist: the server's and both clients' Pods cannot start; the status and a
+        # Warning Event say so, and a job waits in Pending with that reason.
+        apply(cp, compute_obj("esm2", [(a, "scl-a"), (b, "scl-b")]))
+        cond = wait_for(lambda: (c := ready_condition("esm2")).get("reason") == "WorkloadFailing"
+                        and "server: " in c["message"] and a in c["message"] and b in c["message"] and c,
+                        timeout=240, message="the ComputeSpec names the failing server and clients")
+        assert cond["message"].count("ErrImageNeverPull") == 3, cond["message"]
+        assert "runtime:does-not-exist" in cond["message"]
+        wait_for(lambda: "WorkloadFailing: " in warnings("esm2") and "ErrImageNeverPull" in warnings("esm2"),
+                 timeout=60, message="a Warning Event on the ComputeSpec names the cause")
+        apply(cp, job(m, "run1", 2))
+        pending = wait_phase(cp, "federatedjob", m, "run1", "Pending", timeout=120)["status"]
+        ready = next(c for c in pending["conditions"] if c["type"] == "Ready")
+        assert "ErrImageNeverPull" in ready["message"], pending
+        assert not pending.get("nvflareJobId")
+    except BaseException:
+        print(f"--- operator log\n{operator.tail(150)}")
+        raise
+    finally:
+        operator.stop()
+        remove_namespaces(cp, a, b, m)
+
+
+def host_address() -> str:
+    """This machine's primary IPv4 address: a site node's Pods reach it through their node's route."""
+    out = subprocess.run(["ip", "-4", "route", "get", "192.0.2.1"], capture_output=True, text=True, check=True).stdout
+    return out.split(" src ")[1].split()[0]
+
+
+def test_a_site_on_its_own_cluster_dials_the_hub_through_the_external_endpoint(
+        real_node_cluster, control_plane_factory, real_node_images, shared_data, tmp_path):
+    """The hub (server + org-a's client) and org-b's site each on their own cluster with a real node.
+    org-b's gateway reaches the hub with a credential scoped to its namespace; its client dials the
+    hub's server through the external endpoint: a TCP passthrough on this machine (as an L4 load
+    balancer would be) in front of the server's NodePort Service — TLS end to end."""
+    from flare_operator.builders.rbac import gateway_hub_role, role_binding
+    from flare_operator.runtime.admin_route import LocalRelay, dial_direct
+
+    hub = real_node_cluster
+    site = control_plane_factory.start("real-node-site", nodes=0, real_nodes=1,
+                                       imports=real_node_images.archives("runtime"), timeout=900)
+    data_root, data = shared_data
+    for cp in (hub, site):
+        install_crds(cp)
+    suffix = uuid.uuid4().hex[:5]
+    a, b, m = f"org-a-{suffix}", f"org-b-{suffix}", f"modeller-{suffix}"
+    for ns in (a, b, m):
+        create_org_namespace(hub, ns, ns)
+    create_org_namespace(site, "flare-site", b)
+    user = f"gateway-{b}"
+    apply(hub, gateway_hub_role(b), role_binding(b, "flare-gateway", user=user))
+    scoped = hub.user_kubeconfig(user)
+    paths = [s["path"] for s in data["sites"].values()]
+    apply(hub, grant(a, "scl-a", m, path=paths[0]), policy(a, "Automatic"))
+    apply(site, grant("flare-site", "scl-b", m, path=paths[1]), policy("flare-site", "Automatic"))
+
+    fed = naming.federation_name(m, "esm2")
+    hub_node = json.loads(hub.kubectl("get", "node", "real-node-0", "-o", "json").stdout)
+    hub_node_ip = next(x["address"] for x in hub_node["status"]["addresses"] if x["type"] == "InternalIP")
+
+    def node_port() -> int:
+        svc = json.loads(hub.kubectl("-n", m, "get", "service", naming.external_service_name(fed), "-o", "json").stdout)
+        return svc["spec"]["ports"][0]["nodePort"]
+
+    address = host_address()
+    passthrough = LocalRelay(dial_direct(lambda: hub_node_ip, 0), "passthrough", bind=(address, 0))
+    passthrough.dial = lambda: dial_direct(lambda: hub_node_ip, node_port())()  # the NodePort, once it exists
+    common = {"runtime": "kubernetes", "image": real_node_images.runtime_ref, "imagePullPolicy": "Never",
+              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5}
+    site_settings = {"runtime": "kubernetes", "dataRoots": [str(data_root)], "nodeSelector": REAL_NODE,
+                     "workspaceSize": "1Gi"}
+    hub_cfg = {**common, "mode": "all", "workdir": str(tmp_path / "hub" / "work"), "namespaces": [m],
+               "externalServer": {"host": address, "port": passthrough.port, "serviceType": "NodePort"},
+               "gateways": [{**gateway_config(a, a), **site_settings}]}
+    site_cfg = {**common, "mode": "gateway", "workdir": str(tmp_path / "site" / "work"),
+                "gateways": [{"org": b, "site": b, "namespace": "flare-site", "hubNamespace": b,
+                              "hubKubeconfig": str(scoped), **site_settings}]}
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "site").mkdir()
+    orchestrator = OperatorProcess(hub, tmp_path / "hub", hub_cfg, name="orchestrator").start()
+    gateway = OperatorProcess(site, tmp_path / "site", site_cfg, name="gateway").start()
+    try:
+        wait_for(lambda: (get(hub, "gateway", b, b) or {}).get("spec", {}).get("sameClusterAsHub") is False,
+                 timeout=60, message="org-b registered on the hub from its own cluster")
+        apply(hub, {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec",
+                    "metadata": {"name": "esm2", "namespace": m},
+                    "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
+                             "datasets": [{"org": a, "id": "scl-a"}, {"org": b, "id": "scl-b"}],
+                             "server": {"cpu": "400m", "memory": "2Gi"},
+                             "client": {"cpu": "600m", "memory": "2Gi"}}})
+        ready = wait_phase(hub, "computespec", m, "esm2", "Ready", timeout=600)["status"]
+        assert all(s["clientReady"] for s in ready["sites"]), ready["sites"]  # per the FLARE API
+        assert passthrough.connections >= 1, "org-b's client came in through the external endpoint"
+        (client_pod,) = pods(site, "flare-site", "app.kubernetes.io/component=client")
+        env = {e["name"]: e.get("value") for e in client_pod["spec"]["containers"][0]["env"]}
+        assert env["FLAREOP_SERVER"] == f"{address}:{passthrough.port}"
+        (local_client,) = pods(hub, a, "app.kubernetes.io/component=client")
+        env_a = {e["name"]: e.get("value") for e in local_client["spec"]["containers"][0]["env"]}
+        assert env_a["FLAREOP_SERVER"] == f"{fed}-server.{m}.svc:8002", "org-a dials the in-cluster Service"
+
+        apply(hub, job(m, "run1", 2))
+        done = wait_phase(hub, "federatedjob", m, "run1", "Succeeded", timeout=900)["status"]
+        assert {s["site"] for s in done["siteMetrics"]} == {a, b}
+        metrics = json.loads((Path(done["results"]["location"]) / "metrics.json").read_text())
+        assert set(metrics["history"][-1]["sites"]) == {a, b}
+    except BaseException:
+        for op in (orchestrator, gateway):
+            print(f"--- {op.log_path}\n{op.tail(120)}")
+        for cp, ns in ((hub, m), (hub, a), (site, "flare-site")):
+            for p in pods(cp, ns, "app.kubernetes.io/part-of=flare-operator"):
+                name = p["metadata"]["name"]
+                print(f"--- logs {ns}/{name}\n" + cp.kubectl("-n", ns, "logs", name, "--tail=60", check=False).stdout)
+        raise
+    finally:
+        orchestrator.stop()
+        gateway.stop()
+        passthrough.close()
+        remove_namespaces(hub, a, b, m)
+        control_plane_factory.stop("real-node-site")

@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tests.support.builds import built
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO_ROOT / "hack" / "controlplane" / "build.sh"
 
@@ -38,16 +40,7 @@ def bin_dir() -> Path:
     Builds them with hack/controlplane/build.sh on first use (cold: many minutes; cached
     afterwards under $FLARE_CACHE_DIR). ``FLARECP_BIN_DIR`` overrides the lookup.
     """
-    override = os.environ.get("FLARECP_BIN_DIR")
-    if override:
-        return Path(override)
-    proc = subprocess.run(
-        ["bash", str(BUILD_SH)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{BUILD_SH} failed with exit code {proc.returncode}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    path = Path(lines[-1].strip())
+    path = built(BUILD_SH, "FLARECP_BIN_DIR")
     if not (path / "flarecp").is_file():
         raise RuntimeError(f"{BUILD_SH} printed {path}, which has no flarecp")
     return path
@@ -197,7 +190,7 @@ class ControlPlane:
         deadline = time.monotonic() + 15
         while self.running_pids() and time.monotonic() < deadline:
             time.sleep(0.1)
-        # A real node's image store holds an unpacked copy of every imported image (≈ 14 GB with
+        # A real node's image store holds an unpacked copy of every imported image (≈ 7 GB with
         # the runtime image): tests free it at once rather than leave it to pytest's tmp cleanup.
         store = self.dir / "node" / "containerd"
         if store.exists() and not self.running_pids():

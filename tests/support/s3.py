@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.builds import built
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "hack" / "s3server" / "build.sh"
 
@@ -39,16 +41,7 @@ __all__ = ["S3Server", "S3ServerFactory", "s3server_binary", "s3_server", "s3_se
 
 def s3server_binary() -> Path:
     """The s3server binary: ``$S3SERVER_BIN``, else built (or reused) by hack/s3server/build.sh."""
-    override = os.environ.get("S3SERVER_BIN")
-    if override:
-        return Path(override)
-    proc = subprocess.run(
-        ["bash", str(BUILD_SH)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{BUILD_SH} failed with exit code {proc.returncode}")
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    path = Path(lines[-1].strip()) if lines else Path()
+    path = built(BUILD_SH, "S3SERVER_BIN")
     if not path.is_file():
         raise RuntimeError(f"{BUILD_SH} printed {path}, which is not a file")
     return path

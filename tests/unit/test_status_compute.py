@@ -41,6 +41,10 @@ def _cond(status, type_):
         (replace(READY, server_ready=False), "Starting", "ServerStarting", "server is starting"),
         (replace(READY, sites=(A, replace(B, client_ready=False))), "Starting", "ClientsStarting",
          "waiting for clients of org-b"),
+        (replace(READY, server_ready=False, server_problem="Pod m/x-server-0, container server: ErrImageNeverPull"),
+         "Starting", "WorkloadFailing", "server: Pod m/x-server-0, container server: ErrImageNeverPull"),
+        (replace(READY, sites=(A, replace(B, client_ready=False, client_problem="Pod b/c-0 cannot be scheduled"))),
+         "Starting", "WorkloadFailing", "org-b: Pod b/c-0 cannot be scheduled"),
     ],
 )
 def test_phase_and_ready_condition(observed, phase, ready_reason, message_part):
@@ -69,3 +73,11 @@ def test_transition_time_moves_only_when_status_changes():
     ready = compute_status(replace(READY, previous=same), later)
     assert get_condition(ready.conditions, "Ready").last_transition_time == later
     assert get_condition(ready.conditions, "DatasetsGranted").last_transition_time == NOW
+
+
+def test_a_failing_client_is_named_in_its_site_and_the_clients_condition():
+    status = compute_status(replace(READY, sites=(A, replace(B, client_ready=False, message="approved",
+                                                               client_problem="ImagePullBackOff"))), NOW)
+    assert _cond(status, "ClientsReady") == ("False", "WorkloadFailing", "org-b: ImagePullBackOff")
+    assert _cond(status, "ServerReady")[0] == "True"
+    assert [s.message for s in status.sites] == ["", "ImagePullBackOff"]

@@ -433,3 +433,19 @@ def test_the_client_finds_the_sites_own_config_in_its_local_folder():
     env = {e["name"]: e.get("value") for e in pod(build_client(local_config="kit-local"))["containers"][0]["env"]}
     assert env["FLAREOP_SITE_CONFIG"] == "/workspace/local/site.json"
     assert "FLAREOP_SITE_CONFIG" not in {e["name"] for e in pod(build_client())["containers"][0]["env"]}
+
+
+def test_sites_on_other_clusters_get_the_fl_port_only_on_an_external_service():
+    manifests = server_manifests(
+        fed=FED, namespace="team-a", spec=spec(), image="img:1", image_pull_policy="IfNotPresent", command=None,
+        kit_secret="kit", storage_class=None, workspace_size="1Gi", operator_labels=OPERATOR_LABELS, owner=OWNER,
+        external_service_type="NodePort", external_node_port=30802)
+    services = [m for m in manifests if m["kind"] == "Service"]
+    assert [s["spec"]["type"] for s in services] == ["ClusterIP", "NodePort"]
+    assert services[1]["spec"]["ports"] == [{"name": "fl", "port": 8002, "targetPort": "fl", "protocol": "TCP",
+                                             "nodePort": 30802}], "never the admin port"
+    assert manifests[-1]["kind"] == "StatefulSet"
+    with pytest.raises(ValueError, match="NodePort range"):
+        server_manifests(fed=FED, namespace="team-a", spec=spec(), image="i", image_pull_policy="Never", command=None,
+                         kit_secret="kit", storage_class=None, workspace_size="1Gi", operator_labels=OPERATOR_LABELS,
+                         owner=OWNER, external_service_type="NodePort", external_node_port=8002)

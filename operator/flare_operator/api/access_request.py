@@ -128,3 +128,6 @@ class AccessRequestStatus(ApiModel):
     decided_at: datetime | None = Field(None, description="When the site decided.")
     epsilon_reserved: float | None = Field(None, ge=0, description="Epsilon reserved on this org's grants for the job.")
     client_ready: bool | None = Field(None, description="Compute only: the site's NVFlare client is running.")
+    client_message: ShortText | None = Field(
+        None, description="Compute only: why the site's NVFlare client does not run (e.g. its image cannot be "
+        "pulled, its Pod cannot be scheduled), from the site's own view of its Pod.")

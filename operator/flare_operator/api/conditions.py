@@ -79,6 +79,7 @@ class Reason(StrEnum):
     PROVISIONING_FAILED = "ProvisioningFailed"
     """NVFlare provisioning failed; the message has the error."""
     SERVER_STARTING = "ServerStarting"
+    WORKLOAD_FAILING = "WorkloadFailing"  # a server or client Pod cannot run: the message says why
     """The NVFlare server is not ready yet."""
     CLIENTS_STARTING = "ClientsStarting"
     """Some clients are not connected yet; the message lists them."""

@@ -50,6 +50,9 @@ class GatewaySpec(ApiModel):
     org: OrgName = Field(description="The organisation this site belongs to (must match the namespace's org).")
     site: OrgName = Field(description="Site name, used as the NVFlare client name prefix (e.g. org-a).")
     runtime: RuntimeKind = Field(RuntimeKind.KUBERNETES, description="How the site runs NVFlare clients: kubernetes or process.")
+    same_cluster_as_hub: bool = Field(
+        True, description="The site runs on the hub's cluster: its clients dial the server's in-cluster Service. "
+        "false: another cluster; its clients dial the orchestrator's external server endpoint.")
     capacity: Capacity = Field(
         default_factory=Capacity, description="Compute the site offers.", json_schema_extra={"default": {}}
     )

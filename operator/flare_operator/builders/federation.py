@@ -28,14 +28,19 @@ class FederationPlan:
     admin_port: int
     clients: tuple[tuple[str, str], ...]  # (client name, org), sorted
     extra_host_names: tuple[str, ...] = field(default=())
+    # (client name, host, port) for clients that dial the server elsewhere than at server_host:fl_port
+    # (sites on other clusters: the external endpoint); sorted
+    connect_to: tuple[tuple[str, str, int], ...] = field(default=())
 
     @property
     def participants(self) -> list[str]:
         return [self.server_host, *(name for name, _ in self.clients), ADMIN_IDENTITY]
 
-    def with_clients(self, clients: dict[str, str]) -> FederationPlan:
+    def with_clients(self, clients: dict[str, str], connect_to: dict[str, tuple[str, int]] | None = None
+                     ) -> FederationPlan:
         return FederationPlan(self.project, self.server_host, self.fl_port, self.admin_port,
-                              tuple(sorted(clients.items())), self.extra_host_names)
+                              tuple(sorted(clients.items())), self.extra_host_names,
+                              tuple(sorted((c, h, p) for c, (h, p) in (connect_to or {}).items() if c in clients)))
 
 
 def client_name(org: str) -> str:
@@ -54,13 +59,21 @@ def project_dict(plan: FederationPlan) -> dict[str, Any]:
     }
     if plan.extra_host_names:
         server["host_names"] = list(plan.extra_host_names)
+    targets = {name: (host, port) for name, host, port in plan.connect_to}
+
+    def client(name: str, org: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": name, "type": "client", "org": nvflare_org(org)}
+        if name in targets:
+            entry["connect_to"] = {"host": targets[name][0], "port": targets[name][1]}
+        return entry
+
     return {
         "api_version": 3,
         "name": plan.project,
         "description": f"flare-operator federation {plan.project}",
         "participants": [
             server,
-            *({"name": name, "type": "client", "org": nvflare_org(org)} for name, org in plan.clients),
+            *(client(name, org) for name, org in plan.clients),
             {"name": ADMIN_IDENTITY, "type": "admin", "org": HUB_ORG, "role": "project_admin"},
         ],
     }

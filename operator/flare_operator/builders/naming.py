@@ -96,6 +96,11 @@ def server_name(fed: str) -> str:
     return _derived(fed, "server", STATEFULSET_NAME_MAX)
 
 
+def external_service_name(fed: str) -> str:
+    """The Service exposing only the server's FL port outside the cluster (NodePort / LoadBalancer)."""
+    return _derived(fed, "server-ext", LABEL_VALUE_MAX)
+
+
 def server_host(fed: str, namespace: str) -> str:
     """DNS name of the server's Service inside the cluster (``<server>.<namespace>.svc``): the
     host clients in other namespaces dial, so the one to provision as the NVFlare server name

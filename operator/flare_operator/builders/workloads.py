@@ -58,6 +58,7 @@ from .naming import (
     COMPONENT_SERVER,
     client_name,
     dns_label,
+    external_service_name,
     selector_labels,
     server_name,
     standard_labels,
@@ -348,6 +349,8 @@ def server_manifests(
     operator_namespace: str | None = None,
     local_config: str | None = None,
     workspace_retention: str = "Delete",
+    external_service_type: str | None = None,
+    external_node_port: int | None = None,
 ) -> list[Manifest]:
     """NetworkPolicy, Service and StatefulSet of federation ``fed``'s NVFlare server, in ``namespace``.
 
@@ -359,6 +362,10 @@ def server_manifests(
       federation's clients (in ``client_namespaces``, or any namespace when None), from anywhere
       when ``allow_external_clients`` (clients on other clusters); the admin port only from pods
       matching ``operator_labels`` (in ``operator_namespace``, or any namespace when None).
+    - With ``external_service_type`` (NodePort or LoadBalancer): Service ``external_service_name(fed)``
+      of that type with the FL port only (``external_node_port``, or one the API server picks) — for
+      sites on other clusters; the admin port is never exposed. TLS is end to end: whatever fronts it
+      must pass TCP through, never terminate TLS.
     """
     _check_port(fl_port, "fl_port")
     _check_port(admin_port, "admin_port")
@@ -436,7 +443,29 @@ def server_manifests(
             "ingress": ingress,
         },
     }
-    return [policy, service, sts]
+    out = [policy, service]
+    if external_service_type:
+        out.append(external_service(fed=fed, namespace=namespace, fl_port=fl_port, service_type=external_service_type,
+                                    node_port=external_node_port, owner=owner))
+    return [*out, sts]
+
+
+def external_service(*, fed: str, namespace: str, fl_port: int = DEFAULT_FL_PORT, service_type: str,
+                     node_port: int | None, owner: dict | None) -> Manifest:
+    """Service ``external_service_name(fed)``: the server's FL port only, as a NodePort or LoadBalancer."""
+    if service_type not in ("NodePort", "LoadBalancer"):
+        raise ValueError(f"external_service_type must be NodePort or LoadBalancer, got {service_type!r}")
+    port: dict[str, Any] = {"name": "fl", "port": fl_port, "targetPort": "fl", "protocol": "TCP"}
+    if node_port is not None:
+        if not 30000 <= node_port <= 32767:
+            raise ValueError(f"external_node_port must be in the NodePort range 30000-32767, got {node_port}")
+        port["nodePort"] = node_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(external_service_name(fed), namespace, standard_labels(fed, COMPONENT_SERVER), owner),
+        "spec": {"type": service_type, "selector": selector_labels(fed, COMPONENT_SERVER), "ports": [port]},
+    }
 
 
 # --- a client (site) ---------------------------------------------------------------------------------

@@ -141,7 +141,8 @@ class Federation(ObjectView):
         this federation trust its CA, so the name grants nothing beyond it."""
         if self.hub.config.runtime == "process":
             return ()
-        return (f"{self.server_name}.cluster.local", "localhost")
+        ext = self.hub.config.external_server
+        return (f"{self.server_name}.cluster.local", "localhost", *((ext.host,) if ext else ()))
 
     def _names(self) -> dict[str, str]:
         return {"ca": f"{self.fed}-ca", "server": f"{self.fed}-server-kit", "admin": f"{self.fed}-admin-kit"}
@@ -172,25 +173,39 @@ class Federation(ObjectView):
             decision = Decision(answer.get("decision") or "Pending") if current else Decision.PENDING
             sites.append(ObservedSite(org=org, datasets=datasets, gateway=True, decision=decision,
                                       message=answer.get("message") or "",
-                                      client_ready=bool(answer.get("clientReady")) and current))
+                                      client_ready=bool(answer.get("clientReady")) and current,
+                                      client_problem=(answer.get("clientMessage") or "") if current else ""))
         await self._forget_orgs_no_longer_used(set(datasets_by_org(self.spec)))
 
         observed = ObservedCompute(generation=self.generation, active=self.spec.active, sites=tuple(sites),
                                    previous=self.previous, project=self.fed)
         if sites and all(s.decision == Decision.APPROVED for s in sites):
             try:
-                server, plan = await self._provision({s.org: requests[s.org] for s in sites})
+                server, plan = await self._provision({s.org: requests[s.org] for s in sites}, hub_namespaces.remote)
             except Exception as err:  # noqa: BLE001 - reported in status, retried by the timer
                 log.exception("provisioning %s failed", self.fed)
                 return compute_status(replace(observed, provisioning_error=f"provisioning failed: {err}"), _now())
             await self.hub.runtime.ensure_server(server)
             ready = await self.hub.runtime.server_ready(server)
+            problem = "" if ready else (await self.hub.runtime.server_problem(server) or "")
             connected = await self.hub.runtime.connected_clients(server)
             sites = [replace(s, client_ready=(s.client_ready if connected is None else client_name(s.org) in connected))
                      for s in sites]
             observed = replace(observed, sites=tuple(sites), provisioned=True, server_ready=ready,
-                               server_endpoint=f"{plan.server_host}:{plan.fl_port}")
-        return compute_status(observed, _now())
+                               server_problem=problem, server_endpoint=f"{plan.server_host}:{plan.fl_port}")
+        status = compute_status(observed, _now())
+        await self._report_failing(status)
+        return status
+
+    async def _report_failing(self, status: ComputeSpecStatus) -> None:
+        """A Warning Event when a workload starts failing, or fails for another reason than before."""
+        now = next((c for c in status.conditions if c.type == ConditionType.READY), None)
+        if now is None or now.reason != Reason.WORKLOAD_FAILING:
+            return
+        before = next((c for c in self.previous.conditions if c.type == ConditionType.READY), None)
+        if before is not None and before.reason == now.reason and before.message == now.message:
+            return
+        await self.hub.k("event", self.body, type_="Warning", reason=Reason.WORKLOAD_FAILING, note=now.message[:1024])
 
     def _invalid(self, message: str) -> ComputeSpecStatus:
         from ..status.conditions import set_condition
@@ -213,7 +228,25 @@ class Federation(ObjectView):
                               kit=secret_bytes(server_kit, KIT_KEY) or b"", admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"",
                               kit_secret=names["server"], owner=self.owner)
 
-    async def _provision(self, requests: dict[str, dict]) -> tuple[ServerWorkload, FederationPlan]:
+    async def _connect_to(self, plan: FederationPlan, orgs: set[str]) -> dict[str, tuple[str, int]]:
+        """Where the clients of ``orgs`` (sites on other clusters) dial the server: the external endpoint."""
+        if not orgs or self.hub.config.runtime == "process":
+            return {}  # process runtime: every participant runs on this machine, the server on localhost
+        ext = self.hub.config.external_server
+        which = ", ".join(sorted(orgs))
+        if ext is None:
+            raise SpecError(f"the sites of {which} are on other clusters (their Gateway says sameClusterAsHub: "
+                            "false) but this orchestrator has no endpoint for them: set externalServer (host, port "
+                            "or a NodePort, serviceType) in its configuration (kubernetes runtime)")
+        if ext.host not in plan.extra_host_names:
+            raise SpecError(f"the sites of {which} must dial {ext.host}, which the federation's server certificate "
+                            f"does not name (it was provisioned before externalServer.host was set): recreate the "
+                            f"ComputeSpec to provision it again")
+        port = await self.hub.runtime.external_port(self.fed, self.namespace, self.owner)
+        return {client_name(org): (ext.host, port) for org in orgs}
+
+    async def _provision(self, requests: dict[str, dict], remote: frozenset[str] = frozenset()
+                         ) -> tuple[ServerWorkload, FederationPlan]:
         """Ensure the NVFlare project has exactly these clients; re-provision only when that changes."""
         names = self._names()
         ca = await self.hub.k("get", "Secret", self.namespace, names["ca"])
@@ -225,7 +258,7 @@ class Federation(ObjectView):
             fl_port, admin_port = self._ports()
             plan = FederationPlan(project=self.fed, server_host=self.server_name, fl_port=fl_port,
                                   admin_port=admin_port, clients=(), extra_host_names=self._extra_host_names())
-        wanted = plan.with_clients(clients)
+        wanted = plan.with_clients(clients, await self._connect_to(plan, set(requests) & remote))
         server_kit = await self.hub.k("get", "Secret", self.namespace, names["server"])
         admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])
         if wanted != plan or not stored_plan or server_kit is None or admin_kit is None:
@@ -284,14 +317,16 @@ class Federation(ObjectView):
 def _plan_to_json(plan: FederationPlan) -> str:
     return json.dumps({"project": plan.project, "server_host": plan.server_host, "fl_port": plan.fl_port,
                        "admin_port": plan.admin_port, "clients": [list(c) for c in plan.clients],
-                       "extra_host_names": list(plan.extra_host_names)}, sort_keys=True)
+                       "extra_host_names": list(plan.extra_host_names),
+                       "connect_to": [list(c) for c in plan.connect_to]}, sort_keys=True)
 
 
 def _plan_from_json(text: str) -> FederationPlan:
     d = json.loads(text)
     return FederationPlan(project=d["project"], server_host=d["server_host"], fl_port=d["fl_port"],
                           admin_port=d["admin_port"], clients=tuple(tuple(c) for c in d["clients"]),
-                          extra_host_names=tuple(d.get("extra_host_names", ())))
+                          extra_host_names=tuple(d.get("extra_host_names", ())),
+                          connect_to=tuple(tuple(c) for c in d.get("connect_to", ())))
 
 
 def _now() -> datetime:

@@ -177,20 +177,24 @@ def site_content(request: AccessRequestSpec, org: str, hub_namespace: str) -> tu
 
 
 def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpec, generation: int,
-           client_ready: bool | None, now: datetime) -> AccessRequestStatus:
+           client_ready: bool | None, now: datetime, client_problem: str | None = None) -> AccessRequestStatus:
     """The AccessRequest's status for this evaluation; decidedAt moves only when the answer changes."""
     same = previous.decision == ev.decision and previous.decided_hash == spec.content_hash
     decided = ev.decision != Decision.PENDING
     conds = Conditions(previous.conditions, generation=generation, now=now)
     conds.set(ConditionType.DECIDED, decided, ev.reason, ev.message)
     ready_ok = ev.decision == Decision.APPROVED and (client_ready is not False)
-    conds.set(ConditionType.READY, ready_ok, Reason.RECONCILED if ready_ok else ev.reason,
-              ev.message if not ready_ok or client_ready is None else "client running")
+    if ev.decision == Decision.APPROVED and client_problem and not client_ready:
+        conds.set(ConditionType.READY, False, Reason.WORKLOAD_FAILING, client_problem)
+    else:
+        conds.set(ConditionType.READY, ready_ok, Reason.RECONCILED if ready_ok else ev.reason,
+                  ev.message if not ready_ok or client_ready is None else "client running")
     return AccessRequestStatus(
         observed_generation=generation, conditions=conds.items, decision=ev.decision, reason=ev.reason,
         message=ev.message, rules=ev.status_rules(), decided_hash=spec.content_hash,
         decided_at=previous.decided_at if same and previous.decided_at else now,
         epsilon_reserved=ev.epsilon_to_reserve or None, client_ready=client_ready,
+        client_message=(client_problem or None) if not client_ready else None,
     )
 
 
@@ -233,13 +237,14 @@ class RequestAnswer(ObjectView):
             return
         ev, grants = await self._evaluate()
         client_ready: bool | None = None
+        client_problem: str | None = None
         if self.spec.source.kind == RequestKind.COMPUTE:
-            client_ready = await self._converge_client(ev, grants)
+            client_ready, client_problem = await self._converge_client(ev, grants)
         else:
             ev = await self._hold_budget(ev)
             # The client must allow the job before the hub can see it approved (and submit it).
             await self._enforce(approved=ev.decision == Decision.APPROVED)
-        status = answer(self.previous, ev, self.spec, self.generation, client_ready, _now())
+        status = answer(self.previous, ev, self.spec, self.generation, client_ready, _now(), client_problem)
         await self._write(status)
 
     async def _hold_budget(self, ev: Evaluation) -> Evaluation:
@@ -383,17 +388,19 @@ class RequestAnswer(ObjectView):
         obj["status"] = {**(obj.get("status") or {}), **updated.to_wire()}
         await self.site.site("replace_status", obj)  # Conflict if the resourceVersion moved
 
-    async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> bool:
+    async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> tuple[bool, str | None]:
+        """(the client runs, why it does not when something it cannot wait out stops it)."""
         if ev.decision != Decision.APPROVED:
             await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
-            return False
+            return False, None
         kit_secret = await self.site.hub("get", "Secret", self.hub_namespace, kit_secret_name(self.name))
         kit = secret_bytes(kit_secret, KIT_KEY)
         if kit is None:
-            return False  # the orchestrator provisions once every org approved
+            return False, None  # the orchestrator provisions once every org approved
         workload = self._workload(kit, ev, grants)
         await self.site.runtime.ensure_client(workload)
-        return self.spec.active and await self.site.runtime.client_running(workload)
+        running = self.spec.active and await self.site.runtime.client_running(workload)
+        return running, None if running else await self.site.runtime.client_problem(workload)
 
     @property
     def _client_name(self) -> str:
@@ -483,7 +490,7 @@ def gateway_object(site: Site, grants: list[GrantView]) -> dict:
         if g.invalid is None and (expires is None or (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) > now):
             by_id.setdefault(g.spec.dataset.id, []).append(g)
     spec = GatewaySpec(
-        org=s.org, site=s.site, runtime=s.runtime,
+        org=s.org, site=s.site, runtime=s.runtime, same_cluster_as_hub=s.hub_kubeconfig is None,
         capacity={"gpuClass": s.gpu_class, "gpuCount": s.gpu_count},
         datasets=[DatasetSummary(id=dataset_id, description=same[0].spec.dataset.description,
                                  format=same[0].spec.dataset.format, sample_count=same[0].spec.dataset.sample_count,

@@ -96,10 +96,14 @@ class Admission(ObjectView):
         for org, (reserve, request) in applied.items():
             if reserve != (not rejecting - {org}):  # a rejection seen in this pass: tell the others now
                 await self.hub.k("apply", request(not reserve))
-        compute_phase = (compute_obj.get("status") or {}).get("phase")
+        compute_status = compute_obj.get("status") or {}
+        compute_phase = compute_status.get("phase")
+        why = next((c.get("message") for c in compute_status.get("conditions") or []
+                    if c.get("type") == "Ready" and c.get("status") != "True"), None)
         return admission_status(self._observed(
             content_hash=digest, approvals=tuple(approvals), compute_ready=compute_phase == "Ready",
-            compute_message=f"ComputeSpec {compute_obj['metadata']['name']} is {compute_phase or 'not ready'}"),
+            compute_message=f"ComputeSpec {compute_obj['metadata']['name']} is {compute_phase or 'not ready'}"
+                            + (f": {why}" if why else "")),
             _now())
 
     async def record_outcome(self, status: FederatedJobStatus) -> None:

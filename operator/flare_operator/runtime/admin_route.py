@@ -82,12 +82,14 @@ class _Forwarded:
 
 
 class LocalRelay:
-    """Listens on 127.0.0.1:<ephemeral>; every accepted connection is piped to a fresh ``dial()``."""
+    """Listens on 127.0.0.1:<ephemeral> (or ``bind``); every accepted connection is piped to a fresh
+    ``dial()``: a TCP passthrough, it never looks into the bytes."""
 
-    def __init__(self, dial: Dial, name: str):
+    def __init__(self, dial: Dial, name: str, bind: tuple[str, int] = ("127.0.0.1", 0)):
         self.dial = dial
         self.name = name
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.connections = 0  # accepted so far
+        self._listener = socket.create_server(bind)
         self.port: int = self._listener.getsockname()[1]
         self._closed = threading.Event()
         threading.Thread(target=self._accept, name=f"relay {name}", daemon=True).start()
@@ -98,6 +100,7 @@ class LocalRelay:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), name=f"relay {self.name}", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:

@@ -27,12 +27,14 @@ from ..builders.workloads import (
     STATE_DIR,
     DatasetMount,
     client_manifests,
+    external_service,
     server_manifests,
 )
 from ..config import OperatorConfig, SiteSettings
 from ..nvflare.admin import FlareAdmin, FlareUnavailable
 from ..nvflare.provisioning import unpack_kit
 from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
+from ..status.pods import pod_problem
 from .admin_route import LocalRelay, admin_port, dial_direct, dial_port_forward, route_kit_through
 from .kube import Kube
 from .workloads import ApprovedChange, ClientWorkload, ServerWorkload, digest, site_local_config
@@ -112,11 +114,39 @@ class KubernetesRuntime:
             operator_labels={"app.kubernetes.io/name": "flare-operator"}, owner=w.owner,
             allow_external_clients=True, operator_namespace=self.config.operator_namespace, local_config=local_config,
             workspace_retention=self.config.workspace_retention,
+            **self._external(),
         ):
             await self._k("apply", manifest)
 
+    def _external(self) -> dict:
+        ext = self.config.external_server
+        return {} if ext is None else {"external_service_type": ext.service_type, "external_node_port": ext.node_port}
+
+    async def external_port(self, federation: str, namespace: str, owner: dict | None) -> int:
+        """The port sites on other clusters dial: ``externalServer.port``, else the NodePort of the
+        federation's external Service (created here if it does not exist yet, before provisioning)."""
+        ext = self.config.external_server
+        if ext is None:
+            raise ValueError("no externalServer configured")
+        if ext.port is not None:
+            return ext.port
+        service = await self._k("get", "Service", namespace, naming.external_service_name(federation))
+        if service is None:
+            service = await self._k("apply", external_service(
+                fed=federation, namespace=namespace, service_type=ext.service_type, node_port=ext.node_port,
+                owner=owner))
+        port = service["spec"]["ports"][0].get("nodePort")
+        if not port:
+            raise ValueError(f"Service {namespace}/{service['metadata']['name']} has no nodePort yet")
+        return int(port)
+
     async def server_ready(self, w: ServerWorkload) -> bool:
         return _ready(await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation)))
+
+    async def server_problem(self, w: ServerWorkload) -> str | None:
+        if not w.spec.active:
+            return None
+        return pod_problem(await self._k("get", "Pod", w.namespace, f"{naming.server_name(w.federation)}-0"))
 
     async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
         if self._route() == "none":
@@ -218,6 +248,12 @@ class KubernetesRuntime:
     async def client_running(self, w: ClientWorkload) -> bool:
         return _ready(await self._k("get", "StatefulSet", w.site.namespace,
                                     naming.client_name(w.federation, w.site.site)))
+
+    async def client_problem(self, w: ClientWorkload) -> str | None:
+        if not w.spec.active:
+            return None
+        return pod_problem(await self._k("get", "Pod", w.site.namespace,
+                                         f"{naming.client_name(w.federation, w.site.site)}-0"))
 
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
         await self._remove(site.namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "client"})

@@ -84,7 +84,14 @@ class WorkloadRuntime(Protocol):
     async def remove_server(self, federation: str, namespace: str) -> None: ...
     async def ensure_client(self, w: ClientWorkload) -> None: ...
     async def client_running(self, w: ClientWorkload) -> bool: ...
+    async def server_problem(self, w: ServerWorkload) -> str | None:
+        """Why the server does not run, when something the operator cannot wait out stops it (its image
+        cannot be pulled, its Pod cannot be scheduled, it crashes); None otherwise."""
+    async def client_problem(self, w: ClientWorkload) -> str | None:
+        """The same for a site's client, seen from the site."""
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None: ...
+    async def external_port(self, federation: str, namespace: str, owner: dict | None) -> int:
+        """The port sites on other clusters dial the federation's server at (kubernetes runtime)."""
     async def clients_running(self, site: SiteSettings) -> int: ...
     async def update_approved_jobs(self, federation: str, site: SiteSettings, client_name: str,
                                    change: ApprovedChange) -> None:
@@ -145,6 +152,15 @@ class ProcessRuntime:
         except Exception as err:  # noqa: BLE001 - the server may still be starting
             log.info("FLARE API of %s not answering yet: %s", w.federation, err)
             return []
+
+    async def server_problem(self, w: ServerWorkload) -> str | None:
+        return None  # a local process that exits is restarted; its log says why
+
+    async def client_problem(self, w: ClientWorkload) -> str | None:
+        return None
+
+    async def external_port(self, federation: str, namespace: str, owner: dict | None) -> int:
+        raise NotImplementedError("the process runtime's server listens on this machine only")
 
     async def remove_server(self, federation: str, namespace: str) -> None:
         self._drop_admin(federation)

@@ -20,6 +20,7 @@ class ObservedSite:
     decision: Decision = Decision.PENDING
     message: str = ""
     client_ready: bool = False
+    client_problem: str = ""  # why the site's client does not run (the site's report)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class ObservedCompute:
     provisioning_error: str = ""
     server_ready: bool = False
     server_endpoint: str | None = None
+    server_problem: str = ""  # why the server does not run (its Pod's state)
     project: str | None = None
     previous: ComputeSpecStatus = field(default_factory=ComputeSpecStatus)
 
@@ -65,14 +67,26 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
         cond(T.PROVISIONED, False, R.PROGRESSING, "waiting for every org's answer before provisioning")
 
     not_ready = [s.org for s in o.sites if not s.client_ready]
+    failing = [f"{s.org}: {s.client_problem}" for s in o.sites if not s.client_ready and s.client_problem]
+    if not o.server_ready and o.server_problem:
+        failing.insert(0, f"server: {o.server_problem}")
     if not o.active:
         cond(T.SERVER_READY, False, R.DEACTIVATED, "spec.active is false: the server is scaled to zero")
         cond(T.CLIENTS_READY, False, R.DEACTIVATED, "spec.active is false: clients are scaled to zero")
     else:
-        cond(T.SERVER_READY, o.server_ready, R.RECONCILED if o.server_ready else R.SERVER_STARTING,
-             f"NVFlare server at {o.server_endpoint}" if o.server_ready else "the NVFlare server is starting")
-        cond(T.CLIENTS_READY, not not_ready and bool(o.sites), R.RECONCILED if not not_ready else R.CLIENTS_STARTING,
-             "every client is connected" if not not_ready else f"waiting for clients of {', '.join(not_ready)}")
+        if o.server_ready:
+            cond(T.SERVER_READY, True, R.RECONCILED, f"NVFlare server at {o.server_endpoint}")
+        elif o.server_problem:
+            cond(T.SERVER_READY, False, R.WORKLOAD_FAILING, o.server_problem)
+        else:
+            cond(T.SERVER_READY, False, R.SERVER_STARTING, "the NVFlare server is starting")
+        client_failing = [f for f in failing if not f.startswith("server: ")]
+        if not not_ready and o.sites:
+            cond(T.CLIENTS_READY, True, R.RECONCILED, "every client is connected")
+        elif client_failing:
+            cond(T.CLIENTS_READY, False, R.WORKLOAD_FAILING, "; ".join(client_failing))
+        else:
+            cond(T.CLIENTS_READY, False, R.CLIENTS_STARTING, f"waiting for clients of {', '.join(not_ready)}")
 
     if not o.active:
         phase, ready, reason, msg = ComputePhase.DEACTIVATED, False, R.DEACTIVATED, "spec.active is false"
@@ -86,6 +100,8 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
         phase, ready, reason, msg = ComputePhase.PENDING, False, R.AWAITING_SITES, f"waiting for {', '.join(waiting)}"
     elif not o.provisioned:
         phase, ready, reason, msg = ComputePhase.PROVISIONING, False, R.PROGRESSING, "provisioning the federation"
+    elif failing:
+        phase, ready, reason, msg = ComputePhase.STARTING, False, R.WORKLOAD_FAILING, "; ".join(failing)
     elif not o.server_ready or not_ready:
         phase, ready = ComputePhase.STARTING, False
         reason = R.SERVER_STARTING if not o.server_ready else R.CLIENTS_STARTING
@@ -94,7 +110,8 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
         phase, ready, reason, msg = ComputePhase.READY, True, R.RECONCILED, "server and every client are connected"
     cond(T.READY, ready, reason, msg)
 
-    sites = [SiteStatus(org=s.org, site=s.org, datasets=list(s.datasets), decision=s.decision, message=s.message,
+    sites = [SiteStatus(org=s.org, site=s.org, datasets=list(s.datasets), decision=s.decision,
+                        message=(s.client_problem if s.client_problem and not s.client_ready else s.message)[:1024],
                         client_ready=s.client_ready) for s in o.sites]
     return ComputeSpecStatus(
         phase=phase, observed_generation=o.generation, conditions=conds.items, server_endpoint=o.server_endpoint,

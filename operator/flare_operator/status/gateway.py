@@ -20,7 +20,7 @@ every heartbeat instead of flapping back to True.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from ..api.conditions import ConditionType as T
@@ -95,6 +95,7 @@ class OrgSeats:
     namespaces: Mapping[str, str] = field(default_factory=dict)
     refused: Mapping[GatewayClaim, Refusal] = field(default_factory=dict)
     claims: frozenset[GatewayClaim] = frozenset()  # every Gateway this was computed from
+    remote: frozenset[str] = frozenset()  # orgs whose counted Gateway says it is on another cluster
 
     def get(self, org: str) -> str | None:
         return self.namespaces.get(org)
@@ -193,4 +194,7 @@ def org_seats_of(gateways: Iterable[dict], namespaces: Iterable[dict]) -> OrgSea
     claims = [GatewayClaim(gw["metadata"]["namespace"], gw["metadata"]["name"], (gw.get("spec") or {}).get("org") or "")
               for gw in gateways]
     labels = {ns["metadata"]["name"]: (ns["metadata"].get("labels") or {}).get(LABEL_ORG) for ns in namespaces}
-    return org_seats(claims, labels)
+    seats = org_seats(claims, labels)
+    remote = {claim.org for claim, gw in zip(claims, gateways, strict=True)
+              if seats.get(claim.org) == claim.namespace and (gw.get("spec") or {}).get("sameClusterAsHub") is False}
+    return replace(seats, remote=frozenset(remote))
