@@ -418,3 +418,60 @@ def test_a_site_on_its_own_cluster_dials_the_hub_through_the_external_endpoint(
         passthrough.close()
         remove_namespaces(hub, a, b, m)
         control_plane_factory.stop("real-node-site")
+
+
+def test_a_server_endpoint_that_does_not_resolve_is_named(real_node_cluster, real_node_images, shared_data,
+                                                          tmp_path):
+    """org-b's gateway reaches the hub through a scoped credential (a site on 'another cluster'), and
+    the hub's externalServer.host does not resolve: org-b's client Pod runs but cannot reach the
+    server; its site names the cause, the hub shows it in the ComputeSpec and a Warning Event, and a
+    job waits in Pending with it."""
+    from flare_operator.builders.rbac import gateway_hub_role, role_binding
+
+    cp = real_node_cluster
+    a, b, m, sites = consortium(cp, shared_data)
+    user = f"gateway-{b}"
+    apply(cp, gateway_hub_role(b), role_binding(b, "flare-gateway", user=user))
+    common = {"runtime": "kubernetes", "image": real_node_images.runtime_ref, "imagePullPolicy": "Never",
+              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5}
+    hub_cfg = {**common, "mode": "all", "workdir": str(tmp_path / "hub"), "namespaces": [m], "gateways": [sites[0]],
+               "externalServer": {"host": "flare-hub.invalid", "port": 30999}}
+    site_cfg = {**common, "mode": "gateway", "workdir": str(tmp_path / "site"),
+                "gateways": [{**sites[1], "hubKubeconfig": str(cp.user_kubeconfig(user))}]}
+    for d in ("hub", "site"):
+        (tmp_path / d).mkdir()
+    orchestrator = OperatorProcess(cp, tmp_path / "hub", hub_cfg, name="orchestrator").start()
+    gateway = OperatorProcess(cp, tmp_path / "site", site_cfg, name="gateway").start()
+    try:
+        wait_for(lambda: (get(cp, "gateway", b, b) or {}).get("spec", {}).get("sameClusterAsHub") is False,
+                 timeout=60, message="org-b registered as a site on another cluster")
+        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec", "metadata": {"name": "esm2", "namespace": m},
+                   "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
+                            "datasets": [{"org": a, "id": "scl-a"}, {"org": b, "id": "scl-b"}],
+                            "server": {"cpu": "300m", "memory": "1Gi"}, "client": {"cpu": "300m", "memory": "1Gi"}}})
+
+        def failing() -> dict:
+            obj = get(cp, "computespec", m, "esm2") or {}
+            ready = next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+            return ready if ready.get("reason") == "WorkloadFailing" and "flare-hub.invalid:30999" in ready["message"] \
+                else {}
+
+        cond = wait_for(failing, timeout=300, message="the ComputeSpec names the endpoint org-b cannot resolve")
+        assert cond["message"].startswith(f"{b}: the NVFlare server endpoint flare-hub.invalid:30999"), cond
+        events = cp.kubectl("-n", m, "get", "events", "--field-selector",
+                            "involvedObject.kind=ComputeSpec,involvedObject.name=esm2,type=Warning",
+                            "-o", "jsonpath={range .items[*]}{.note}{.message}{'\\n'}{end}").stdout
+        assert "flare-hub.invalid:30999" in events, events
+        (client_pod,) = pods(cp, b, "app.kubernetes.io/component=client")
+        assert client_pod["status"]["phase"] == "Running", "the Pod runs; it cannot reach the server"
+        apply(cp, job(m, "run1", 2))
+        pending = wait_phase(cp, "federatedjob", m, "run1", "Pending", timeout=120)["status"]
+        assert "flare-hub.invalid" in next(c for c in pending["conditions"] if c["type"] == "Ready")["message"]
+    except BaseException:
+        for op in (orchestrator, gateway):
+            print(f"--- {op.log_path}\n{op.tail(100)}")
+        raise
+    finally:
+        orchestrator.stop()
+        gateway.stop()
+        remove_namespaces(cp, a, b, m)

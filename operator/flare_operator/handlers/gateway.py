@@ -184,7 +184,7 @@ def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpe
     conds = Conditions(previous.conditions, generation=generation, now=now)
     conds.set(ConditionType.DECIDED, decided, ev.reason, ev.message)
     ready_ok = ev.decision == Decision.APPROVED and (client_ready is not False)
-    if ev.decision == Decision.APPROVED and client_problem and not client_ready:
+    if ev.decision == Decision.APPROVED and client_problem:
         conds.set(ConditionType.READY, False, Reason.WORKLOAD_FAILING, client_problem)
     else:
         conds.set(ConditionType.READY, ready_ok, Reason.RECONCILED if ready_ok else ev.reason,
@@ -194,7 +194,7 @@ def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpe
         message=ev.message, rules=ev.status_rules(), decided_hash=spec.content_hash,
         decided_at=previous.decided_at if same and previous.decided_at else now,
         epsilon_reserved=ev.epsilon_to_reserve or None, client_ready=client_ready,
-        client_message=(client_problem or None) if not client_ready else None,
+        client_message=client_problem or None,
     )
 
 
@@ -389,7 +389,8 @@ class RequestAnswer(ObjectView):
         await self.site.site("replace_status", obj)  # Conflict if the resourceVersion moved
 
     async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> tuple[bool, str | None]:
-        """(the client runs, why it does not when something it cannot wait out stops it)."""
+        """(the client runs, what stops it that waiting will not fix: its Pod cannot run, or it cannot
+        reach the server)."""
         if ev.decision != Decision.APPROVED:
             await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
             return False, None
@@ -400,7 +401,7 @@ class RequestAnswer(ObjectView):
         workload = self._workload(kit, ev, grants)
         await self.site.runtime.ensure_client(workload)
         running = self.spec.active and await self.site.runtime.client_running(workload)
-        return running, None if running else await self.site.runtime.client_problem(workload)
+        return running, await self.site.runtime.client_problem(workload)
 
     @property
     def _client_name(self) -> str:

@@ -64,6 +64,30 @@ def split_kit(kit: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
     return startup, local
 
 
+def server_target(kit: bytes) -> tuple[str, int]:
+    """(host, port) a client kit dials (its fed_client.json's service target)."""
+    startup, _ = split_kit(kit)
+    server = json.loads(startup.get("fed_client.json", b"{}")).get("servers", [{}])[0]
+    host, _, port = (server.get("service", {}).get("target") or "localhost:8002").rpartition(":")
+    return host, int(port)
+
+
+def _cluster_local(host: str) -> bool:
+    return host == "localhost" or host.endswith((".svc", ".svc.cluster.local", ".cluster.local"))
+
+
+def _unresolvable(host: str, port: int) -> str | None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        return (f"the NVFlare server endpoint {host}:{port} in this site's client kit does not resolve from the "
+                f"site ({err.strerror or err}): the hub's externalServer.host must be a name (or address) the "
+                f"site's network resolves")
+    return None
+
+
 def _secret(name: str, namespace: str, files: dict[str, bytes], labels: dict, owner: dict | None) -> dict:
     import base64
 
@@ -234,8 +258,7 @@ class KubernetesRuntime:
         # Created empty if absent, never overwritten here: its content is the gateway's decisions.
         await self.update_approved_jobs(w.federation, site, w.client_name,
                                         lambda text: readable_or_empty(text, site.org))
-        server = json.loads(startup.get("fed_client.json", b"{}")).get("servers", [{}])[0]
-        host, _, port = (server.get("service", {}).get("target") or "localhost:8002").rpartition(":")
+        host, port = server_target(w.kit)
         for manifest in client_manifests(
             fed=w.federation, site=site, spec=w.spec, image=self.config.image,
             image_pull_policy=self.config.image_pull_policy, command=self.config.client_command,
@@ -250,10 +273,20 @@ class KubernetesRuntime:
                                     naming.client_name(w.federation, w.site.site)))
 
     async def client_problem(self, w: ClientWorkload) -> str | None:
+        """The client Pod's state, else whether the server endpoint in its kit resolves: an external
+        endpoint (a site on another cluster) must resolve from the site's network — which this
+        gateway shares when it runs in the site's cluster. In-cluster Service names are the
+        cluster DNS's business (the Pod's own resolver), not checked here."""
         if not w.spec.active:
             return None
-        return pod_problem(await self._k("get", "Pod", w.site.namespace,
-                                         f"{naming.client_name(w.federation, w.site.site)}-0"))
+        problem = pod_problem(await self._k("get", "Pod", w.site.namespace,
+                                            f"{naming.client_name(w.federation, w.site.site)}-0"))
+        if problem:
+            return problem
+        host, port = server_target(w.kit)
+        if _cluster_local(host):
+            return None
+        return await asyncio.to_thread(_unresolvable, host, port)
 
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
         await self._remove(site.namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "client"})
