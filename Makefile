@@ -60,9 +60,9 @@ crds: install
 bench-compute: install controlplane
 	$(PYTHON) bench/compute_reconcile.py --count 20
 
-## bench-job: a FederatedJob vs the same job submitted straight to NVFlare on the same federation: wall-time ratio, apply -> first round
-bench-job: install controlplane
-	$(PYTHON) bench/job_overhead.py --repeats 4
+## bench-job: a FederatedJob vs the same job submitted straight to NVFlare on the same federation: wall-time ratio, apply -> first round; RUNTIME=kubernetes: server and clients as Pods on a real node (root, images; FLARE_REAL_NODE_CLUSTER=DIR attaches to a running one)
+bench-job: install controlplane $(if $(filter kubernetes,$(RUNTIME)),$(if $(FLARE_IMAGES_JSON),,images))
+	$(PYTHON) bench/job_overhead.py --repeats 4 $(if $(RUNTIME),--runtime $(RUNTIME))
 
 ## demo: local control plane, CRDs, the operator, the ESM2 consortium scenario up to an approved job
 demo: install controlplane

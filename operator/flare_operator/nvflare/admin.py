@@ -52,10 +52,10 @@ class FlareAdmin:
             try:
                 return getattr(self._open(), method)(*args, **kwargs)
             except Exception as err:
-                self._close_locked()
-                if _transient(err):
+                if _transient(err):  # the session may be broken: open a new one next time
+                    self._close_locked()
                     raise FlareUnavailable(f"{method}: {type(err).__name__}: {err}") from err
-                raise
+                raise  # an answer (no such job, an app command the job has not registered yet): the session is fine
 
     def connected_clients(self) -> list[str]:
         return sorted(c.name for c in self._call("get_connected_client_list"))

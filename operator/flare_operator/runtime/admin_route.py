@@ -32,14 +32,21 @@ _CHUNK = 1 << 16
 
 
 def dial_port_forward(api_client: Any, namespace: str, pod: str, port: int) -> Dial:
-    """Each connection through a new port-forward stream of the Kubernetes API (pods/portforward)."""
+    """Each connection through a new port-forward stream of the Kubernetes API (pods/portforward),
+    on an ApiClient of its own: the client library's stream call swaps its ApiClient's transport
+    while it connects, which would break every other request made meanwhile on a shared one."""
 
     def dial():
         from kubernetes import client
         from kubernetes.stream import portforward
 
-        forward = portforward(client.CoreV1Api(api_client).connect_get_namespaced_pod_portforward,
-                              pod, namespace, ports=str(port))
+        own = client.ApiClient(api_client.configuration)
+        try:
+            forward = portforward(client.CoreV1Api(own).connect_get_namespaced_pod_portforward,
+                                  pod, namespace, ports=str(port))
+        except Exception:
+            own.close()
+            raise
         return _Forwarded(forward, port)
 
     return dial

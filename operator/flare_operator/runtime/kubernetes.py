@@ -60,8 +60,23 @@ def split_kit(kit: bytes) -> tuple[dict[str, bytes], dict[str, str]]:
                 local[name] = data.decode()
     default = local.get("resources.json.default")
     if default is not None:
-        local["resources.json"] = default.replace("/tmp/nvflare", STATE_DIR)
+        local["resources.json"] = _quick_rescheduling(default.replace("/tmp/nvflare", STATE_DIR))
     return startup, local
+
+
+SCHEDULE_RETRY_SECONDS = 2.0
+"""The server's first retry of a job a site refused to schedule (NVFlare's default: 10 s, doubling).
+A site's approval reaches its client Pod's mounted document on the kubelet's next sync (10 s to a
+minute after the ConfigMap changes); meanwhile the client refuses the job. Retrying from 2 s
+(2, 4, 8, ... s; ten tries) starts the job soon after the document arrives."""
+
+
+def _quick_rescheduling(resources_json: str) -> str:
+    resources = json.loads(resources_json)
+    for component in resources.get("components", []):
+        if component.get("id") == "job_scheduler":
+            component.setdefault("args", {})["min_schedule_interval"] = SCHEDULE_RETRY_SECONDS
+    return json.dumps(resources, indent=2)
 
 
 def server_target(kit: bytes) -> tuple[str, int]:
