@@ -462,8 +462,8 @@ def test_a_server_endpoint_that_does_not_resolve_is_named(real_node_cluster, rea
                             "involvedObject.kind=ComputeSpec,involvedObject.name=esm2,type=Warning",
                             "-o", "jsonpath={range .items[*]}{.note}{.message}{'\\n'}{end}").stdout
         assert "flare-hub.invalid:30999" in events, events
-        (client_pod,) = pods(cp, b, "app.kubernetes.io/component=client")
-        assert client_pod["status"]["phase"] == "Running", "the Pod runs; it cannot reach the server"
+        wait_for(lambda: [p["status"]["phase"] for p in pods(cp, b, "app.kubernetes.io/component=client")] == ["Running"],
+                 timeout=120, message="org-b's client Pod runs (it cannot reach the server)")
         apply(cp, job(m, "run1", 2))
         pending = wait_phase(cp, "federatedjob", m, "run1", "Pending", timeout=120)["status"]
         assert "flare-hub.invalid" in next(c for c in pending["conditions"] if c["type"] == "Ready")["message"]

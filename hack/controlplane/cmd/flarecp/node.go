@@ -605,8 +605,8 @@ func nodeStart(ctx context.Context, l *launcher, n *nodeNet, nodeDir, binDir str
 		start := time.Now()
 		// The unpacked snapshots are all the node runs from (images are never pulled or pushed
 		// here): dropping the layer blobs after unpacking halves the store (the runtime image:
-		// ~6.4 GB of layers kept twice otherwise). CRI's own discard_unpacked_layers does the same.
-		out, err := ctr("images", "import", "--no-unpack=false", "--discard-unpacked-layers", f)
+		// ~6.4 GB of layers kept twice otherwise; ctr wants --local for it). CRI's own discard_unpacked_layers does the same.
+		out, err := ctr("images", "import", "--local", "--no-unpack=false", "--discard-unpacked-layers", f)
 		if err != nil {
 			return fmt.Errorf("ctr images import %s: %v: %s", f, err, strings.TrimSpace(string(out)))
 		}
