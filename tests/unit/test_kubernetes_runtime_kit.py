@@ -19,4 +19,4 @@ def test_the_server_retries_refused_jobs_soon_and_keeps_its_state_on_the_volume(
     (scheduler,) = [c for c in resources["components"] if c["id"] == "job_scheduler"]
     assert scheduler["args"]["min_schedule_interval"] == SCHEDULE_RETRY_SECONDS
     assert f"{STATE_DIR}/jobs-storage" in local["resources.json"], "the job store lives on the workspace volume"
-    assert server_target(kits["org-a"]) == (svc, 8002)
+    assert server_target(split_kit(kits["org-a"])[0]) == (svc, 8002)

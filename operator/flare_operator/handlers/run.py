@@ -20,7 +20,6 @@ Lifecycle beyond the happy path:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import shutil
@@ -69,14 +68,6 @@ def _now() -> datetime:
 
 def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Run(ObjectView):
@@ -236,7 +227,8 @@ class Run(ObjectView):
         abort the NVFlare job, keep what it produced so far (the last global model, metrics, logs)."""
         job_id = self.status.nvflare_job_id
         updates = await self._progress(admin, job_id)
-        checkpoint = updates.pop("checkpoint", None) or await self._save_checkpoint(admin, job_id)
+        # _progress just saved a newer checkpoint if the job had one; otherwise the saved one is the latest
+        checkpoint = updates.pop("checkpoint", None) or self.status.checkpoint
         try:
             await asyncio.to_thread(admin.abort, job_id)
         except Exception:  # noqa: BLE001 - it may have ended already

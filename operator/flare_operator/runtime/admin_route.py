@@ -47,7 +47,7 @@ def dial_port_forward(api_client: Any, namespace: str, pod: str, port: int) -> D
         except Exception:
             own.close()
             raise
-        return _Forwarded(forward, port)
+        return _Forwarded(forward, port, own)
 
     return dial
 
@@ -66,8 +66,9 @@ def dial_direct(address: Callable[[], str], port: int, timeout: float = 5.0) -> 
 class _Forwarded:
     """One port-forward stream as a socket: closing it closes the stream."""
 
-    def __init__(self, forward: Any, port: int):
+    def __init__(self, forward: Any, port: int, api_client: Any):
         self.forward = forward
+        self.api_client = api_client
         self.sock = forward.socket(port)
         self.sock.setblocking(True)
 
@@ -84,6 +85,7 @@ class _Forwarded:
         try:
             self.sock.close()
             self.forward.close()
+            self.api_client.close()
         except Exception:  # noqa: BLE001 - closing a broken stream
             log.debug("closing a port-forward failed", exc_info=True)
 

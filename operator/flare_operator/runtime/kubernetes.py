@@ -37,7 +37,14 @@ from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
 from ..status.pods import pod_problem
 from .admin_route import LocalRelay, admin_port, dial_direct, dial_port_forward, route_kit_through
 from .kube import Kube
-from .workloads import ApprovedChange, ClientWorkload, ServerWorkload, digest, site_local_config
+from .workloads import (
+    AdminSessions,
+    ApprovedChange,
+    ClientWorkload,
+    ServerWorkload,
+    digest,
+    site_local_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +86,8 @@ def _quick_rescheduling(resources_json: str) -> str:
     return json.dumps(resources, indent=2)
 
 
-def server_target(kit: bytes) -> tuple[str, int]:
-    """(host, port) a client kit dials (its fed_client.json's service target)."""
-    startup, _ = split_kit(kit)
+def server_target(startup: dict[str, bytes]) -> tuple[str, int]:
+    """(host, port) a client kit dials (its startup/fed_client.json's service target; ``split_kit``)."""
     server = json.loads(startup.get("fed_client.json", b"{}")).get("servers", [{}])[0]
     host, _, port = (server.get("service", {}).get("target") or "localhost:8002").rpartition(":")
     return host, int(port)
@@ -132,7 +138,7 @@ class KubernetesRuntime:
         self.config = config
         self.kube = kube
         self._approved_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self._admins: dict[str, tuple[str, FlareAdmin, LocalRelay | None]] = {}
+        self._admins = AdminSessions()
 
     async def _k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
@@ -212,10 +218,10 @@ class KubernetesRuntime:
             raise FlareUnavailable("this orchestrator has no route to the NVFlare server's admin port "
                                    "(adminRoute: none): it runs no jobs")
         key = f"{digest(w.admin_kit)}/{route}"
-        known = self._admins.get(w.federation)
-        if known and known[0] == key:
-            return known[1]
-        self._drop_admin(w.federation)
+        known = self._admins.get(w.federation, key)
+        if known is not None:
+            return known
+        self._admins.drop(w.federation)
         folder = Path(self.config.workdir).resolve() / "admin" / w.namespace / w.federation
         await asyncio.to_thread(unpack_kit, w.admin_kit, folder)
         relay = None
@@ -229,7 +235,7 @@ class KubernetesRuntime:
             relay = LocalRelay(dial, f"{w.namespace}/{pod}:{port}")
             route_kit_through(folder, relay)
         admin = FlareAdmin(folder, timeout=5.0)
-        self._admins[w.federation] = (key, admin, relay)
+        self._admins.put(w.federation, key, admin, relay.close if relay else None)
         return admin
 
     def _pod_ip(self, namespace: str, pod: str) -> str:
@@ -239,15 +245,8 @@ class KubernetesRuntime:
             raise ConnectionError(f"Pod {namespace}/{pod} has no IP (not running)")
         return ip
 
-    def _drop_admin(self, federation: str) -> None:
-        known = self._admins.pop(federation, None)
-        if known:
-            known[1].close()
-            if known[2] is not None:
-                known[2].close()
-
     async def remove_server(self, federation: str, namespace: str) -> None:
-        self._drop_admin(federation)
+        self._admins.drop(federation)
         await self._remove(namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "server"})
 
     async def _remove(self, namespace: str, labels: dict) -> None:
@@ -273,7 +272,7 @@ class KubernetesRuntime:
         # Created empty if absent, never overwritten here: its content is the gateway's decisions.
         await self.update_approved_jobs(w.federation, site, w.client_name,
                                         lambda text: readable_or_empty(text, site.org))
-        host, port = server_target(w.kit)
+        host, port = server_target(startup)
         for manifest in client_manifests(
             fed=w.federation, site=site, spec=w.spec, image=self.config.image,
             image_pull_policy=self.config.image_pull_policy, command=self.config.client_command,
@@ -298,7 +297,7 @@ class KubernetesRuntime:
                                             f"{naming.client_name(w.federation, w.site.site)}-0"))
         if problem:
             return problem
-        host, port = server_target(w.kit)
+        host, port = server_target(split_kit(w.kit)[0])
         if _cluster_local(host):
             return None
         return await asyncio.to_thread(_unresolvable, host, port)
@@ -330,5 +329,4 @@ class KubernetesRuntime:
         return sum(1 for sts in items if _ready(sts))
 
     async def close(self) -> None:
-        for federation in list(self._admins):
-            self._drop_admin(federation)
+        self._admins.close()

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from ..api.compute import ComputeSpecSpec
 from ..builders.federation import ADMIN_IDENTITY, ENFORCEMENT_RESOURCES_FILE, enforcement_resources
+from ..builders.workloads import ENV_SITE_CONFIG, SITE_CONFIG_FILE
 from ..config import SiteSettings
 from ..nvflare.admin import FlareAdmin
 from ..nvflare.provisioning import unpack_kit, with_local_files
@@ -28,7 +29,6 @@ from .process import ProcessSupervisor
 log = logging.getLogger(__name__)
 
 
-SITE_CONFIG_ENV = "FLAREOP_SITE_CONFIG"  # where a client's jobs find the site's own config (dataset paths)
 ENFORCEMENT_FOLDER = "enforcement"  # process runtime: <client folder>/enforcement/approved.json
 
 JOB_META_FILE = "meta.json"  # nvflare.apis.fl_constant.WorkspaceConstants.JOB_META_FILE (not imported: no nvflare here)
@@ -73,6 +73,34 @@ class ClientWorkload:
     enforcement_configmap: str
 
 
+class AdminSessions:
+    """The operator's FLARE API sessions, one per federation, kept while their key (the admin kit's
+    digest, and how the server is reached) stays the same; what belongs to a session (a relay) closes
+    with it."""
+
+    def __init__(self) -> None:
+        self._by_federation: dict[str, tuple[str, FlareAdmin, Callable[[], None] | None]] = {}
+
+    def get(self, federation: str, key: str) -> FlareAdmin | None:
+        known = self._by_federation.get(federation)
+        return known[1] if known and known[0] == key else None
+
+    def put(self, federation: str, key: str, admin: FlareAdmin, on_close: Callable[[], None] | None = None) -> None:
+        self.drop(federation)
+        self._by_federation[federation] = (key, admin, on_close)
+
+    def drop(self, federation: str) -> None:
+        known = self._by_federation.pop(federation, None)
+        if known:
+            known[1].close()
+            if known[2] is not None:
+                known[2]()
+
+    def close(self) -> None:
+        for federation in list(self._by_federation):
+            self.drop(federation)
+
+
 class WorkloadRuntime(Protocol):
     async def ensure_server(self, w: ServerWorkload) -> None: ...
     async def server_ready(self, w: ServerWorkload) -> bool: ...
@@ -109,14 +137,14 @@ class ProcessRuntime:
 
     def __init__(self, workdir: Path):
         self.supervisor = ProcessSupervisor(workdir)
-        self._admins: dict[str, tuple[str, FlareAdmin]] = {}
+        self._admins = AdminSessions()
 
     # --- server -----------------------------------------------------------------------------
 
     async def ensure_server(self, w: ServerWorkload) -> None:
         if not w.spec.active:
             await self.supervisor.stop(w.federation, w.server_name, remove=False)
-            self._drop_admin(w.federation)
+            self._admins.drop(w.federation)
             return
         await self.supervisor.ensure(w.federation, w.server_name, role="server", org="hub", kit=w.kit,
                                      kit_digest=digest(w.kit))
@@ -126,20 +154,14 @@ class ProcessRuntime:
 
     def _admin(self, w: ServerWorkload) -> FlareAdmin:
         kit_digest = digest(w.admin_kit)
-        known = self._admins.get(w.federation)
-        if known and known[0] == kit_digest:
-            return known[1]
-        self._drop_admin(w.federation)
-        folder = self.supervisor.folder(w.federation, ADMIN_IDENTITY)
-        unpack_kit(w.admin_kit, folder)
-        admin = FlareAdmin(folder, timeout=5.0)
-        self._admins[w.federation] = (kit_digest, admin)
+        admin = self._admins.get(w.federation, kit_digest)
+        if admin is None:
+            self._admins.drop(w.federation)
+            folder = self.supervisor.folder(w.federation, ADMIN_IDENTITY)
+            unpack_kit(w.admin_kit, folder)
+            admin = FlareAdmin(folder, timeout=5.0)
+            self._admins.put(w.federation, kit_digest, admin)
         return admin
-
-    def _drop_admin(self, federation: str) -> None:
-        known = self._admins.pop(federation, None)
-        if known:
-            known[1].close()
 
     async def server_ready(self, w: ServerWorkload) -> bool:
         return w.spec.active and self.supervisor.running(w.federation, w.server_name)
@@ -160,10 +182,10 @@ class ProcessRuntime:
         return None
 
     async def external_port(self, federation: str, namespace: str, owner: dict | None) -> int:
-        raise NotImplementedError("the process runtime's server listens on this machine only")
+        raise ValueError("the process runtime has no external endpoint: its server listens on this machine only")
 
     async def remove_server(self, federation: str, namespace: str) -> None:
-        self._drop_admin(federation)
+        self._admins.drop(federation)
         await self.supervisor.stop_federation(federation, remove=True)
 
     # --- clients ----------------------------------------------------------------------------
@@ -180,7 +202,7 @@ class ProcessRuntime:
         kit = with_local_files(w.kit, {ENFORCEMENT_RESOURCES_FILE: json.dumps(enforcement, indent=1).encode()})
         await self.supervisor.ensure(key_fed, w.client_name, role="client", org=w.site.org, kit=kit,
                                      kit_digest=digest(kit) + _site_local_digest(w),
-                                     env={SITE_CONFIG_ENV: str(folder / "site.json")})
+                                     env={ENV_SITE_CONFIG: str(folder / SITE_CONFIG_FILE)})
 
     async def client_running(self, w: ClientWorkload) -> bool:
         return self.supervisor.running(_client_federation(w.federation, w.site.org), w.client_name)
@@ -219,8 +241,7 @@ class ProcessRuntime:
                    self.supervisor.participants[key].pid)
 
     async def close(self) -> None:
-        for federation in list(self._admins):
-            self._drop_admin(federation)
+        self._admins.close()
         await self.supervisor.stop_all()
 
 
@@ -258,4 +279,4 @@ def _site_local_digest(w: ClientWorkload) -> str:
 
 def _write_site_local(folder: Path, w: ClientWorkload) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "site.json").write_text(json.dumps(site_local_config(w), indent=2, sort_keys=True))
+    (folder / SITE_CONFIG_FILE).write_text(json.dumps(site_local_config(w), indent=2, sort_keys=True))

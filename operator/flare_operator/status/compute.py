@@ -67,9 +67,9 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
         cond(T.PROVISIONED, False, R.PROGRESSING, "waiting for every org's answer before provisioning")
 
     not_ready = [s.org for s in o.sites if not s.client_ready]
-    failing = [f"{s.org}: {s.client_problem}" for s in o.sites if not s.client_ready and s.client_problem]
-    if not o.server_ready and o.server_problem:
-        failing.insert(0, f"server: {o.server_problem}")
+    client_failing = [f"{s.org}: {s.client_problem}" for s in o.sites if not s.client_ready and s.client_problem]
+    server_failing = [f"server: {o.server_problem}"] if not o.server_ready and o.server_problem else []
+    failing = server_failing + client_failing
     if not o.active:
         cond(T.SERVER_READY, False, R.DEACTIVATED, "spec.active is false: the server is scaled to zero")
         cond(T.CLIENTS_READY, False, R.DEACTIVATED, "spec.active is false: clients are scaled to zero")
@@ -80,7 +80,6 @@ def compute_status(o: ObservedCompute, now: datetime) -> ComputeSpecStatus:
             cond(T.SERVER_READY, False, R.WORKLOAD_FAILING, o.server_problem)
         else:
             cond(T.SERVER_READY, False, R.SERVER_STARTING, "the NVFlare server is starting")
-        client_failing = [f for f in failing if not f.startswith("server: ")]
         if not not_ready and o.sites:
             cond(T.CLIENTS_READY, True, R.RECONCILED, "every client is connected")
         elif client_failing:
