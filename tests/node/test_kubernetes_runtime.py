@@ -122,6 +122,57 @@ def secret_data(cp, namespace: str, name: str) -> dict:
     return json.loads(cp.kubectl("-n", namespace, "get", "secret", name, "-o", "json").stdout)["data"]
 
 
+def compute_spec(namespace: str, name: str, datasets: list[tuple[str, str]], *, server_cpu: str, client_cpu: str,
+                 memory: str) -> dict:
+    """ComputeSpec ``name`` over ``datasets`` ([(org, dataset id)]), sized to share the real node's 2 cores."""
+    return {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
+                     "datasets": [{"org": o, "id": d} for o, d in datasets],
+                     "server": {"cpu": server_cpu, "memory": memory}, "client": {"cpu": client_cpu, "memory": memory}}}
+
+
+def ready_condition(cp, namespace: str, name: str) -> dict:
+    """The Ready condition of ComputeSpec ``namespace/name`` ({} if none yet)."""
+    obj = get(cp, "computespec", namespace, name) or {}
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
+
+
+def warning_events(cp, namespace: str, name: str) -> str:
+    """'<reason>: <note>' of each Warning Event recorded on ComputeSpec ``namespace/name``, a line each."""
+    return cp.kubectl("-n", namespace, "get", "events", "--field-selector",
+                      f"involvedObject.kind=ComputeSpec,involvedObject.name={name},type=Warning",
+                      "-o", "jsonpath={range .items[*]}{.reason}: {.note}{.message}{'\\n'}{end}").stdout
+
+
+@contextmanager
+def hub_and_remote_site(hub, site, tmp_path: Path, hub_cfg: dict, site_cfg: dict, org: str):
+    """The orchestrator on ``hub`` and ``org``'s gateway on ``site`` (workdirs under tmp_path/hub and
+    tmp_path/site), once the hub sees org's Gateway say it is on another cluster (a scoped hub
+    credential is what makes it so); both operators' logs are printed when the body fails."""
+    for d in ("hub", "site"):
+        (tmp_path / d).mkdir()
+    orchestrator = OperatorProcess(hub, tmp_path / "hub", hub_cfg, name="orchestrator").start()
+    gateway = OperatorProcess(site, tmp_path / "site", site_cfg, name="gateway").start()
+    try:
+        wait_for(lambda: (get(hub, "gateway", org, org) or {}).get("spec", {}).get("sameClusterAsHub") is False,
+                 timeout=60, message=f"{org} registered on the hub as a site on another cluster")
+        yield
+    except BaseException:
+        for op in (orchestrator, gateway):
+            print(f"--- {op.log_path}\n{op.tail(120)}")
+        raise
+    finally:
+        orchestrator.stop()
+        gateway.stop()
+
+
+def runtime_config(images) -> dict:
+    """Operator settings every operator process of these tests shares: the kubernetes runtime with the
+    project's runtime image, imported into the node (no registry)."""
+    return {"runtime": "kubernetes", "image": images.runtime_ref, "imagePullPolicy": "Never",
+            "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5}
+
+
 def job(namespace: str, name: str, rounds: int) -> dict:
     return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob",
             "metadata": {"name": name, "namespace": namespace},
@@ -151,21 +202,16 @@ def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, sha
     cp = real_node_cluster
     a, b, m, sites = consortium(cp, shared_data)
     suffix = m.rsplit("-", 1)[1]
-    config = {"mode": "all", "runtime": "kubernetes", "image": real_node_images.runtime_ref,
-              "imagePullPolicy": "Never", "workdir": str(tmp_path / "work"), "namespaces": [m],
-              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites,
+    config = {**runtime_config(real_node_images), "mode": "all", "workdir": str(tmp_path / "work"),
+              "namespaces": [m], "gateways": sites,
               "resultsStore": {"type": "s3", "s3": {"endpoint": s3_server.endpoint_url, "bucket": s3_server.bucket,
                                                     "prefix": f"t-{suffix}/"}}}
     operator = OperatorProcess(cp, tmp_path, config, env=s3_server.env()).start()
     fed = naming.federation_name(m, "esm2")
     owned = f"flareop.io/federation={fed}"
     try:
-        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec",
-                   "metadata": {"name": "esm2", "namespace": m},
-                   "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
-                            "datasets": [{"org": a, "id": "scl-a"}, {"org": b, "id": "scl-b"}],
-                            "server": {"cpu": "400m", "memory": "2Gi"},
-                            "client": {"cpu": "700m", "memory": "2Gi"}}})
+        apply(cp, compute_spec(m, "esm2", [(a, "scl-a"), (b, "scl-b")], server_cpu="400m", client_cpu="700m",
+                               memory="2Gi"))
         ready = wait_phase(cp, "computespec", m, "esm2", "Ready", timeout=600)["status"]
         assert all(s["clientReady"] for s in ready["sites"]), ready["sites"]
         (server_pod,) = pods(cp, m, "app.kubernetes.io/component=server")
@@ -256,7 +302,8 @@ def test_a_federation_runs_as_real_pods(real_node_cluster, real_node_images, sha
              message="no pods left")
 
 
-def test_bad_input_ends_in_a_condition_and_an_event_that_name_the_cause(real_node_cluster, shared_data, tmp_path):
+def test_bad_input_ends_in_a_condition_and_an_event_that_name_the_cause(real_node_cluster, real_node_images,
+                                                                         shared_data, tmp_path):
     """An image that does not exist, a dataset claim that does not exist: each is named in the
     ComputeSpec's status and a Warning Event within a bounded time, and a job on it waits in Pending
     with that reason — never silently in Submitted."""
@@ -269,25 +316,11 @@ def test_bad_input_ends_in_a_condition_and_an_event_that_name_the_cause(real_nod
     a, b, m, sites = consortium(cp, shared_data)
     missing_claim["metadata"]["namespace"], missing_claim["spec"]["consumers"] = b, [m]
     apply(cp, missing_claim)
-    config = {"mode": "all", "runtime": "kubernetes", "image": "localhost/flare-operator/runtime:does-not-exist",
-              "imagePullPolicy": "Never", "workdir": str(tmp_path / "work"), "namespaces": [m],
-              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5, "gateways": sites}
+    config = {**runtime_config(real_node_images), "image": "localhost/flare-operator/runtime:does-not-exist",
+              "mode": "all", "workdir": str(tmp_path / "work"), "namespaces": [m], "gateways": sites}
 
     def compute_obj(name: str, datasets: list[tuple[str, str]]) -> dict:
-        return {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec", "metadata": {"name": name, "namespace": m},
-                "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
-                         "datasets": [{"org": o, "id": d} for o, d in datasets],
-                         "server": {"cpu": "200m", "memory": "1Gi"}, "client": {"cpu": "200m", "memory": "1Gi"}}}
-
-    def ready_condition(name: str) -> dict:
-        obj = get(cp, "computespec", m, name) or {}
-        return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
-
-    def warnings(name: str) -> str:
-        out = cp.kubectl("-n", m, "get", "events", "--field-selector",
-                         f"involvedObject.kind=ComputeSpec,involvedObject.name={name},type=Warning",
-                         "-o", "jsonpath={range .items[*]}{.reason}: {.note}{.message}{'\\n'}{end}").stdout
-        return out
+        return compute_spec(m, name, datasets, server_cpu="200m", client_cpu="200m", memory="1Gi")
 
     operator = OperatorProcess(cp, tmp_path, config).start()
     try:
@@ -295,19 +328,19 @@ def test_bad_input_ends_in_a_condition_and_an_event_that_name_the_cause(real_nod
         apply(cp, compute_obj("claims", [(a, "scl-a"), (b, "cells")]))
         failed = wait_phase(cp, "computespec", m, "claims", "Failed", timeout=120)["status"]
         # The hub learns which grant and why in general; the details stay in the grant's status at the site.
-        assert "cells (InvalidLocation)" in ready_condition("claims")["message"], failed
+        assert "cells (InvalidLocation)" in ready_condition(cp, m, "claims")["message"], failed
         valid = next(c for c in get(cp, "datasetgrant", b, "cells")["status"]["conditions"] if c["type"] == "Valid")
         assert valid["status"] == "False" and "PersistentVolumeClaim no-such-claim does not exist" in valid["message"]
 
         # The image does not exist: the server's and both clients' Pods cannot start; the status and a
         # Warning Event say so, and a job waits in Pending with that reason.
         apply(cp, compute_obj("esm2", [(a, "scl-a"), (b, "scl-b")]))
-        cond = wait_for(lambda: (c := ready_condition("esm2")).get("reason") == "WorkloadFailing"
+        cond = wait_for(lambda: (c := ready_condition(cp, m, "esm2")).get("reason") == "WorkloadFailing"
                         and "server: " in c["message"] and a in c["message"] and b in c["message"] and c,
                         timeout=240, message="the ComputeSpec names the failing server and clients")
         assert cond["message"].count("ErrImageNeverPull") == 3, cond["message"]
         assert "runtime:does-not-exist" in cond["message"]
-        wait_for(lambda: "WorkloadFailing: " in warnings("esm2") and "ErrImageNeverPull" in warnings("esm2"),
+        wait_for(lambda: "WorkloadFailing: " in warning_events(cp, m, "esm2") and "ErrImageNeverPull" in warning_events(cp, m, "esm2"),
                  timeout=60, message="a Warning Event on the ComputeSpec names the cause")
         apply(cp, job(m, "run1", 2))
         pending = wait_phase(cp, "federatedjob", m, "run1", "Pending", timeout=120)["status"]
@@ -364,10 +397,10 @@ def test_a_site_on_its_own_cluster_dials_the_hub_through_the_external_endpoint(
         return svc["spec"]["ports"][0]["nodePort"]
 
     address = host_address()
-    passthrough = LocalRelay(dial_direct(lambda: hub_node_ip, 0), "passthrough", bind=(address, 0))
-    passthrough.dial = lambda: dial_direct(lambda: hub_node_ip, node_port())()  # the NodePort, once it exists
-    common = {"runtime": "kubernetes", "image": real_node_images.runtime_ref, "imagePullPolicy": "Never",
-              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5}
+    # the NodePort is looked up per connection: it exists once the orchestrator created the Service
+    passthrough = LocalRelay(lambda: dial_direct(lambda: hub_node_ip, node_port())(), "passthrough",
+                             bind=(address, 0))
+    common = runtime_config(real_node_images)
     site_settings = {"runtime": "kubernetes", "dataRoots": [str(data_root)], "nodeSelector": REAL_NODE,
                      "workspaceSize": "1Gi"}
     hub_cfg = {**common, "mode": "all", "workdir": str(tmp_path / "hub" / "work"), "namespaces": [m],
@@ -376,48 +409,40 @@ def test_a_site_on_its_own_cluster_dials_the_hub_through_the_external_endpoint(
     site_cfg = {**common, "mode": "gateway", "workdir": str(tmp_path / "site" / "work"),
                 "gateways": [{"org": b, "site": b, "namespace": "flare-site", "hubNamespace": b,
                               "hubKubeconfig": str(scoped), **site_settings}]}
-    (tmp_path / "hub").mkdir()
-    (tmp_path / "site").mkdir()
-    orchestrator = OperatorProcess(hub, tmp_path / "hub", hub_cfg, name="orchestrator").start()
-    gateway = OperatorProcess(site, tmp_path / "site", site_cfg, name="gateway").start()
     try:
-        wait_for(lambda: (get(hub, "gateway", b, b) or {}).get("spec", {}).get("sameClusterAsHub") is False,
-                 timeout=60, message="org-b registered on the hub from its own cluster")
-        apply(hub, {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec",
-                    "metadata": {"name": "esm2", "namespace": m},
-                    "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
-                             "datasets": [{"org": a, "id": "scl-a"}, {"org": b, "id": "scl-b"}],
-                             "server": {"cpu": "400m", "memory": "2Gi"},
-                             "client": {"cpu": "600m", "memory": "2Gi"}}})
-        ready = wait_phase(hub, "computespec", m, "esm2", "Ready", timeout=600)["status"]
-        assert all(s["clientReady"] for s in ready["sites"]), ready["sites"]  # per the FLARE API
-        assert passthrough.connections >= 1, "org-b's client came in through the external endpoint"
-        (client_pod,) = pods(site, "flare-site", "app.kubernetes.io/component=client")
-        env = {e["name"]: e.get("value") for e in client_pod["spec"]["containers"][0]["env"]}
-        assert env["FLAREOP_SERVER"] == f"{address}:{passthrough.port}"
-        (local_client,) = pods(hub, a, "app.kubernetes.io/component=client")
-        env_a = {e["name"]: e.get("value") for e in local_client["spec"]["containers"][0]["env"]}
-        assert env_a["FLAREOP_SERVER"] == f"{fed}-server.{m}.svc:8002", "org-a dials the in-cluster Service"
-
-        apply(hub, job(m, "run1", 2))
-        done = wait_phase(hub, "federatedjob", m, "run1", "Succeeded", timeout=900)["status"]
-        assert {s["site"] for s in done["siteMetrics"]} == {a, b}
-        metrics = json.loads((Path(done["results"]["location"]) / "metrics.json").read_text())
-        assert set(metrics["history"][-1]["sites"]) == {a, b}
+        with hub_and_remote_site(hub, site, tmp_path, hub_cfg, site_cfg, b):
+            run_two_cluster_scenario(hub, site, passthrough, address, fed, a, b, m)
     except BaseException:
-        for op in (orchestrator, gateway):
-            print(f"--- {op.log_path}\n{op.tail(120)}")
         for cp, ns in ((hub, m), (hub, a), (site, "flare-site")):
             for p in pods(cp, ns, "app.kubernetes.io/part-of=flare-operator"):
                 name = p["metadata"]["name"]
                 print(f"--- logs {ns}/{name}\n" + cp.kubectl("-n", ns, "logs", name, "--tail=60", check=False).stdout)
         raise
     finally:
-        orchestrator.stop()
-        gateway.stop()
         passthrough.close()
         remove_namespaces(hub, a, b, m)
         control_plane_factory.stop("real-node-site")
+
+
+def run_two_cluster_scenario(hub, site, passthrough, address: str, fed: str, a: str, b: str, m: str) -> None:
+    """Both sites' clients connected (org-b's through the external endpoint), then a job to the end."""
+    apply(hub, compute_spec(m, "esm2", [(a, "scl-a"), (b, "scl-b")], server_cpu="400m", client_cpu="600m",
+                            memory="2Gi"))
+    ready = wait_phase(hub, "computespec", m, "esm2", "Ready", timeout=600)["status"]
+    assert all(s["clientReady"] for s in ready["sites"]), ready["sites"]  # per the FLARE API
+    assert passthrough.connections >= 1, "org-b's client came in through the external endpoint"
+    (client_pod,) = pods(site, "flare-site", "app.kubernetes.io/component=client")
+    env = {e["name"]: e.get("value") for e in client_pod["spec"]["containers"][0]["env"]}
+    assert env["FLAREOP_SERVER"] == f"{address}:{passthrough.port}"
+    (local_client,) = pods(hub, a, "app.kubernetes.io/component=client")
+    env_a = {e["name"]: e.get("value") for e in local_client["spec"]["containers"][0]["env"]}
+    assert env_a["FLAREOP_SERVER"] == f"{fed}-server.{m}.svc:8002", "org-a dials the in-cluster Service"
+
+    apply(hub, job(m, "run1", 2))
+    done = wait_phase(hub, "federatedjob", m, "run1", "Succeeded", timeout=900)["status"]
+    assert {s["site"] for s in done["siteMetrics"]} == {a, b}
+    metrics = json.loads((Path(done["results"]["location"]) / "metrics.json").read_text())
+    assert set(metrics["history"][-1]["sites"]) == {a, b}
 
 
 def test_a_server_endpoint_that_does_not_resolve_is_named(real_node_cluster, real_node_images, shared_data,
@@ -432,49 +457,29 @@ def test_a_server_endpoint_that_does_not_resolve_is_named(real_node_cluster, rea
     a, b, m, sites = consortium(cp, shared_data)
     user = f"gateway-{b}"
     apply(cp, gateway_hub_role(b), role_binding(b, "flare-gateway", user=user))
-    common = {"runtime": "kubernetes", "image": real_node_images.runtime_ref, "imagePullPolicy": "Never",
-              "workspaceSize": "1Gi", "resyncSeconds": 2, "heartbeatSeconds": 5}
+    common = runtime_config(real_node_images)
     hub_cfg = {**common, "mode": "all", "workdir": str(tmp_path / "hub"), "namespaces": [m], "gateways": [sites[0]],
                "externalServer": {"host": "flare-hub.invalid", "port": 30999}}
     site_cfg = {**common, "mode": "gateway", "workdir": str(tmp_path / "site"),
                 "gateways": [{**sites[1], "hubKubeconfig": str(cp.user_kubeconfig(user))}]}
-    for d in ("hub", "site"):
-        (tmp_path / d).mkdir()
-    orchestrator = OperatorProcess(cp, tmp_path / "hub", hub_cfg, name="orchestrator").start()
-    gateway = OperatorProcess(cp, tmp_path / "site", site_cfg, name="gateway").start()
     try:
-        wait_for(lambda: (get(cp, "gateway", b, b) or {}).get("spec", {}).get("sameClusterAsHub") is False,
-                 timeout=60, message="org-b registered as a site on another cluster")
-        apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "ComputeSpec", "metadata": {"name": "esm2", "namespace": m},
-                   "spec": {"model": {"id": "esm2-finetune", "version": "1.0.0"},
-                            "datasets": [{"org": a, "id": "scl-a"}, {"org": b, "id": "scl-b"}],
-                            "server": {"cpu": "300m", "memory": "1Gi"}, "client": {"cpu": "300m", "memory": "1Gi"}}})
+        with hub_and_remote_site(cp, cp, tmp_path, hub_cfg, site_cfg, b):
+            apply(cp, compute_spec(m, "esm2", [(a, "scl-a"), (b, "scl-b")], server_cpu="300m", client_cpu="300m",
+                                   memory="1Gi"))
 
-        def failing() -> dict:
-            obj = get(cp, "computespec", m, "esm2") or {}
-            ready = next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == "Ready"), {})
-            return ready if ready.get("reason") == "WorkloadFailing" and "flare-hub.invalid:30999" in ready["message"] \
-                else {}
-
-        cond = wait_for(failing, timeout=300, message="the ComputeSpec names the endpoint org-b cannot resolve")
-        # (other parts may precede it while the Pods start, e.g. the server waiting for CPU that the
-        # previous test's Pods still hold)
-        assert f"{b}: the NVFlare server endpoint flare-hub.invalid:30999 in this site's client kit does not " \
-               "resolve" in cond["message"], cond
-        events = cp.kubectl("-n", m, "get", "events", "--field-selector",
-                            "involvedObject.kind=ComputeSpec,involvedObject.name=esm2,type=Warning",
-                            "-o", "jsonpath={range .items[*]}{.note}{.message}{'\\n'}{end}").stdout
-        assert "flare-hub.invalid:30999" in events, events
-        wait_for(lambda: [p["status"]["phase"] for p in pods(cp, b, "app.kubernetes.io/component=client")] == ["Running"],
-                 timeout=120, message="org-b's client Pod runs (it cannot reach the server)")
-        apply(cp, job(m, "run1", 2))
-        pending = wait_phase(cp, "federatedjob", m, "run1", "Pending", timeout=120)["status"]
-        assert "flare-hub.invalid" in next(c for c in pending["conditions"] if c["type"] == "Ready")["message"]
-    except BaseException:
-        for op in (orchestrator, gateway):
-            print(f"--- {op.log_path}\n{op.tail(100)}")
-        raise
+            cond = wait_for(lambda: (c := ready_condition(cp, m, "esm2")).get("reason") == "WorkloadFailing"
+                            and "flare-hub.invalid:30999" in c["message"] and c,
+                            timeout=300, message="the ComputeSpec names the endpoint org-b cannot resolve")
+            # (other parts may precede it while the Pods start, e.g. the server waiting for CPU that the
+            # previous test's Pods still hold)
+            assert f"{b}: the NVFlare server endpoint flare-hub.invalid:30999 in this site's client kit does not " \
+                   "resolve" in cond["message"], cond
+            events = warning_events(cp, m, "esm2")
+            assert "flare-hub.invalid:30999" in events, events
+            wait_for(lambda: [p["status"]["phase"] for p in pods(cp, b, "app.kubernetes.io/component=client")] == ["Running"],
+                     timeout=120, message="org-b's client Pod runs (it cannot reach the server)")
+            apply(cp, job(m, "run1", 2))
+            pending = wait_phase(cp, "federatedjob", m, "run1", "Pending", timeout=120)["status"]
+            assert "flare-hub.invalid" in next(c for c in pending["conditions"] if c["type"] == "Ready")["message"]
     finally:
-        orchestrator.stop()
-        gateway.stop()
         remove_namespaces(cp, a, b, m)
