@@ -136,6 +136,10 @@ def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: fl
             # a finished job never changes phase again: say why now instead of timing out
             raise WaitedInVain(f"{kind} {namespace}/{name} ended {now}, not {phase}; "
                                  f"status: {json.dumps(obj.get('status'), indent=1)}")
+        for cond in (obj or {}).get("status", {}).get("conditions") or []:
+            if "ErrImageNeverPull" in (cond.get("message") or ""):
+                # an image missing from an offline node never appears by waiting
+                raise WaitedInVain(f"{kind} {namespace}/{name}: {cond['message']}")
         return obj if now == phase else None
 
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import textwrap
@@ -72,12 +73,19 @@ def pod(cp: ControlPlane, ns: str, name: str) -> dict:
     return json.loads(cp.kubectl("-n", ns, "get", "pod", name, "-o", "json").stdout)
 
 
+NEVER_STARTS = {"ErrImageNeverPull", "InvalidImageName"}
+"""Waiting reasons that no wait clears on an offline node: fail at once, not after the timeout."""
+
+
 def wait_phase(cp: ControlPlane, ns: str, name: str, phases: set[str], timeout: float = 300) -> dict:
     def done():
         p = pod(cp, ns, name)
         phase = p["status"].get("phase")
         if phase in {"Succeeded", "Failed"} - phases:
             raise AssertionError(f"pod {name} ended {phase}:\n{logs(cp, ns, name)}\n{describe(cp, ns, name)}")
+        for cs in p["status"].get("containerStatuses") or []:
+            if (cs.get("state") or {}).get("waiting", {}).get("reason") in NEVER_STARTS:
+                raise AssertionError(f"pod {name} can never start:\n{describe(cp, ns, name)}\n{cp.diagnostics(15)}")
         return p if phase in phases else None
 
     try:
@@ -454,6 +462,21 @@ def test_two_clusters_with_real_nodes_side_by_side_and_down_leaves_nothing(
     assert after["mounts"] == before["mounts"]
 
 
+def test_imported_images_are_pinned_against_the_kubelets_image_collection(real_node_cluster, real_node_images):
+    """The kubelet deletes unused images once the disk is nearly full (eviction) or past its
+    garbage-collection threshold, unless they are pinned. Imported archives cannot be pulled again
+    offline: a CI run whose disk filled once lost them, and every Pod after that ended
+    ErrImageNeverPull. (Checked by hand with the disk filled to 0.6% free: unpinned, the operator
+    image was gone 2 minutes later — the kubelet's minimum image age; pinned, it stayed.)"""
+    ctr = [str(flarecp().parent / "ctr"), "--address", str(real_node_cluster.dir / "node" / "containerd.sock"),
+           "--namespace", "k8s.io"]
+    out = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True, check=True, timeout=60).stdout
+    rows = {ln.split()[0]: ln for ln in out.splitlines()[1:] if ln.strip()}
+    for ref in (real_node_images.operator_ref, real_node_images.runtime_ref, real_node_images.pause_ref):
+        assert ref in rows, out
+        assert "io.cri-containerd.pinned=pinned" in rows[ref], rows[ref]
+
+
 # -- bad prerequisites ---------------------------------------------------------------------------
 
 
@@ -492,6 +515,14 @@ def test_cluster_up_with_its_port_in_use_says_what_to_free(tmp_path, real_node_i
             tmp_path, "--apiserver-port", str(port), "--import", str(real_node_images.pause)
         )
     assert f"--apiserver-port {port} is in use" in err and "free it" in err, err
+
+
+def test_cluster_up_without_the_disk_for_its_images_says_how_much_is_missing(tmp_path, real_node_images):
+    huge = tmp_path / "huge.tar"  # sparse: as large as a disk, occupying nothing
+    with open(huge, "wb") as f:
+        f.truncate(shutil.disk_usage(tmp_path).total)
+    err = _cluster_up_fails(tmp_path, "--import", str(real_node_images.pause), "--import", str(huge))
+    assert "not enough free disk for a real node" in err and "GB free" in err and "unpacked" in err, err
 
 
 def test_cluster_up_without_the_pause_image_says_how_to_build_it(tmp_path):

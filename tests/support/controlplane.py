@@ -257,7 +257,9 @@ class ControlPlane:
 
     # -- diagnostics -----------------------------------------------------------------------
     def diagnostics(self, lines: int = 30) -> str:
-        parts = []
+        usage = shutil.disk_usage(self.dir if self.dir.exists() else "/")
+        parts = [f"--- disk at {self.dir}: {usage.free / 1e9:.1f} GB free of {usage.total / 1e9:.1f} GB "
+                 "(a real node's kubelet evicts Pods below 1% free)"]
         for path in [self.dir / "launcher.log", *sorted((self.dir / "logs").glob("*.log"))]:
             try:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]

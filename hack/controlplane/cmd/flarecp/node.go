@@ -124,10 +124,48 @@ func checkNodePrerequisites(self string, o upOptions) error {
 	if o.realNodes > 1 {
 		missing = append(missing, fmt.Sprintf("--real-nodes %d: at most 1 real node per cluster (run several clusters for more)", o.realNodes))
 	}
+	if msg := checkNodeDisk(o.dir, o.imports); msg != "" {
+		missing = append(missing, msg)
+	}
 	if len(missing) > 0 {
 		return errors.New("cannot start a real node:\n  - " + strings.Join(missing, "\n  - "))
 	}
 	return nil
+}
+
+// checkNodeDisk: the node unpacks every imported archive into its own store under dir (about
+// the archive's size: they are uncompressed), and its kubelet starts evicting Pods once the
+// filesystem has less than 1% free (evictionHard). Refuse up front, with the figures, rather
+// than let the node fill the disk half-way through a run.
+func checkNodeDisk(dir string, imports []string) string {
+	var need uint64
+	for _, f := range imports {
+		if st, err := os.Stat(f); err == nil {
+			need += uint64(st.Size())
+		}
+	}
+	probe := dir
+	for probe != "/" {
+		if _, err := os.Stat(probe); err == nil {
+			break
+		}
+		probe = filepath.Dir(probe)
+	}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(probe, &fs); err != nil {
+		return ""
+	}
+	free := fs.Bavail * uint64(fs.Bsize)
+	total := fs.Blocks * uint64(fs.Bsize)
+	headroom := max(2<<30, total/50) // 2% of the filesystem (kubelet evicts below 1%), at least 2 GiB
+	if free >= need+headroom {
+		return ""
+	}
+	gb := func(b uint64) string { return fmt.Sprintf("%.1f GB", float64(b)/1e9) }
+	return fmt.Sprintf("not enough free disk for a real node in %s: %s free, the imported images need %s unpacked "+
+		"plus %s headroom (the kubelet evicts Pods below 1%% free): free some space (other clusters' directories, "+
+		"old image archives in ~/.cache/flare-operator/images) or put --dir on a larger filesystem",
+		probe, gb(free), gb(need), gb(headroom))
 }
 
 // allocateNodeNet takes the lowest free index: its lock file is held (flock) for the launcher's
@@ -623,7 +661,16 @@ func nodeStart(ctx context.Context, l *launcher, n *nodeNet, nodeDir, binDir str
 			refs = append(refs, r)
 		}
 	}
-	logf("node-init: images: %s", strings.Join(refs, " "))
+	// Pinned: the kubelet's image garbage collector and its eviction manager (which reclaims
+	// disk by deleting unused images once the disk is nearly full) skip pinned images. These
+	// were imported from archives and can never be pulled again offline: a CI run whose disk
+	// filled up once lost every imported image, and each Pod after that ended ErrImageNeverPull.
+	for _, r := range refs {
+		if out, err := ctr("images", "label", r, "io.cri-containerd.pinned=pinned"); err != nil {
+			return fmt.Errorf("ctr images label %s: %v: %s", r, err, strings.TrimSpace(string(out)))
+		}
+	}
+	logf("node-init: images (pinned): %s", strings.Join(refs, " "))
 	if !strings.Contains(string(out), pauseImage) {
 		return fmt.Errorf("the pause image %s is not in the node's containerd and cannot be pulled offline: "+
 			"pass its archive with --import (`make images` builds it)", pauseImage)
