@@ -5,6 +5,7 @@ revocations change the ConfigMap only: the client's StatefulSet and Pod stay as 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +35,15 @@ def approved(cp, namespace: str, fed: str) -> dict[str, tuple[str, str]] | None:
         return None
     doc = json.loads(cm["data"]["approved.json"])
     return {e["uid"]: (e["contentHash"], e["job"]) for e in doc["approved"]}
+
+
+def nudged(cp, namespace: str, fed: str) -> bool:
+    """The client Pod carries the digest of the document now in its ConfigMap: the annotation change
+    that makes the kubelet rewrite the mounted file at once instead of at its next periodic sync."""
+    cm = get(cp, "configmap", namespace, f"{fed}-approved-jobs")
+    digest = hashlib.sha256(cm["data"]["approved.json"].encode()).hexdigest()[:16]
+    annotations = client_pod(cp, namespace)["metadata"].get("annotations") or {}
+    return annotations.get("flareop.io/approved-jobs-sha256") == digest
 
 
 def client_pod(cp, namespace: str) -> dict:
@@ -83,10 +93,12 @@ def test_sites_materialise_their_approvals_into_the_clients_configmap(control_pl
                             "decision": "Approve"}})
         wait_phase(cp, "federatedjob", m, "run1", "Queued", timeout=60)
         assert approved(cp, b, fed) == {uid: (first_hash, f"{m}/run1")}, "approved at org-b before the hub saw it"
+        wait_for(lambda: nudged(cp, b, fed), timeout=30, message="org-b's client Pod nudged to reload the document")
 
         # Revocation at org-b (issue 12, 6): deleting the approval withdraws the job from its client at once.
         cp.kubectl("delete", "jobapproval", "run1", "-n", b)
         wait_for(lambda: approved(cp, b, fed) == {}, timeout=30, message="approval deleted: withdrawn at org-b")
+        wait_for(lambda: nudged(cp, b, fed), timeout=30, message="the revocation nudged org-b's client Pod too")
         apply(cp, {"apiVersion": "flareop.io/v1alpha1", "kind": "JobApproval",
                    "metadata": {"name": "run1-again", "namespace": b},
                    "spec": {"job": {"namespace": m, "name": "run1"}, "contentHash": first_hash,

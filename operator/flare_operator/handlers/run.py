@@ -168,9 +168,13 @@ class Run(ObjectView):
 
     async def _follow(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         job_id = self.status.nvflare_job_id
-        meta = await asyncio.to_thread(admin.job_meta, job_id)
-        state = str(meta.get("status", ""))
-        updates = await self._progress(admin, job_id, running=state == "RUNNING")
+        # One FLARE API call per pass while the job trains: its server app's answer to the
+        # progress command says that it runs (in the server's process, so not lost by a restarted
+        # server) and how far. Without an answer, the job's record says where it stands.
+        record = await asyncio.to_thread(admin.progress, job_id)
+        meta = None if record is not None else await asyncio.to_thread(admin.job_meta, job_id)
+        state = "RUNNING" if meta is None else str(meta.get("status", ""))
+        updates = await self._progress(admin, job_id, record)
         if self.spec.active_deadline_seconds and self.status.submitted_at:
             elapsed = (_now() - self.status.submitted_at).total_seconds()
             if elapsed > self.spec.active_deadline_seconds and not state.startswith("FINISHED"):
@@ -179,7 +183,7 @@ class Run(ObjectView):
                                   f"aborted after {elapsed:.0f}s (activeDeadlineSeconds "
                                   f"{self.spec.active_deadline_seconds})", completion_time=_now(),
                                   results=await self._logs_only(admin, job_id), **updates)
-        if state == "RUNNING" and await asyncio.to_thread(admin.lost_by_server, job_id, meta):
+        if state == "RUNNING" and meta is not None and await asyncio.to_thread(admin.lost_by_server, job_id, meta):
             state = "FINISHED:ABANDONED"  # what NVFlare would call it: the restarted server forgot the job
         if state == "RUNNING":
             start = self.status.start_time or _now()
@@ -226,7 +230,7 @@ class Run(ObjectView):
         """An org withdrew its approval while the job ran (its client already stopped the job there):
         abort the NVFlare job, keep what it produced so far (the last global model, metrics, logs)."""
         job_id = self.status.nvflare_job_id
-        updates = await self._progress(admin, job_id)
+        updates = await self._progress(admin, job_id, await asyncio.to_thread(admin.progress, job_id))
         # _progress just saved a newer checkpoint if the job had one; otherwise the saved one is the latest
         checkpoint = updates.pop("checkpoint", None) or self.status.checkpoint
         try:
@@ -315,10 +319,10 @@ class Run(ObjectView):
     def _job_dir(self, kind: str) -> Path:
         return (self.hub.config.workdir / kind / self.namespace / self.name).resolve()
 
-    async def _progress(self, admin, job_id: str, *, running: bool = True) -> dict:
-        """Status fields from the job's live metrics; with a newer global checkpoint than the one
-        saved, that one too (so a server lost mid-job resumes from its last round)."""
-        record = await asyncio.to_thread(admin.progress, job_id) if running else None
+    async def _progress(self, admin, job_id: str, record: dict | None) -> dict:
+        """Status fields from the job's live metrics ``record`` (``admin.progress``); with a newer
+        global checkpoint than the one saved, that one too (so a server lost mid-job resumes from
+        its last round)."""
         if not record:
             return {}
         updates = self._from_metrics(record)

@@ -101,11 +101,15 @@ class FlareAdmin:
         return reply if isinstance(reply, dict) else None
 
     def progress(self, job_id: str) -> dict | None:
-        """The job's metrics record (metrics.json) as its server app holds it now."""
+        """The job's metrics record (metrics.json) as its server app holds it now: ``{}`` while the
+        app answers without metrics yet, None when no app of the job answers (not running, or its
+        workflow has not registered the command yet). An answer means the job runs in the server."""
         reply = self.app_command(job_id, PROGRESS_TOPIC)
-        text = (reply or {}).get("metrics")
-        if not text:
+        if reply is None:
             return None
+        text = reply.get("metrics")
+        if not text:
+            return {}
         try:
             record = json.loads(text)
         except ValueError:
