@@ -139,11 +139,13 @@ def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: fl
             # a finished job never changes phase again: say why now instead of timing out
             raise WaitedInVain(f"{kind} {namespace}/{name} ended {now}, not {phase}; "
                                  f"status: {json.dumps(obj.get('status'), indent=1)}")
-        for cond in (obj or {}).get("status", {}).get("conditions") or [] if phase in HEALTHY_PHASES else []:
-            if "ErrImageNeverPull" in (cond.get("message") or ""):
-                # an image missing from an offline node never appears by waiting (a test that
-                # gives a missing image on purpose waits for another phase: Pending, Failed)
-                raise WaitedInVain(f"{kind} {namespace}/{name}: {cond['message']}")
+        # An image missing from an offline node never appears by waiting (a test that gives a
+        # missing image on purpose waits for another phase: Pending, Failed).
+        missing_image = phase in HEALTHY_PHASES and next(
+            (c["message"] for c in (obj or {}).get("status", {}).get("conditions") or []
+             if "ErrImageNeverPull" in (c.get("message") or "")), None)
+        if missing_image:
+            raise WaitedInVain(f"{kind} {namespace}/{name}: {missing_image}")
         return obj if now == phase else None
 
     try:

@@ -10,7 +10,6 @@ operator outside the cluster reaches it).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import logging
@@ -338,8 +337,7 @@ class KubernetesRuntime:
         meanwhile); a revocation equally. The gateway needs ``patch`` on Pods in its site
         namespaces for it; without (or if the Pod is gone) the file still arrives with the next
         periodic sync, so a failure is logged, not raised."""
-        digest = hashlib.sha256(document.encode()).hexdigest()[:16]
-        patch = {"metadata": {"annotations": {APPROVED_DIGEST_ANNOTATION: digest}}}
+        patch = {"metadata": {"annotations": {APPROVED_DIGEST_ANNOTATION: digest(document.encode())[:16]}}}
         try:
             pods = await self._k("list", "Pod", site.namespace,
                                  labels=naming.selector_labels(federation, "client", site.org))
