@@ -66,7 +66,9 @@ echo "$CLUSTERS_DIR" > "$DEMO_DIR/clusters.dir"
 BIN="$(bin_dir)"
 KUBECTL="$BIN/kubectl"
 kc() { echo "$CLUSTERS_DIR/$1/kubeconfig"; }
-on() { local role=$1; shift; $KUBECTL --kubeconfig "$(kc "$role")" "$@"; }  # on hub|org-a|org-b kubectl-args...
+# Each cluster gets its own discovery cache: kubectl keys ~/.kube/cache by host:port, and a port an
+# earlier control plane used would expand `kubectl get flare` to that cluster's resources.
+on() { local role=$1; shift; $KUBECTL --kubeconfig "$(kc "$role")" --cache-dir "$CLUSTERS_DIR/$role/kube-cache" "$@"; }  # on hub|org-a|org-b kubectl-args...
 
 step() { printf '\n== %s\n' "$*"; }
 logs() { for role in "${ROLES[@]}"; do echo "--- $DEMO_DIR/$role/operator.log"; tail -20 "$DEMO_DIR/$role/operator.log" 2>/dev/null; done; }
@@ -193,7 +195,7 @@ step "everything, as each cluster sees it"
 for role in "${ROLES[@]}"; do echo "-- $role"; on "$role" get flare -A; done
 echo
 echo "demo took $(( $(date +%s) - start ))s."
-echo "Explore: one kubeconfig per cluster (kubectl: export PATH=$BIN:\$PATH); operator logs in $DEMO_DIR/{hub,org-a,org-b}/operator.log"
+echo "Explore: one kubeconfig per cluster (kubectl: export PATH=$BIN:\$PATH KUBECACHEDIR=$CLUSTERS_DIR/kube-cache); operator logs in $DEMO_DIR/{hub,org-a,org-b}/operator.log"
 echo "  hub:    export KUBECONFIG=$(kc hub); kubectl get flare -A"
 for org in "${ORGS[@]}"; do
   echo "  $org:  kubectl --kubeconfig $(kc "$org") get flare -A"

@@ -13,6 +13,9 @@ mkdir -p "$DEMO_DIR"
 
 make --no-print-directory cluster-up CLUSTER_DIR="$CLUSTER_DIR"
 export KUBECONFIG="$(cd "$CLUSTER_DIR" && pwd)/kubeconfig"
+# kubectl keys its discovery cache by host:port; a port an earlier control plane used would expand
+# `kubectl get flare` to that cluster's resources, so this cluster gets its own cache.
+export KUBECACHEDIR="$(cd "$CLUSTER_DIR" && pwd)/kube-cache"
 BIN="$(hack/controlplane/build.sh | tail -n1)"
 KUBECTL="$BIN/kubectl"
 PY=.venv/bin/python
@@ -93,5 +96,5 @@ step "everything, as kubectl sees it"
 $KUBECTL get flare -A
 echo
 echo "demo took $(( $(date +%s) - start ))s."
-echo "Explore:  export KUBECONFIG=$KUBECONFIG; $KUBECTL get flare -A"
+echo "Explore:  export KUBECONFIG=$KUBECONFIG KUBECACHEDIR=$KUBECACHEDIR; $KUBECTL get flare -A"
 echo "Stop:     make demo-down"

@@ -49,7 +49,8 @@ def _check_credentials(clusters: Path, env: dict) -> None:
     hub = _server(clusters / "hub" / "kubeconfig")
 
     def can(kubeconfig: Path, *args: str) -> str:
-        return subprocess.run([str(kubectl), "--kubeconfig", str(kubeconfig), "auth", "can-i", *args],
+        return subprocess.run([str(kubectl), "--kubeconfig", str(kubeconfig), "--cache-dir",
+                               str(clusters / "hub" / "kube-cache"), "auth", "can-i", *args],
                               capture_output=True, text=True).stdout.strip()
 
     for org, other in (("org-a", "org-b"), ("org-b", "org-a")):

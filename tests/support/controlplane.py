@@ -228,7 +228,10 @@ class ControlPlane:
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess:
         """Run kubectl (the flarecp multi-call one) against this cluster; text output."""
-        cmd = [str(bin_dir() / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
+        # The cluster's own discovery cache: ~/.kube/cache is keyed by host:port, which earlier
+        # clusters reused (a stale entry makes `get flare` name resources this server lacks).
+        cmd = [str(bin_dir() / "kubectl"), "--kubeconfig", str(kubeconfig or self.kubeconfig),
+               "--cache-dir", str(self.dir / "kube-cache"), *args]
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
