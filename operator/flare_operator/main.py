@@ -36,7 +36,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     from .handlers.registry import (
         gateway_registries,
         operator_settings,
-        orchestrator_registry,
+        orchestrator_registries,
         webhook_settings,
     )
 
@@ -50,8 +50,9 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
 
         hub = Hub(config=config, kube=kube, runtime=runtime,
                   results_store=store_from_config(config.results_store, config.workdir))
-        operators.append(("orchestrator", orchestrator_registry(hub, kubeconfig), list(config.namespaces),
-                          operator_settings(config)))
+        registry, answers = orchestrator_registries(hub, kubeconfig)
+        operators.append(("orchestrator", registry, list(config.namespaces), operator_settings(config)))
+        operators.append(("orchestrator (AccessRequest answers)", answers, [], operator_settings(config)))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
         for site_cfg in config.gateways:
             hub_kube = Kube.from_kubeconfig(site_cfg.hub_kubeconfig) if site_cfg.hub_kubeconfig else kube

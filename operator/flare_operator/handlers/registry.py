@@ -14,12 +14,14 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import kopf
 
 from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
+from ..builders.requests import LABEL_REQUEST_KIND
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
 from .compute import Federation, Hub, write_status
@@ -112,7 +114,60 @@ def _in_flight(status: kopf.Status, **_) -> bool:
     return (status or {}).get("phase") in IN_FLIGHT
 
 
-def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorRegistry:
+def _answer(request: dict) -> tuple:
+    """What the orchestrator acts on in an AccessRequest's status: the decision, the hash it was
+    made for, and (Compute) whether the site's client runs and what stops it."""
+    status = request.get("status") or {}
+    return (status.get("decision") or "Pending", status.get("decidedHash"), status.get("clientReady"),
+            status.get("clientMessage"))
+
+
+class AnswerWatch:
+    """Reconciles a FederatedJob or ComputeSpec as soon as one of its AccessRequests changes
+    answer, instead of at the next resync: the last approval → submission path (issue 18).
+
+    Watches AccessRequests in every namespace (they live in the orgs' hub namespaces, not the
+    consumer namespaces the orchestrator may be limited to). Only a change it saw happen counts:
+    what it finds when it starts (or re-lists) is the resume handlers' and timers' to converge, so
+    1,000 standing requests are not 1,000 reconciles at startup. The nudge takes the source's lock
+    and reads it fresh, like every other pass, so it cannot submit a job twice."""
+
+    def __init__(self, hub: Hub, sources: dict[str, Callable[..., Awaitable[None]]]):
+        self.hub = hub
+        self.sources = sources  # request kind → the reconcile of its source kind
+        self.seen: dict[str, tuple] = {}
+        self.nudges = 0
+
+    async def event(self, event: dict, **_) -> None:
+        request = event.get("object") or {}
+        uid = (request.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        if event.get("type") == "DELETED":
+            self.seen.pop(uid, None)
+            return
+        answer, before = _answer(request), self.seen.get(uid)
+        self.seen[uid] = answer
+        if before is None or before == answer:
+            return
+        source = (request.get("spec") or {}).get("source") or {}
+        reconcile = self.sources.get(source.get("kind", ""))
+        namespaces = self.hub.config.namespaces
+        if reconcile is None or (namespaces and source.get("namespace") not in namespaces):
+            return
+        kind = "FederatedJob" if source["kind"] == "Job" else "ComputeSpec"
+        obj = await self.hub.k("get", kind, source["namespace"], source.get("name", ""))
+        if obj is None or obj["metadata"].get("uid") != source.get("uid"):
+            return  # the source is gone, or this request is for an earlier object of that name
+        log.debug("%s %s/%s: %s answered %s; reconciling now", kind, source["namespace"], source["name"],
+                  request["metadata"]["namespace"], answer[0])
+        self.nudges += 1
+        await reconcile(body=obj)
+
+
+def orchestrator_registries(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:
+    """(the orchestrator's registry, in its consumer namespaces or cluster-wide; the answer
+    watch's, always cluster-wide: AccessRequests live in the orgs' namespaces)."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login_from(kubeconfig))
     resource = (GROUP, VERSION, "computespecs")
@@ -223,7 +278,14 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> kopf.OperatorReg
     async def cleanup(**_) -> None:
         await hub.runtime.close()
 
-    return registry
+    answers = kopf.OperatorRegistry()
+    kopf.on.login(registry=answers)(login_from(kubeconfig))
+    watch = AnswerWatch(hub, {"Job": reconcile_job, "Compute": reconcile})
+    # An event handler stores nothing on the object (no finalizer, no annotations): the requests
+    # stay the orchestrator's and the gateways' objects, unchanged by this watch.
+    kopf.on.event(GROUP, VERSION, "accessrequests", registry=answers,
+                  labels={LABEL_REQUEST_KIND: kopf.PRESENT})(watch.event)
+    return registry, answers
 
 
 def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:

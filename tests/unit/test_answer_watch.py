@@ -1,0 +1,87 @@
+"""AnswerWatch: which AccessRequest events reconcile their source at once (the e2e test
+tests/e2e/test_answer_nudge.py shows it working against a real API server and NVFlare)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from flare_operator.handlers.registry import AnswerWatch
+
+
+class Objects:
+    """The hub's objects by (kind, namespace, name), as `Hub.k("get", ...)` reads them."""
+
+    def __init__(self, *objs: dict):
+        self.objs = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs}
+        self.config = SimpleNamespace(namespaces=[])
+
+    async def k(self, method: str, kind: str, namespace: str, name: str) -> dict | None:
+        assert method == "get"
+        return self.objs.get((kind, namespace, name))
+
+
+def job(uid: str = "job-uid") -> dict:
+    return {"kind": "FederatedJob", "metadata": {"namespace": "modeller", "name": "run1", "uid": uid}}
+
+
+def request(decision: str | None, *, kind: str = "Job", source_uid: str = "job-uid", uid: str = "ar-1",
+            source_namespace: str = "modeller", **status) -> dict:
+    return {"metadata": {"namespace": "org-b", "name": "job-modeller-run1", "uid": uid},
+            "spec": {"source": {"kind": kind, "namespace": source_namespace, "name": "run1", "uid": source_uid}},
+            "status": {"decision": decision, **status} if decision else {}}
+
+
+def watch_with(*objs: dict, namespaces: tuple[str, ...] = ()) -> tuple[AnswerWatch, list]:
+    hub = Objects(*objs)
+    hub.config.namespaces = list(namespaces)
+    reconciled: list = []
+
+    async def reconcile(body: dict) -> None:
+        reconciled.append(body["metadata"]["name"])
+
+    return AnswerWatch(hub, {"Job": reconcile, "Compute": reconcile}), reconciled
+
+
+def feed(watch: AnswerWatch, *events: tuple[str | None, dict]) -> None:
+    async def run() -> None:
+        for type_, obj in events:
+            await watch.event(event={"type": type_, "object": obj})
+
+    asyncio.run(run())
+
+
+def test_a_decision_seen_changing_reconciles_the_job_once():
+    watch, reconciled = watch_with(job())
+    feed(watch, ("ADDED", request(None)), ("MODIFIED", request("Approved", decidedHash="h1")),
+         ("MODIFIED", request("Approved", decidedHash="h1")))  # e.g. the orchestrator re-applied the spec
+    assert reconciled == ["run1"] and watch.nudges == 1
+
+
+def test_what_the_watch_finds_at_start_is_left_to_the_resume_handlers():
+    watch, reconciled = watch_with(job())
+    feed(watch, (None, request("Approved", decidedHash="h1")))
+    assert reconciled == []
+
+
+def test_a_new_hash_a_revocation_or_a_client_coming_up_each_count():
+    watch, reconciled = watch_with(job())
+    feed(watch, ("ADDED", request("Approved", decidedHash="h1")),
+         ("MODIFIED", request("Approved", decidedHash="h2")),
+         ("MODIFIED", request("Rejected", decidedHash="h2")),
+         ("MODIFIED", request("Rejected", decidedHash="h2", clientReady=False)))
+    assert len(reconciled) == 3
+
+
+def test_no_reconcile_for_a_recreated_source_another_namespace_or_a_deleted_request():
+    watch, reconciled = watch_with(job(uid="new-uid"))
+    feed(watch, ("ADDED", request(None)), ("MODIFIED", request("Approved")))
+    assert reconciled == [], "the request was made for an earlier job of that name"
+
+    watch, reconciled = watch_with(job(), namespaces=("other",))
+    feed(watch, ("ADDED", request(None)), ("MODIFIED", request("Approved")))
+    assert reconciled == [], "the orchestrator does not serve the job's namespace"
+
+    watch, reconciled = watch_with(job())
+    feed(watch, ("ADDED", request(None)), ("DELETED", request(None)), ("ADDED", request("Approved")))
+    assert reconciled == [] and watch.seen == {"ar-1": ("Approved", None, None, None)}
