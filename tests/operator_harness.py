@@ -280,10 +280,12 @@ class Federation:
 
 
 @contextmanager
-def automatic_federation(cp, e2e_data: dict, tmp_path: Path, org_b_datasets: dict[str, Path] | None = None):
+def automatic_federation(cp, e2e_data: dict, tmp_path: Path, org_b_datasets: dict[str, Path] | None = None,
+                         org_b_policy: str = "Automatic"):
     """Two orgs (Automatic policies) granting their generated datasets to a modeller, the operator
     (process runtime, metrics on), and a Ready ComputeSpec `esm2` over both orgs' datasets.
-    ``org_b_datasets`` ({dataset id: path}): org-b grants these instead of its one ``scl-b``."""
+    ``org_b_datasets`` ({dataset id: path}): org-b grants these instead of its one ``scl-b``.
+    ``org_b_policy="Manual"``: org-b decides jobs by JobApproval (its gateway serves the webhook)."""
     install_crds(cp)
     c = Consortium()
     a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
@@ -293,10 +295,10 @@ def automatic_federation(cp, e2e_data: dict, tmp_path: Path, org_b_datasets: dic
     b_datasets = org_b_datasets or {"scl-b": paths[1]}
     apply(cp, grant(a, "scl-a", m, path=str(paths[0])),
           *(grant(b, dataset, m, path=str(path)) for dataset, path in b_datasets.items()),
-          policy(a, "Automatic"), policy(b, "Automatic"))
+          policy(a, "Automatic"), policy(b, org_b_policy))
     port = free_port()
-    config = operator_config(tmp_path, [gateway_config(a, a), gateway_config(b, b)], namespaces=[m],
-                             metricsPort=port)
+    gateway_b = gateway_config(b, b) | ({"webhookPort": free_port()} if org_b_policy == "Manual" else {})
+    config = operator_config(tmp_path, [gateway_config(a, a), gateway_b], namespaces=[m], metricsPort=port)
     fed = Federation(m, (a, b), [OperatorProcess(cp, tmp_path, config).start()], config, port)
     try:
         apply(cp, compute(m, "esm2", [(a, "scl-a"), *((b, dataset) for dataset in b_datasets)]))

@@ -34,9 +34,10 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     from .handlers.compute import Hub
     from .handlers.gateway import Site
     from .handlers.registry import (
+        answer_watch_settings,
         gateway_registries,
         operator_settings,
-        orchestrator_registries,
+        orchestrator_registry,
         webhook_settings,
     )
 
@@ -50,9 +51,9 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
 
         hub = Hub(config=config, kube=kube, runtime=runtime,
                   results_store=store_from_config(config.results_store, config.workdir))
-        registry, answers = orchestrator_registries(hub, kubeconfig)
+        registry, answers = orchestrator_registry(hub, kubeconfig)
         operators.append(("orchestrator", registry, list(config.namespaces), operator_settings(config)))
-        operators.append(("orchestrator (AccessRequest answers)", answers, [], operator_settings(config)))
+        operators.append(("orchestrator (AccessRequest answers)", answers, [], answer_watch_settings(config)))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
         for site_cfg in config.gateways:
             hub_kube = Kube.from_kubeconfig(site_cfg.hub_kubeconfig) if site_cfg.hub_kubeconfig else kube

@@ -91,6 +91,16 @@ def operator_settings(config: OperatorConfig, *, scanning: bool = True) -> kopf.
     return settings
 
 
+def answer_watch_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    """The answer watch's Kopf settings: its own finalizer name. Kopf removes its finalizer from
+    any object its registry has no handler needing it for — with the shared name it would strip
+    the gateways' finalizer off every AccessRequest (and a request deleted then would never be
+    released at its site). Nothing of this registry needs a finalizer, so none is ever added."""
+    settings = operator_settings(config)
+    settings.persistence.finalizer = f"{STORAGE_PREFIX}/answer-watch"
+    return settings
+
+
 def login_from(kubeconfig: Path | None):
     """A Kopf login handler for one API server (a kubeconfig file, or Kopf's defaults)."""
 
@@ -165,9 +175,11 @@ class AnswerWatch:
         await reconcile(body=obj)
 
 
-def orchestrator_registries(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:
+def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:
     """(the orchestrator's registry, in its consumer namespaces or cluster-wide; the answer
-    watch's, always cluster-wide: AccessRequests live in the orgs' namespaces)."""
+    watch's, always cluster-wide: AccessRequests live in the orgs' namespaces — run it with
+    `answer_watch_settings`). The function keeps its name: Kopf's handler ids (in the objects'
+    progress annotations) are its inner functions' qualified names."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry)(login_from(kubeconfig))
     resource = (GROUP, VERSION, "computespecs")
