@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-node test-e2e lint crds demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job images
+.PHONY: help install test test-unit test-schema test-integration test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job images
 
 ## help: list the targets
 help:
@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[flare,train,dev,s3]'
 	touch $@
 
-## test: every tier (unit, schema, integration, node, e2e) - the README's test command and CI's
-test: install controlplane images
-	$(PYTEST) tests/unit tests/schema tests/integration tests/node tests/e2e
+## test: every tier (unit, schema, charts, integration, node, e2e) - the README's test command and CI's
+test: install controlplane images chart-tools
+	$(PYTEST) tests/unit tests/schema tests/charts tests/integration tests/node tests/e2e
 
 ## test-unit: pure code only (seconds, no control plane)
 test-unit: install
@@ -33,6 +33,18 @@ test-unit: install
 ## test-schema: the CRDs on a real kube-apiserver
 test-schema: install controlplane
 	$(PYTEST) tests/schema
+
+## test-charts: the Helm charts - lint, every mode rendered and dry-run on a real API server, values schema, CRD upgrade, generated READMEs
+test-charts: install controlplane chart-tools
+	$(PYTEST) tests/charts
+
+## chart-tools: helm-docs (pinned, built once into the cache) for the charts' READMEs
+chart-tools:
+	@bash hack/charts/helm-docs.sh >/dev/null
+
+## charts-docs: regenerate charts/*/README.md from README.md.gotmpl and the values' comments
+charts-docs: chart-tools
+	$$(bash hack/charts/helm-docs.sh | tail -n1) --chart-search-root charts --skip-version-footer -l warning
 
 ## test-integration: the operator and the control plane on real API servers
 test-integration: install controlplane

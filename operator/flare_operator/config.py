@@ -64,6 +64,10 @@ class SiteSettings(_Config):
     # served by the gateway at https://<webhook_host>:<webhook_port>. 0: no webhook.
     webhook_port: int = 0
     webhook_host: str = "127.0.0.1"
+    # In a cluster (the Helm chart): "namespace/name" of the Service in front of the webhook port.
+    # The webhook configurations then name that Service instead of a URL, the serving certificate
+    # is for its DNS names, and the server listens on webhook_host (0.0.0.0 there).
+    webhook_service: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     data_roots: list[Path] | None = Field(
         default_factory=list,
         description="Folders a DatasetGrant's spec.dataset.path may point into (camelCase: dataRoots). "
@@ -155,7 +159,8 @@ class OperatorConfig(_Config):
     # Kubernetes runtime: the endpoint for sites on other clusters (their Gateway says
     # sameClusterAsHub: false); None: every site must be on the hub's cluster.
     external_server: ExternalServerConfig | None = None
-    metrics_port: int = 0  # Prometheus /metrics on 127.0.0.1 (0: off)
+    metrics_port: int = 0  # Prometheus /metrics on metrics_host (0: off)
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a Pod, for the metrics Service
     heartbeat_seconds: float = 10.0
     # The hub flags a Gateway whose site has not reported in for this long (Connected=False).
     gateway_stale_seconds: float = Field(60.0, gt=0)

@@ -73,7 +73,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
 
     from .runtime.metrics import serve
 
-    serve(config.metrics_port)
+    serve(config.metrics_port, config.metrics_host)
     stop_flag: asyncio.Future = asyncio.get_running_loop().create_future()
     tasks = []
     for index, (name, registry, namespaces, settings) in enumerate(operators):

@@ -14,10 +14,23 @@ MUTATE_ID = "record-decider"
 VALIDATE_ID = "known-job-current-hash"
 
 
-def _webhook(name: str, handler_id: str, base_url: str, ca_pem: bytes, namespace: str, operations: list[str]) -> dict:
+def service_names(service: str) -> tuple[str, ...]:
+    """The DNS names the API server dials a webhook Service by ("namespace/name")."""
+    namespace, name = service.split("/", 1)
+    return f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"
+
+
+def _client_config(handler_id: str, base_url: str, service: str | None, port: int) -> dict:
+    if service is None:
+        return {"url": f"{base_url.rstrip('/')}/{handler_id}"}
+    namespace, name = service.split("/", 1)
+    return {"service": {"namespace": namespace, "name": name, "port": port, "path": f"/{handler_id}"}}
+
+
+def _webhook(name: str, handler_id: str, client: dict, ca_pem: bytes, namespace: str, operations: list[str]) -> dict:
     return {
         "name": name,
-        "clientConfig": {"url": f"{base_url.rstrip('/')}/{handler_id}", "caBundle": base64.b64encode(ca_pem).decode()},
+        "clientConfig": {**client, "caBundle": base64.b64encode(ca_pem).decode()},
         "rules": [{"apiGroups": [GROUP], "apiVersions": [VERSION], "resources": ["jobapprovals"],
                    "operations": operations, "scope": "Namespaced"}],
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
@@ -29,14 +42,21 @@ def _webhook(name: str, handler_id: str, base_url: str, ca_pem: bytes, namespace
     }
 
 
-def webhook_configurations(site: str, namespace: str, base_url: str, ca_pem: bytes) -> list[dict]:
+def webhook_configurations(site: str, namespace: str, base_url: str, ca_pem: bytes, *,
+                           service: str | None = None, port: int = 443) -> list[dict]:
+    """The site's two webhook configurations, reached at `base_url`, or through `service`
+    ("namespace/name", port `port`) when the gateway runs in the cluster."""
     name = f"{site}.site.flareop.io"
+
+    def client(handler_id: str) -> dict:
+        return _client_config(handler_id, base_url, service, port)
+
     labels = {"app.kubernetes.io/part-of": "flare-operator", "flareop.io/site": site}
     return [
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
          "metadata": {"name": name, "labels": labels},
-         "webhooks": [_webhook(f"decider.{name}", MUTATE_ID, base_url, ca_pem, namespace, ["CREATE", "UPDATE"])]},
+         "webhooks": [_webhook(f"decider.{name}", MUTATE_ID, client(MUTATE_ID), ca_pem, namespace, ["CREATE", "UPDATE"])]},
         {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
          "metadata": {"name": name, "labels": labels},
-         "webhooks": [_webhook(f"approval.{name}", VALIDATE_ID, base_url, ca_pem, namespace, ["CREATE"])]},
+         "webhooks": [_webhook(f"approval.{name}", VALIDATE_ID, client(VALIDATE_ID), ca_pem, namespace, ["CREATE"])]},
     ]

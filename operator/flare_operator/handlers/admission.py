@@ -63,7 +63,8 @@ def register_admission(registry: kopf.OperatorRegistry, site: Site) -> None:
         site.decider_key = await load_decider_key(site)
         ca = (site.config.workdir / "webhook" / site.settings.site / "ca.crt").read_bytes()
         base = f"https://{site.settings.webhook_host}:{site.settings.webhook_port}"
-        for manifest in webhook_configurations(site.settings.site, site.settings.namespace, base, ca):
+        for manifest in webhook_configurations(site.settings.site, site.settings.namespace, base, ca,
+                                               service=site.settings.webhook_service, port=site.settings.webhook_port):
             await site.site("apply", manifest)
 
     @kopf.on.mutate(*approvals, registry=registry, operations=["CREATE", "UPDATE"], id=MUTATE_ID)

@@ -60,9 +60,11 @@ def measured(kind: str):
 
 def webhook_settings(settings: kopf.OperatorSettings, site: SiteSettings, workdir: Path) -> None:
     """Serve the site's admission webhook and let Kopf keep its webhook configurations current."""
+    from ..builders.admission import service_names
     from ..runtime.tls import write_webhook_certs
 
-    ca, cert, key = write_webhook_certs(workdir / "webhook" / site.site, site.webhook_host)
+    extra = service_names(site.webhook_service) if site.webhook_service else ()
+    ca, cert, key = write_webhook_certs(workdir / "webhook" / site.site, site.webhook_host, *extra)
     settings.admission.server = kopf.WebhookServer(
         addr=site.webhook_host, port=site.webhook_port, host=site.webhook_host, certfile=str(cert),
         pkeyfile=str(key), cafile=str(ca))

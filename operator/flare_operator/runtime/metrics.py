@@ -16,9 +16,9 @@ STATUS_WRITES = Counter("flareop_status_writes_total", "Status patches (only wri
                         ["kind"])
 
 
-def serve(port: int) -> None:
+def serve(port: int, host: str = "127.0.0.1") -> None:
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)
 
 # --- FederatedJobs and ComputeSpecs (gauges are recomputed from the operator's last view of each object)
 JOBS_BY_PHASE = Gauge("flareop_federatedjobs", "FederatedJobs by phase, as this operator last saw them", ["phase"])

@@ -7,8 +7,9 @@ import ipaddress
 from pathlib import Path
 
 
-def write_webhook_certs(folder: Path, host: str) -> tuple[Path, Path, Path]:
-    """(ca.crt, tls.crt, tls.key) in `folder`, the serving cert valid for `host` (name or IP)."""
+def write_webhook_certs(folder: Path, host: str, *more_names: str) -> tuple[Path, Path, Path]:
+    """(ca.crt, tls.crt, tls.key) in `folder`, the serving cert valid for `host` (name or IP) and
+    `more_names` (DNS names, e.g. a Service's)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,14 +25,16 @@ def write_webhook_certs(folder: Path, host: str) -> tuple[Path, Path, Path]:
           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        san = x509.DNSName(host)
+    sans: list[x509.GeneralName] = []
+    for name in (host, *more_names):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(ca_key, hashes.SHA256()))
     paths = folder / "ca.crt", folder / "tls.crt", folder / "tls.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
