@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flare_operator.builders.rbac import modeller_cluster_role, org_admin_cluster_role
+from flare_operator.builders.rbac import gateway_hub_role, modeller_cluster_role, org_admin_cluster_role
 from flare_operator.config import OperatorConfig
 from tests.support.controlplane import bin_dir
 
@@ -161,6 +161,14 @@ def test_the_user_roles_are_the_ones_the_operator_defines(helm_env):
             {"matchLabels": {f"flareop.io/aggregate-to-{name}": "true"}}]
         assert docs[f"{name}-rules"]["rules"] == role["rules"], f"{name}: chart and builders/rbac.py differ"
         assert docs[f"{name}-rules"]["metadata"]["labels"][f"flareop.io/aggregate-to-{name}"] == "true"
+
+
+def test_the_gateways_hub_role_is_the_one_the_operator_defines(helm_env):
+    """A gateway on the hub's own cluster gets what a site's hub credential gets (builders/rbac.py)."""
+    docs = render(helm_env, CHART, ["mode=gateway", "gateway.org=org-b"])
+    (role,) = [d for d in by_kind(docs, "Role") if d["metadata"]["name"] == "flare-flare-operator-gateway-hub"]
+    assert role["metadata"]["namespace"] == "org-b"
+    assert role["rules"] == gateway_hub_role("org-b")["rules"], "chart and builders/rbac.py differ"
 
 
 def test_chart_readmes_are_generated_from_the_values_comments(tmp_path):

@@ -40,7 +40,7 @@ def watch_with(*objs: dict, namespaces: tuple[str, ...] = ()) -> tuple[AnswerWat
     async def reconcile(body: dict) -> None:
         reconciled.append(body["metadata"]["name"])
 
-    return AnswerWatch(hub, {"Job": reconcile, "Compute": reconcile}), reconciled
+    return AnswerWatch(hub, {"Job": ("FederatedJob", reconcile), "Compute": ("ComputeSpec", reconcile)}), reconciled
 
 
 def feed(watch: AnswerWatch, *events: tuple[str | None, dict]) -> None:

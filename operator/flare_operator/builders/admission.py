@@ -14,16 +14,22 @@ MUTATE_ID = "record-decider"
 VALIDATE_ID = "known-job-current-hash"
 
 
+def _service_ref(service: str) -> tuple[str, str]:
+    """("namespace", "name") of a webhook Service given as "namespace/name"."""
+    namespace, name = service.split("/", 1)
+    return namespace, name
+
+
 def service_names(service: str) -> tuple[str, ...]:
     """The DNS names the API server dials a webhook Service by ("namespace/name")."""
-    namespace, name = service.split("/", 1)
+    namespace, name = _service_ref(service)
     return f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"
 
 
 def _client_config(handler_id: str, base_url: str, service: str | None, port: int) -> dict:
     if service is None:
         return {"url": f"{base_url.rstrip('/')}/{handler_id}"}
-    namespace, name = service.split("/", 1)
+    namespace, name = _service_ref(service)
     return {"service": {"namespace": namespace, "name": name, "port": port, "path": f"/{handler_id}"}}
 
 

@@ -144,9 +144,9 @@ class AnswerWatch:
     1,000 standing requests are not 1,000 reconciles at startup. The nudge takes the source's lock
     and reads it fresh, like every other pass, so it cannot submit a job twice."""
 
-    def __init__(self, hub: Hub, sources: dict[str, Callable[..., Awaitable[None]]]):
+    def __init__(self, hub: Hub, sources: dict[str, tuple[str, Callable[..., Awaitable[None]]]]):
         self.hub = hub
-        self.sources = sources  # request kind → the reconcile of its source kind
+        self.sources = sources  # request kind → (its source's kind, that kind's reconcile)
         self.seen: dict[str, tuple] = {}
         self.nudges = 0
 
@@ -163,11 +163,10 @@ class AnswerWatch:
         if before is None or before == answer:
             return
         source = (request.get("spec") or {}).get("source") or {}
-        reconcile = self.sources.get(source.get("kind", ""))
+        kind, reconcile = self.sources.get(source.get("kind", ""), (None, None))
         namespaces = self.hub.config.namespaces
         if reconcile is None or (namespaces and source.get("namespace") not in namespaces):
             return
-        kind = "FederatedJob" if source["kind"] == "Job" else "ComputeSpec"
         obj = await self.hub.k("get", kind, source["namespace"], source.get("name", ""))
         if obj is None or obj["metadata"].get("uid") != source.get("uid"):
             return  # the source is gone, or this request is for an earlier object of that name
@@ -294,7 +293,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
 
     answers = kopf.OperatorRegistry()
     kopf.on.login(registry=answers)(login_from(kubeconfig))
-    watch = AnswerWatch(hub, {"Job": reconcile_job, "Compute": reconcile})
+    watch = AnswerWatch(hub, {"Job": ("FederatedJob", reconcile_job), "Compute": ("ComputeSpec", reconcile)})
     # An event handler stores nothing on the object (no finalizer, no annotations): the requests
     # stay the orchestrator's and the gateways' objects, unchanged by this watch.
     kopf.on.event(GROUP, VERSION, "accessrequests", registry=answers,
