@@ -78,6 +78,17 @@ bh() {
     ${FLARE_IMAGES_STORAGE_DRIVER:+--storage-driver "$FLARE_IMAGES_STORAGE_DRIVER"} "$@"
 }
 
+# `buildah run` in the built image; tried three times: runc has failed here once at start with
+# "Close_Fd sealing memfd copy: Device or resource busy" and passed at once when run again.
+bh_run() {
+  local c=$1 try; shift
+  for try in 1 2 3; do
+    bh run --isolation=chroot "$c" -- "$@" && return 0
+    log "buildah run failed (try $try of 3): $*"; sleep 2
+  done
+  return 1
+}
+
 want=("$@")
 [[ ${#want[@]} -gt 0 ]] || want=(pause operator runtime)
 for w in "${want[@]}"; do
@@ -254,13 +265,17 @@ if [[ "$todo" == *" operator "* || "$todo" == *" runtime "* ]]; then
     || die "$py is not a CPython 3.11 with pip (the images run 3.11 and take their wheels from it): run 'make install' or set PYTHON"
   locks=()
   for name in operator runtime; do [[ "$todo" == *" $name "* ]] && locks+=("images/$name/requirements.txt"); done
-  "$py" "$here/wheelhouse.py" missing "$wheels" "$tmp/missing.txt" "${locks[@]}"
-  if [[ -s "$tmp/missing.txt" ]]; then
-    t0="$(now)"
-    log "wheels: fetching $(wc -l <"$tmp/missing.txt") packages into $wheels"
-    "$py" -m pip wheel --quiet --no-deps -r "$tmp/missing.txt" -w "$wheels" >&2
-    log "wheels: done ($(since "$t0")s)"
-  fi
+  # One lock file at a time: the locks may pin different versions of one package, and a single
+  # `pip wheel -r` refuses two pins of a name even with --no-deps (a fresh machine's first build).
+  for lock in "${locks[@]}"; do
+    "$py" "$here/wheelhouse.py" missing "$wheels" "$tmp/missing.txt" "$lock"
+    if [[ -s "$tmp/missing.txt" ]]; then
+      t0="$(now)"
+      log "wheels: fetching $(wc -l <"$tmp/missing.txt") packages of $lock into $wheels"
+      "$py" -m pip wheel --quiet --no-deps -r "$tmp/missing.txt" -w "$wheels" >&2
+      log "wheels: done ($(since "$t0")s)"
+    fi
+  done
 
   for name in operator runtime; do
     [[ "$todo" == *" $name "* ]] || continue
@@ -278,14 +293,16 @@ if [[ "$todo" == *" operator "* || "$todo" == *" runtime "* ]]; then
     containers+=("$c")
     if [[ "$name" == operator ]]; then
       check='import importlib.util as u, kopf, kubernetes, nvflare, flare_operator.main
+from flare_operator.catalog.loader import list_apps
+assert list_apps(), "no app in FLARE_APPS_DIR"
 assert u.find_spec("torch") is None, "torch is in the operator image"'
-      bh run --isolation=chroot "$c" -- flare-operator version >/dev/null
+      bh_run "$c" flare-operator version >/dev/null
     else
       check='import nvflare, torch, transformers, peft, dp_accounting, flare_operator.nvflare.enforcement
 from flare_operator.catalog.loader import list_apps
 assert list_apps(), "no app in FLARE_APPS_DIR"'
     fi
-    bh run --isolation=chroot "$c" -- python3 -c "$check
+    bh_run "$c" python3 -c "$check
 import os; assert os.getuid() == 10001, os.getuid()" >&2 || die "$name: the smoke test failed in ${ref[$name]}"
     bh rm "$c" >/dev/null
     log "$name: smoke test passed ($(since "$t1")s); exporting (compression: $COMPRESSION)"
