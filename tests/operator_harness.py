@@ -159,9 +159,10 @@ class OperatorProcess:
     """`flare-operator run` in its own process group, logs in a file, stopped with SIGTERM."""
 
     def __init__(self, cp, workdir: Path, config: dict, name: str = "operator", kubeconfig: Path | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
         self.cp = cp
         self.env = env or {}
+        self.args = args  # more `flare-operator run` arguments (e.g. --liveness URL)
         self.workdir = workdir
         self.config_path = workdir / f"{name}.yaml"
         self.log_path = workdir / f"{name}.log"
@@ -174,7 +175,7 @@ class OperatorProcess:
         self.log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "flare_operator.cli", "run", "--config", str(self.config_path),
-             "--kubeconfig", str(self.kubeconfig)],
+             "--kubeconfig", str(self.kubeconfig), *self.args],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 

@@ -29,6 +29,31 @@ def _validate(paths: list[Path]) -> int:
     return 1 if failures else 0
 
 
+def _job_results(kubeconfig: Path | None, namespace: str, name: str) -> dict:
+    """``status.results`` of FederatedJob namespace/name, or exit saying why there are none."""
+    from .runtime.kube import Kube
+
+    job = Kube.from_kubeconfig(kubeconfig).get("FederatedJob", namespace, name)
+    if job is None:
+        raise SystemExit(f"FederatedJob {namespace}/{name} not found")
+    results = (job.get("status") or {}).get("results") or {}
+    if not results.get("location"):
+        phase = (job.get("status") or {}).get("phase") or "not started"
+        raise SystemExit(f"FederatedJob {namespace}/{name} has no results (yet): it is {phase}")
+    return results
+
+
+def _fetch(args) -> int:
+    from .sdk.results import download_results
+
+    results = _job_results(args.kubeconfig, args.namespace, args.job)
+    paths = download_results(results, args.out, endpoint_url=args.endpoint_url, region=args.region)
+    total = sum(p.stat().st_size for p in paths)
+    print(f"fetched {len(paths)} files ({total / 1e6:.1f} MB, each checked against its sha256 in the job's status) "
+          f"from {results['location']} to {args.out}")
+    return 0
+
+
 def _report(args) -> int:
     from .sdk.report import format_table, load_metrics, plot_accuracy, round_rows
 
@@ -36,12 +61,11 @@ def _report(args) -> int:
     if metrics_file is None:
         if not args.job:
             raise SystemExit("give --metrics FILE or --job NAME")
-        from .runtime.kube import Kube
-
-        job = Kube.from_kubeconfig(args.kubeconfig).get("FederatedJob", args.namespace, args.job)
-        location = ((job or {}).get("status") or {}).get("results", {}).get("location")
-        if not location:
-            raise SystemExit(f"FederatedJob {args.namespace}/{args.job} has no results (yet)")
+        location = _job_results(args.kubeconfig, args.namespace, args.job)["location"]
+        if "://" in location:
+            raise SystemExit(f"the results of {args.namespace}/{args.job} are in {location}: download them with "
+                             f"`flare-operator fetch --job {args.job} -n {args.namespace} --out DIR`, then "
+                             "`flare-operator report --metrics DIR/metrics.json`")
         metrics_file = Path(location) / "metrics.json"
     metrics = load_metrics(metrics_file)
     print(format_table(*round_rows(metrics)))
@@ -68,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("-n", "--namespace", default="default")
     report.add_argument("--kubeconfig", type=Path, default=None)
     report.add_argument("--plot", type=Path, help="write a PNG of accuracy per round per site here")
+    fetch = sub.add_parser("fetch", help="download a finished job's results (checked against the sha256 "
+                           "of each file in its status) from the results store")
+    fetch.add_argument("--job", required=True, help="FederatedJob name")
+    fetch.add_argument("-n", "--namespace", default="default")
+    fetch.add_argument("--kubeconfig", type=Path, default=None)
+    fetch.add_argument("--out", type=Path, required=True, help="folder to download into")
+    fetch.add_argument("--endpoint-url", default=None,
+                       help="S3-compatible endpoint of an s3:// location (default: $AWS_ENDPOINT_URL, else AWS S3); "
+                       "credentials: boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, ...)")
+    fetch.add_argument("--region", default="us-east-1")
     rbac = sub.add_parser("rbac", help="print the ClusterRoles flare-modeller and flare-org-admin as YAML "
                           "(or, with --gateway-hub, a site's scoped hub credential's Role and RoleBinding)")
     rbac.add_argument("--gateway-hub", metavar="NAMESPACE",
@@ -86,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return crdgen.main(["--root", str(args.root)] + (["--check"] if args.check else []))
     if args.command == "report":
         return _report(args)
+    if args.command == "fetch":
+        return _fetch(args)
     if args.command == "rbac":
         from .builders.rbac import (
             gateway_hub_role,

@@ -38,6 +38,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
         gateway_registries,
         operator_settings,
         orchestrator_registry,
+        probe_webhook_certificates,
         webhook_settings,
     )
 
@@ -46,6 +47,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     runtime = make_runtime(config, kube)
     # name, registry, namespaces, Kopf settings
     operators: list[tuple[str, kopf.OperatorRegistry, list[str], kopf.OperatorSettings]] = []
+    webhook_certs: list[Path] = []
     if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
         from .store.results import store_from_config
 
@@ -59,17 +61,20 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
             hub_kube = Kube.from_kubeconfig(site_cfg.hub_kubeconfig) if site_cfg.hub_kubeconfig else kube
             site = Site(config=config, settings=site_cfg, site_kube=kube, hub_kube=hub_kube, runtime=runtime)
             hub_registry, site_registry = gateway_registries(site, kubeconfig)
-            # A hub credential scoped to one namespace may not list namespaces or CRDs cluster-wide.
-            can_scan = site_cfg.hub_kubeconfig is None
+            # A gateway watches named namespaces only, and least privilege gives it no cluster-wide
+            # list of namespaces or CRDs (neither the hub credential of its org nor, installed by the
+            # chart, its own ServiceAccount): Kopf's scanning stays off on both sides.
             operators.append((f"gateway {site_cfg.site} (hub side)", hub_registry, [site_cfg.hub_namespace],
-                              operator_settings(config, scanning=can_scan)))
-            site_settings = operator_settings(config)
+                              operator_settings(config, scanning=False)))
+            site_settings = operator_settings(config, scanning=False)
             if site_cfg.webhook_port:
-                webhook_settings(site_settings, site_cfg, config.workdir)
+                webhook_certs.append(webhook_settings(site_settings, site_cfg, config.workdir))
             operators.append((f"gateway {site_cfg.site} (site side)", site_registry, [site_cfg.namespace],
                               site_settings))
     if not operators:
         raise SystemExit("nothing to run: mode gateway needs at least one entry in gateways")
+    if webhook_certs:  # the liveness endpoint serves the first operator's probes
+        probe_webhook_certificates(operators[0][1], webhook_certs)
 
     from .runtime.metrics import serve
 
@@ -98,7 +103,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
 def main(config_path: Path, kubeconfig: Path | None, liveness_endpoint: str | None, verbose: bool) -> int:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kopf.objects", "kopf.activities.probe", "nvflare"):
+    for noisy in ("kopf.objects", "kopf.activities.probe", "nvflare", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = OperatorConfig.from_file(config_path)
 

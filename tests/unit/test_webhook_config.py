@@ -43,3 +43,16 @@ def test_the_serving_certificate_covers_the_bind_address_and_the_service_names(t
                                                        "flare-webhook.flare-system.svc.cluster.local"]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["0.0.0.0"]
     assert served.issuer == x509.load_pem_x509_certificate(ca.read_bytes()).subject
+
+
+def test_the_certificate_lives_as_long_as_configured_and_is_due_with_a_third_left(tmp_path):
+    import datetime
+
+    from flare_operator.runtime.tls import renewal_due, validity_of
+
+    _, cert, _ = write_webhook_certs(tmp_path, "127.0.0.1", validity=datetime.timedelta(days=90))
+    not_before, not_after = validity_of(cert)
+    assert datetime.timedelta(days=90) <= not_after - not_before <= datetime.timedelta(days=90, minutes=6)
+    assert not renewal_due(not_before, not_after, not_before + datetime.timedelta(days=59))
+    assert renewal_due(not_before, not_after, not_before + datetime.timedelta(days=61))
+    assert renewal_due(not_before, not_after, not_after + datetime.timedelta(seconds=1))  # expired: due

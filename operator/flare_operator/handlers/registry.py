@@ -58,17 +58,40 @@ def measured(kind: str):
     return wrap
 
 
-def webhook_settings(settings: kopf.OperatorSettings, site: SiteSettings, workdir: Path) -> None:
-    """Serve the site's admission webhook and let Kopf keep its webhook configurations current."""
+def webhook_settings(settings: kopf.OperatorSettings, site: SiteSettings, workdir: Path) -> Path:
+    """Serve the site's admission webhook with a fresh certificate (returned: its path)."""
+    import datetime
+
     from ..builders.admission import service_names
     from ..runtime.tls import write_webhook_certs
 
     extra = service_names(site.webhook_service) if site.webhook_service else ()
-    ca, cert, key = write_webhook_certs(workdir / "webhook" / site.site, site.webhook_host, *extra)
+    ca, cert, key = write_webhook_certs(workdir / "webhook" / site.site, site.webhook_host, *extra,
+                                        validity=datetime.timedelta(days=site.webhook_cert_days))
     settings.admission.server = kopf.WebhookServer(
         addr=site.webhook_host, port=site.webhook_port, host=site.webhook_host, certfile=str(cert),
         pkeyfile=str(key), cafile=str(ca))
     # Not Kopf's managed mode: builders/admission.py scopes each site's webhook to its namespace.
+    return cert
+
+
+def probe_webhook_certificates(registry: kopf.OperatorRegistry, certs: list[Path]) -> None:
+    """The liveness probe fails once a webhook certificate is due for renewal (runtime/tls.py
+    renewal_due): in a Pod the kubelet restarts the operator, and the new one makes a new one."""
+    import datetime
+
+    from ..runtime.tls import renewal_due, validity_of
+
+    lifetimes = {cert: validity_of(cert) for cert in certs}
+
+    @kopf.on.probe(registry=registry, id="webhook_certificates")
+    def webhook_certificates(**_) -> str:
+        now = datetime.datetime.now(datetime.UTC)
+        for cert, (not_before, not_after) in lifetimes.items():
+            if renewal_due(not_before, not_after, now):
+                raise kopf.PermanentError(f"the webhook certificate {cert} expires at {not_after.isoformat()}: "
+                                          "restart the operator to renew it (in a Pod its liveness probe does)")
+        return "ok"
 
 
 def operator_settings(config: OperatorConfig, *, scanning: bool = True) -> kopf.OperatorSettings:

@@ -101,4 +101,14 @@ def with_local_files(kit: bytes, files: dict[str, bytes]) -> bytes:
 def unpack_kit(kit: bytes, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(kit), mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):  # CPython >= 3.11.4
+            tar.extractall(dest, filter="data")
+            return
+        # Older 3.11 (Debian bookworm's 3.11.2, the images' local stand-in base): the same refusals
+        # by hand. A kit holds regular files and folders under relative names, nothing else.
+        for member in tar.getmembers():
+            parts = Path(member.name).parts
+            if not (member.isfile() or member.isdir()) or Path(member.name).is_absolute() or ".." in parts:
+                raise ValueError(f"refusing kit member {member.name!r}: only relative files and folders")
+            member.mode &= 0o755 if member.isdir() else 0o644 | (member.mode & 0o100)
+        tar.extractall(dest)
