@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down bench-compute bench-job images
+.PHONY: help install test test-unit test-schema test-integration test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-job images
 
 ## help: list the targets
 help:
@@ -92,6 +92,14 @@ demo-multicluster: install controlplane
 ## demo-multicluster-down: stop what `make demo-multicluster` started (its 3 operators, NVFlare processes, 3 control planes)
 demo-multicluster-down:
 	@bash hack/demo-multicluster.sh down
+
+## demo-k8s: the same scenario on a cluster with a real node (root): the orchestrator and both orgs' gateways installed with helm from charts/, NVFlare in Pods, results in an S3-compatible store
+demo-k8s: install controlplane images
+	@bash hack/demo-k8s.sh
+
+## demo-k8s-down: stop what `make demo-k8s` started (the cluster and its node, the results store)
+demo-k8s-down:
+	@bash hack/demo-k8s.sh down
 
 ## images: the operator, runtime and pause images as OCI archives, built from images/*/Dockerfile with buildah (no Docker, no registry; cached by content; last line: JSON with archives and refs)
 images:

@@ -1,4 +1,4 @@
-# Shared by hack/demo.sh and hack/demo-multicluster.sh (sourced, not run).
+# Shared by hack/demo.sh, hack/demo-multicluster.sh and hack/demo-k8s.sh (sourced, not run).
 
 # follow_job KUBECTL...: print the demo job's phase, round and global accuracy whenever they change,
 # until it finishes (or 10 min pass). KUBECTL... is the command that reaches the hub.
@@ -10,4 +10,18 @@ follow_job() {
     case "$now" in Succeeded*|Failed*|TimedOut*|Aborted*|Rejected*) return 0 ;; esac
     sleep 1
   done
+}
+
+# approval HASH: org-b's JobApproval of the demo job's exact content, as YAML (alice@org-b applies it).
+approval() {
+  cat <<YAML
+apiVersion: flareop.io/v1alpha1
+kind: JobApproval
+metadata: {name: esm2-scl-run1, namespace: org-b}
+spec:
+  job: {namespace: modeller, name: esm2-scl-run1}
+  contentHash: $1
+  decision: Approve
+  reason: DP settings and model card reviewed
+YAML
 }

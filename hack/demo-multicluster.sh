@@ -166,16 +166,7 @@ on hub apply -f tests/data/invalid/federatedjob-dp-without-epsilon.yaml 2>&1 | s
 step "org-b's admin (alice@org-b at org-b's own cluster, through RBAC, not cluster-admin) approves this exact content"
 "$BIN/flarecp" user-kubeconfig --dir "$CLUSTERS_DIR/org-b" --user alice@org-b --out "$DEMO_DIR/org-b/alice.kubeconfig" >/dev/null
 ALICE="$KUBECTL --kubeconfig $DEMO_DIR/org-b/alice.kubeconfig"
-cat <<YAML | $ALICE apply -f -
-apiVersion: flareop.io/v1alpha1
-kind: JobApproval
-metadata: {name: esm2-scl-run1, namespace: org-b}
-spec:
-  job: {namespace: modeller, name: esm2-scl-run1}
-  contentHash: $HASH
-  decision: Approve
-  reason: DP settings and model card reviewed
-YAML
+approval "$HASH" | $ALICE apply -f -
 acan() { $ALICE auth can-i "$@" 2>/dev/null || true; }
 echo "alice@org-b may: approve in org-b: $(acan create jobapprovals -n org-b); delete namespaces: $(acan delete namespaces); read kube-system's Secrets: $(acan get secrets -n kube-system)"
 wait_for 60 "the job to be admitted" job_admitted

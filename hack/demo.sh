@@ -69,16 +69,7 @@ $KUBECTL apply -f tests/data/invalid/federatedjob-dp-without-epsilon.yaml 2>&1 |
 
 step "org-b's admin (alice@org-b, an org-b identity through RBAC, not cluster-admin) approves this exact content"
 ALICE=$($BIN/flarecp user-kubeconfig --dir "$CLUSTER_DIR" --user alice@org-b --out "$DEMO_DIR/alice.kubeconfig" >/dev/null && echo "$DEMO_DIR/alice.kubeconfig")
-cat <<YAML | $KUBECTL --kubeconfig "$ALICE" apply -f -
-apiVersion: flareop.io/v1alpha1
-kind: JobApproval
-metadata: {name: esm2-scl-run1, namespace: org-b}
-spec:
-  job: {namespace: modeller, name: esm2-scl-run1}
-  contentHash: $HASH
-  decision: Approve
-  reason: DP settings and model card reviewed
-YAML
+approval "$HASH" | $KUBECTL --kubeconfig "$ALICE" apply -f -
 wait_for 60 "the job to be admitted" job_admitted
 echo "recorded by the site's webhook: $($KUBECTL get jobapproval esm2-scl-run1 -n org-b -o jsonpath='{.status.decidedBy.username}')"
 echo "org-b's privacy ledger: $($KUBECTL get datasetgrant scl-org-b -n org-b -o jsonpath='{.status.epsilonReserved}') of 30 epsilon reserved"

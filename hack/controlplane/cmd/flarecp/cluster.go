@@ -516,6 +516,10 @@ func (l *launcher) bringUp(ctx context.Context, o upOptions, node *nodeNet) (*cl
 				"--kubelet-client-certificate=" + filepath.Join(pkiDir, "apiserver-kubelet-client.crt"),
 				"--kubelet-client-key=" + filepath.Join(pkiDir, "apiserver-kubelet-client.key"),
 				"--kubelet-preferred-address-types=InternalIP",
+				// Admission webhooks behind a Service (the Helm chart's): the apiserver runs on the
+				// host, where kube-proxy has no rules (they live in the node's network namespace), so
+				// it dials the Service's endpoints (Pod IPs, routed to the node) instead of its ClusterIP.
+				"--enable-aggregator-routing=true",
 			}
 		}
 		apiC, err = l.start("kube-apiserver", append([]string{
