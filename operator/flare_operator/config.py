@@ -67,10 +67,10 @@ class SiteSettings(_Config):
     # In a cluster (the Helm chart): "namespace/name" of the Service in front of the webhook port.
     # The webhook configurations then name that Service instead of a URL, the serving certificate
     # is for its DNS names, and the server listens on webhook_host (0.0.0.0 there).
+    webhook_service: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     # Lifetime of the webhook's serving certificate; the liveness probe fails (a restart renews it)
     # once a third of it is left (runtime/tls.py).
     webhook_cert_days: float = Field(365.0, gt=0)
-    webhook_service: str | None = Field(None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     data_roots: list[Path] | None = Field(
         default_factory=list,
         description="Folders a DatasetGrant's spec.dataset.path may point into (camelCase: dataRoots). "
