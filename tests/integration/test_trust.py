@@ -119,6 +119,10 @@ def test_who_decided_is_the_sites_record_never_typed(control_plane, manual_b):
     wait_for(approve, timeout=30, message="the webhook takes the approval")
     wait_for(lambda: decisions(get(cp, "federatedjob", m, "run1")).get(b) == "Approved", timeout=60,
              message="the recorded approval counts")
+    # The count reads the signed annotation; status.decidedBy is its copy for people, written by its own
+    # handler, and may land just after the job's decision does.
+    wait_for(lambda: (get(cp, "jobapproval", b, "recorded").get("status") or {}).get("decidedBy"), timeout=30,
+             message="the site's record of who decided is copied into the approval's status")
     recorded = get(cp, "jobapproval", b, "recorded")
     assert recorded["status"]["decidedBy"]["username"] not in ("", "ceo@org-b")  # from the API request
     assert recorded["spec"]["job"]["uid"] == get(cp, "federatedjob", m, "run1")["metadata"]["uid"]
