@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 SITES = ["site-1", "site-2"]
 CHANCE = 0.1  # 10 classes
 FULL = {"mode": "full", "rounds": 3, "localSteps": 25}
+SAMPLE_DP_EPSILON = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,10 @@ def runs(tmp_path_factory, e2e_data):
                         "delta": 1e-5,
                     }
                 }
+            elif kind == "sample-dp":
+                params = {"mode": "lora", "rounds": 2, "localSteps": 5, "lora": {"r": 4}}
+                privacy = {"differentialPrivacy": {"enabled": True, "level": "sample", "epsilon": SAMPLE_DP_EPSILON,
+                                                   "clipNorm": 1.0, "delta": 1e-5}}
             elif kind == "lora":
                 params = {"mode": "lora", "rounds": 2, "localSteps": 5, "lora": {"r": 4}}
             aggregation = {"weighting": "capped", "maxShare": 0.5} if kind == "lora" else None
@@ -126,6 +131,23 @@ def test_dp_run_reports_finite_epsilon_and_differs(runs):
     assert pm["history"][0]["global"]["val_accuracy"] == pytest.approx(
         m["history"][0]["global"]["val_accuracy"]
     )
+
+
+def test_sample_level_dp_trains_inside_each_site_within_its_epsilon(runs):
+    """DP-SGD (Opacus) in each site's client process through NVFlare: every round reports the site's
+    epsilon so far, growing, never above the job's target; the model card says which level ran."""
+    run = runs("sample-dp")
+    m = load_metrics(run)
+    assert m["status"] == "completed"
+    prev = {s: 0.0 for s in SITES}
+    for entry in m["history"]:
+        for s in SITES:
+            site = entry["sites"][s]
+            assert site["dp_level"] == "sample" and site["dp_steps"] == 5 * (entry["round"] + 1)
+            assert prev[s] < site["dp_epsilon"] <= SAMPLE_DP_EPSILON
+            prev[s] = site["dp_epsilon"]
+    assert set(m["epsilon_spent"]) == set(SITES)
+    assert "sample-level DP (DP-SGD at each site)" in (run / "MODEL_CARD.md").read_text()
 
 
 def test_lora_sends_fewer_bytes_than_full(runs):

@@ -157,6 +157,7 @@ def test_privacy_and_aggregation_settings():
     )
     assert p["differentialPrivacy"] == {
         "enabled": True,
+        "level": "client",
         "clipNorm": 1.0,
         "noiseMultiplier": 1.0,
         "delta": 1e-5,
@@ -165,6 +166,7 @@ def test_privacy_and_aggregation_settings():
     assert validate_privacy(None) == {
         "differentialPrivacy": {
             "enabled": False,
+            "level": "client",
             "clipNorm": 1.0,
             "noiseMultiplier": 1.0,
             "delta": 1e-5,
@@ -172,6 +174,8 @@ def test_privacy_and_aggregation_settings():
         },
         "filters": [],
     }
+    with pytest.raises(ParameterError, match=r"\$.differentialPrivacy.level"):
+        validate_privacy({"differentialPrivacy": {"level": "record"}})
     with pytest.raises(ParameterError, match=r"\$.differentialPrivacy.delta"):
         validate_privacy({"differentialPrivacy": {"delta": 1}})
     with pytest.raises(ParameterError, match=r"\$.filters\[0\].type"):

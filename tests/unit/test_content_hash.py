@@ -73,8 +73,10 @@ def test_canonical_json_is_sorted_and_compact():
 
 def test_golden_hash_of_the_samples():
     # A change here changes every content hash, so every decision and JobApproval is invalidated:
-    # do it only on purpose (and say so in the release notes).
-    assert BASE == "sha256:ec6141638b059385688afd5d75bc81a6524d102a45636fa8ebe6f034ffc1523d"
+    # do it only on purpose (and say so in the release notes). Changed on purpose: the DP level
+    # (privacy.differentialPrivacy.level, default Client) is part of what a site approves, written out,
+    # so that a later change of the default cannot carry an approval over to another mechanism.
+    assert BASE == "sha256:8eebd9c406738e45efa58a1cbd8abdcb3c5100cc531979eafcc7e4dd0fcdb4a5"
     assert compute_content_hash(_compute()) == (
         "sha256:eb3b130c1bdd95f40e70d0ef27dc20430561360fe67c6bedaccd3cf399a86c06"
     )

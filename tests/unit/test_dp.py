@@ -100,3 +100,20 @@ def test_operator_side_expected_epsilon_matches_the_app_accountant():
     assert expected_epsilon(None, 5) is None
     priv = {"differentialPrivacy": {"enabled": True, "noiseMultiplier": 1.3, "delta": 1e-6}}
     assert expected_epsilon(priv, 7) == pytest.approx(epsilon_spent(1.3, 7, 1e-6, "rdp"))
+
+
+def test_sample_level_noise_is_calibrated_for_the_whole_job():
+    """DP-SGD: the calibrated noise keeps epsilon after every planned step at or below the target,
+    and a little less noise would not."""
+    from flare_app_common.dp import calibrate_sample_noise_multiplier, sample_epsilon_spent
+
+    for target, q, steps in ((8.0, 16 / 300, 60), (1.0, 0.05, 40), (3.0, 0.5, 6)):
+        z = calibrate_sample_noise_multiplier(target, q, steps, 1e-5)
+        assert sample_epsilon_spent(z, q, steps, 1e-5) <= target
+        assert sample_epsilon_spent(z * 0.98, q, steps, 1e-5) > target * 0.99
+        spent = [sample_epsilon_spent(z, q, k, 1e-5) for k in range(0, steps + 1, max(1, steps // 4))]
+        assert spent[0] == 0 and all(a < b for a, b in zip(spent, spent[1:], strict=False))
+    # subsampling amplifies: the same noise over the same steps costs less at a lower sampling rate
+    assert sample_epsilon_spent(1.0, 0.01, 50, 1e-5) < sample_epsilon_spent(1.0, 0.1, 50, 1e-5)
+    with pytest.raises(ValueError, match="sample_rate"):
+        sample_epsilon_spent(1.0, 0.0, 5, 1e-5)

@@ -84,7 +84,7 @@ def test_site_schedule_continues_across_rounds_like_one_long_run():
 
     t = site.SiteTrainer.__new__(site.SiteTrainer)
     t.p = {"learningRate": 0.1, "localSteps": 4, "rounds": 3, "lrSchedule": "linear", "keepOptimizerState": False}
-    t.model, t.stream, t.device, t.bf16, t.optimizer, t.rounds_done = None, None, None, False, None, 0
+    t.model, t.stream, t.device, t.bf16, t.optimizer, t.rounds_done, t.dp = None, None, None, False, None, 0, None
     t.train_ds, t.truncated = [], 0
     orig = site.train_steps
     site.train_steps = fake_train_steps

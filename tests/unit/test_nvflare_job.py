@@ -286,3 +286,31 @@ def test_clients_stream_their_job_logs_to_the_server(app):
     assert [c["path"].rsplit(".", 1)[1] for c in client] == ["JobLogStreamer"]
     assert client[0]["args"]["target_parent_server"] is True, "the server's job process may end first"
     assert server == [], "the server's parent process receives and stores the logs"
+
+
+def test_sample_level_dp_runs_in_the_training_script_not_as_a_filter(app):
+    """Sample level: each site's script gets SampleDP's arguments (the target, not a noise multiplier:
+    the site calibrates from its own record count); no client-level filter; a resumed job's earlier
+    rounds are reporting only, so the site's own build of the app digests the same."""
+    from flare_operator.builders.nvflare_job import SAMPLE_DP, privacy_from_api
+    from flare_operator.policy.site_enforcement import app_digest
+
+    api = {"differentialPrivacy": {"enabled": True, "level": "Sample", "epsilon": 8.0, "delta": 1e-5, "clipNorm": 0.7}}
+    privacy = privacy_from_api(api, 4)
+    assert privacy["differentialPrivacy"]["level"] == "sample" and "noiseMultiplier" not in privacy["differentialPrivacy"]
+    fresh = build_job(app, {"rounds": 4}, SITES, job_name="j", privacy=privacy)
+    assert _cfg(fresh, "j/app_site-1/config/config_fed_client.json")["task_result_filters"] == []
+    sample = _cfg(fresh, "j/app_site-2/custom/site_config.json")["sampleDP"]
+    assert sample == {"path": SAMPLE_DP, "args": {"epsilon": 8.0, "delta": 1e-5, "clip_norm": 0.7,
+                                                   "accountant": "rdp", "rounds": 4}}
+    resumed = build_job(app, {"rounds": 4}, SITES, job_name="j", privacy=privacy,
+                        resume={"checkpoint": "/r/g.safetensors", "startRound": 2, "priorReleases": 3})
+    assert _cfg(resumed, "j/app_site-2/custom/site_config.json")["sampleDP"]["args"]["prior_releases"] == 3
+
+    def site_app(files):
+        return {k.split("/", 2)[2]: v for k, v in files.items() if k.startswith("j/app_site-2/")}
+
+    assert app_digest(site_app(resumed)) == app_digest(site_app(fresh))
+    assert "sampleDP" not in _cfg(build_job(app, {}, SITES, job_name="j"), "j/app_site-1/custom/site_config.json")
+    with pytest.raises(JobBuildError, match="epsilon is required"):
+        privacy_from_api({"differentialPrivacy": {"enabled": True, "level": "Sample"}}, 4)

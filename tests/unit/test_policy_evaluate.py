@@ -33,7 +33,7 @@ from flare_operator.policy.evaluate import ApprovalView, Evaluation, GrantView, 
 from tests.sample_data import VALID_DIR
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-HASH = "sha256:01451b6868522ef89ec6864be5147da25343280e67ec2d6d45bd8994a720ff50"  # the sample request's
+HASH = "sha256:a2736ca67bec67bc95c9bfa828fbb2edf8d88ef1c9ddb21071814ccb8c82c26a"  # the sample request's
 OLD_HASH = "sha256:" + "0" * 64
 UID = "6f1d3c2e-8a4b-4f0e-9c7d-2b1a0e9f8d7c"
 G = "DatasetGrant/scl-org-b"

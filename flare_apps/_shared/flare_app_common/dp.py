@@ -1,4 +1,12 @@
-"""Client-level differential privacy: clip the model update, add Gaussian noise, account epsilon.
+"""Differential privacy accounting for both levels, and the client-level mechanism.
+
+Sample level (DP-SGD, ``sample_dp.py``): each local optimizer step at a site is a Poisson-subsampled
+Gaussian mechanism on the site's records (sampling rate q = batch size / records); a job of
+``steps`` steps at a site composes ``steps`` of them. The noise multiplier is calibrated for the
+whole job (rounds x local steps) before the first step, so the site's epsilon never exceeds the
+target; :func:`sample_epsilon_spent` reports it after each round.
+
+Client level:
 
 Mechanism (per site, per round): the site's update Δ (difference between its locally trained
 trainable parameters and the global ones it received) is clipped to L2 norm ``clip_norm`` over
@@ -18,29 +26,56 @@ import numpy as np
 ACCOUNTANTS = ("rdp", "pld")
 
 
+# Integer RDP orders for subsampled steps: dp-accounting's fractional orders below 2 do not converge
+# for small sampling rates (it warns and drops them), and cost seconds per calibration.
+SAMPLED_RDP_ORDERS = tuple(range(2, 65)) + (80, 96, 128, 256)
+
+
+def _accountant(accountant: str, orders=None):
+    if accountant == "rdp":
+        from dp_accounting.rdp import rdp_privacy_accountant
+
+        return rdp_privacy_accountant.RdpAccountant(orders=list(orders) if orders else None)
+    if accountant == "pld":
+        from dp_accounting.pld import pld_privacy_accountant
+
+        return pld_privacy_accountant.PLDAccountant()
+    raise ValueError(f"unknown accountant {accountant!r}; one of {ACCOUNTANTS}")
+
+
+def _epsilon(event, delta: float, accountant: str, orders=None) -> float:
+    if not 0 < delta < 1:
+        raise ValueError("delta must be in (0, 1)")
+    acc = _accountant(accountant, orders)
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
 def epsilon_spent(noise_multiplier: float, rounds: int, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon after ``rounds`` Gaussian releases with ``noise_multiplier`` at ``delta``."""
+    """Client level: epsilon after ``rounds`` Gaussian releases with ``noise_multiplier`` at ``delta``."""
     if rounds <= 0:
         return 0.0
     if noise_multiplier <= 0:
         return float("inf")
-    if not 0 < delta < 1:
-        raise ValueError("delta must be in (0, 1)")
     from dp_accounting import dp_event
 
-    event = dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), rounds)
-    if accountant == "rdp":
-        from dp_accounting.rdp import rdp_privacy_accountant
+    return _epsilon(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(noise_multiplier), rounds), delta, accountant)
 
-        acc = rdp_privacy_accountant.RdpAccountant()
-    elif accountant == "pld":
-        from dp_accounting.pld import pld_privacy_accountant
 
-        acc = pld_privacy_accountant.PLDAccountant()
-    else:
-        raise ValueError(f"unknown accountant {accountant!r}; one of {ACCOUNTANTS}")
-    acc.compose(event)
-    return float(acc.get_epsilon(delta))
+def sample_epsilon_spent(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+) -> float:
+    """Sample level: epsilon after ``steps`` Poisson-subsampled Gaussian steps (rate ``sample_rate``)."""
+    if steps <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return float("inf")
+    if not 0 < sample_rate <= 1:
+        raise ValueError("sample_rate must be in (0, 1]")
+    from dp_accounting import dp_event
+
+    step = dp_event.PoissonSampledDpEvent(sample_rate, dp_event.GaussianDpEvent(noise_multiplier))
+    return _epsilon(dp_event.SelfComposedDpEvent(step, steps), delta, accountant, SAMPLED_RDP_ORDERS)
 
 
 def clip_and_noise(
@@ -61,23 +96,40 @@ def clip_and_noise(
     return out, norm
 
 
-def calibrate_noise_multiplier(
-    target_epsilon: float, rounds: int, delta: float, accountant: str = "rdp", tol: float = 1e-3
-) -> float:
-    """Smallest noise multiplier whose epsilon after ``rounds`` rounds is <= ``target_epsilon`` (bisection)."""
+def _smallest_noise(epsilon_of, target_epsilon: float, what: str, tol: float = 1e-3) -> float:
+    """Smallest noise multiplier whose ``epsilon_of(noise)`` is <= ``target_epsilon`` (bisection)."""
     if target_epsilon <= 0:
         raise ValueError("target epsilon must be > 0")
-    if rounds <= 0:
-        raise ValueError("rounds must be > 0")
     lo, hi = 1e-3, 1.0
-    while epsilon_spent(hi, rounds, delta, accountant) > target_epsilon:
+    while epsilon_of(hi) > target_epsilon:
         lo, hi = hi, hi * 2
         if hi > 1e5:
-            raise ValueError(f"epsilon {target_epsilon} is unreachable for {rounds} rounds at delta {delta}")
+            raise ValueError(f"epsilon {target_epsilon} is unreachable for {what}")
     while hi - lo > tol * hi:
         mid = (lo + hi) / 2
-        if epsilon_spent(mid, rounds, delta, accountant) > target_epsilon:
+        if epsilon_of(mid) > target_epsilon:
             lo = mid
         else:
             hi = mid
     return hi
+
+
+def calibrate_noise_multiplier(
+    target_epsilon: float, rounds: int, delta: float, accountant: str = "rdp", tol: float = 1e-3
+) -> float:
+    """Client level: smallest noise multiplier whose epsilon after ``rounds`` rounds is <= ``target_epsilon``."""
+    if rounds <= 0:
+        raise ValueError("rounds must be > 0")
+    return _smallest_noise(lambda z: epsilon_spent(z, rounds, delta, accountant), target_epsilon,
+                           f"{rounds} rounds at delta {delta}", tol)
+
+
+def calibrate_sample_noise_multiplier(
+    target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp", tol: float = 1e-3
+) -> float:
+    """Sample level: smallest noise multiplier whose epsilon after ``steps`` steps at ``sample_rate``
+    is <= ``target_epsilon``."""
+    if steps <= 0:
+        raise ValueError("steps must be > 0")
+    return _smallest_noise(lambda z: sample_epsilon_spent(z, sample_rate, steps, delta, accountant), target_epsilon,
+                           f"{steps} steps at sampling rate {sample_rate:.4g} and delta {delta}", tol)

@@ -1,7 +1,8 @@
 """NVFlare Client API script for esm2-finetune (runs in each site's client process).
 
 Reads its settings from site_config.json next to this file (written by the job builder):
-{"params": {...validated app parameters...}, "datasetPath": "..." (or a list of them), "site": "site-1"}.
+{"params": {...validated app parameters...}, "datasetPath": "..." (or a list of them), "site": "site-1",
+ "sampleDP": {"args": {...}} under sample-level differential privacy}.
 Each round: load the received global (trainable) parameters, evaluate them on the site's own
 holdout, train locally, and send back only the difference of the trainable parameters.
 """
@@ -46,7 +47,8 @@ def main():
     t0 = time.perf_counter()
     refs = cfg["datasetPath"]
     paths = resolve_dataset(refs) if isinstance(refs, str) else [resolve_dataset(r) for r in refs]
-    trainer = SiteTrainer(cfg["params"], paths, site)
+    # sample-level DP (the job's privacy.differentialPrivacy.level Sample): DP-SGD for the whole job
+    trainer = SiteTrainer(cfg["params"], paths, site, sample_dp=(cfg.get("sampleDP") or {}).get("args"))
     print(
         f"[{site}] model ready in {time.perf_counter() - t0:.1f}s: {len(trainer.train_ds)} train / "
         f"{len(trainer.val_ds)} holdout sequences, {trainer.truncated} truncated, device {trainer.device}, "

@@ -101,7 +101,7 @@ class ModelConstraint(ApiModel):
 
 
 class GrantPrivacy(ApiModel):
-    dp_required: bool = Field(False, description="Jobs must enable client-level differential privacy.")
+    dp_required: bool = Field(False, description="Jobs must enable differential privacy (either level).")
     max_epsilon_per_job: float | None = Field(None, gt=0, le=100, description="Largest epsilon one job may use.")
     epsilon_budget: float | None = Field(
         None, gt=0, le=10000, description="Total epsilon all jobs together may spend on this dataset."

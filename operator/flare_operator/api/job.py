@@ -23,8 +23,20 @@ from .common import (
 MAX_ROUNDS = 10000
 
 
+class DPLevel(StrEnum):
+    CLIENT = "Client"
+    SAMPLE = "Sample"
+
+
 class DifferentialPrivacy(ApiModel):
-    enabled: bool = Field(False, description="Clip each site's model update and add Gaussian noise (client-level DP).")
+    enabled: bool = Field(False, description="Train under differential privacy at every site (see level).")
+    level: DPLevel = Field(
+        DPLevel.CLIENT,
+        description="What is protected. Sample: each site's records — DP-SGD inside the site (every "
+        "record's gradient clipped to clipNorm, Gaussian noise on each Poisson-sampled step, the noise "
+        "calibrated at the site for the whole job). Client: each site's whole contribution — its model "
+        "update is clipped to clipNorm and noised before it leaves the site.",
+    )
     epsilon: float | None = Field(
         None,
         le=100,
@@ -32,7 +44,10 @@ class DifferentialPrivacy(ApiModel):
         "calibrated so the accountant's epsilon after all rounds stays at or below it.",
     )
     delta: float = Field(1e-5, gt=0, lt=1, description="Target delta of (epsilon, delta)-DP.")
-    clip_norm: float = Field(1.0, gt=0, le=1000, description="L2 bound each site's update is clipped to.")
+    clip_norm: float = Field(
+        1.0, gt=0, le=1000,
+        description="L2 bound each record's gradient (Sample) or each site's update (Client) is clipped to.",
+    )
 
     cel_rules = (
         CelRule(
@@ -53,7 +68,7 @@ class DifferentialPrivacy(ApiModel):
 class Privacy(ApiModel):
     differential_privacy: DifferentialPrivacy = Field(
         default_factory=DifferentialPrivacy,
-        description="Client-level differential privacy, as the sites' grants may require.",
+        description="Differential privacy, as the sites' grants may require.",
         json_schema_extra={"default": {}},
     )
 

@@ -41,6 +41,7 @@ NVFLARE_FILTERS = {
     "SVTPrivacy": "nvflare.app_common.filters.svt_privacy.SVTPrivacy",
 }
 DP_FILTER = "flare_app_common.filters.GaussianDPFilter"
+SAMPLE_DP = "flare_app_common.sample_dp.SampleDP"
 CLIENT_EXECUTOR = "nvflare.app_common.executors.client_api_executor.ClientAPIExecutor"
 
 
@@ -124,7 +125,7 @@ def _custom_files(app: App, prefix: str) -> dict[str, bytes]:
 def _result_filters(privacy: Mapping, prior_releases: int = 0) -> list[dict]:
     filters = []
     dp = privacy.get("differentialPrivacy") or {}
-    if dp.get("enabled"):
+    if dp.get("enabled") and dp.get("level", "client") == "client":
         filters.append(
             {
                 "path": DP_FILTER,
@@ -140,6 +141,27 @@ def _result_filters(privacy: Mapping, prior_releases: int = 0) -> list[dict]:
     for f in privacy.get("filters") or []:
         filters.append({"path": NVFLARE_FILTERS[f["type"]], "args": dict(f.get("args") or {})})
     return filters
+
+
+def _sample_dp(privacy: Mapping, rounds: int, prior_releases: int = 0) -> dict | None:
+    """site_config.json's ``sampleDP`` (flare_app_common/sample_dp.py SampleDP's arguments) for
+    sample-level DP; None otherwise. ``prior_releases`` is reporting only, as for the client-level filter."""
+    dp = privacy.get("differentialPrivacy") or {}
+    if not dp.get("enabled") or dp.get("level", "client") != "sample":
+        return None
+    if dp.get("epsilon") is None:
+        raise JobBuildError("privacy.differentialPrivacy.epsilon is required for sample-level differential privacy")
+    return {
+        "path": SAMPLE_DP,
+        "args": {
+            "epsilon": dp["epsilon"],
+            "delta": dp["delta"],
+            "clip_norm": dp["clipNorm"],
+            "accountant": dp["accountant"],
+            "rounds": int(rounds),
+            **({"prior_releases": prior_releases} if prior_releases else {}),
+        },
+    }
 
 
 def build_job(
@@ -163,7 +185,7 @@ def build_job(
         sites: ``SiteSpec`` or ``{"name": "site-1", "datasetPath": "/data/x.csv"}`` per client
             (``datasetPath`` a list when the site trains on several datasets).
         job_name: NVFlare job name (also the top folder of the returned paths).
-        privacy: ``{"differentialPrivacy": {enabled, clipNorm, noiseMultiplier, delta, accountant},
+        privacy: ``{"differentialPrivacy": {enabled, level, clipNorm, noiseMultiplier | epsilon, delta, accountant},
             "filters": [{"type": "ExcludeVars"|"PercentilePrivacy"|"SVTPrivacy", "args": {...}}]}``.
         aggregation: ``{"weighting": "sample"|"uniform"|"capped", "maxShare": 0.5}``.
         metadata: free-form JSON (e.g. the FederatedJob's uid and content hash), recorded in
@@ -262,6 +284,7 @@ def build_job(
     files.update(_custom_files(app, f"{root}/app_server/custom"))
     # --- clients
     result_filters = _result_filters(priv, prior_releases)
+    sample_dp = _sample_dp(priv, rounds, prior_releases)
     for s in site_specs:
         app_name = f"app_{s.name}"
         deploy_map[app_name] = [s.name]
@@ -297,6 +320,7 @@ def build_job(
                 "datasetPath": s.wire_path(),
                 "params": p,
                 "app": {"id": app.id, "version": app.version},
+                **({"sampleDP": sample_dp} if sample_dp else {}),
             }
         )
     meta = {
@@ -311,18 +335,25 @@ def build_job(
 
 
 def privacy_from_api(privacy: Mapping | None, rounds: int) -> dict:
-    """FederatedJob ``spec.privacy`` (target ``epsilon``, ``delta``, ``clipNorm``) -> ``build_job``'s ``privacy``.
+    """FederatedJob ``spec.privacy`` (``level``, target ``epsilon``, ``delta``, ``clipNorm``) -> ``build_job``'s ``privacy``.
 
-    The noise multiplier is calibrated (RDP accountant) so that each site's epsilon after
-    ``rounds`` rounds is at most the target. Already-built shapes (``noiseMultiplier``) pass through.
-    Needs the dp-accounting package when DP is enabled.
+    Client level: the noise multiplier is calibrated (RDP accountant) so that each site's epsilon
+    after ``rounds`` rounds is at most the target (needs the dp-accounting package). Sample level:
+    the target passes through; each site calibrates its DP-SGD noise from its own record count.
+    Already-built shapes (``noiseMultiplier``) pass through.
     """
     from ..catalog import noise_multiplier_for_epsilon
 
     privacy = dict(privacy or {})
     dp = dict(privacy.get("differentialPrivacy") or {})
     out: dict = {k: v for k, v in privacy.items() if k != "differentialPrivacy"}
-    if dp.get("enabled") and "noiseMultiplier" not in dp:
+    if "level" in dp:
+        dp["level"] = str(dp["level"]).lower()  # API Client|Sample -> the app's client|sample
+    if dp.get("enabled") and dp.get("level") == "sample":
+        if dp.get("epsilon") is None:
+            raise JobBuildError("privacy.differentialPrivacy.epsilon is required when differential privacy is enabled")
+        # each site calibrates its own noise for the whole job from its record count (sample_dp.py)
+    elif dp.get("enabled") and "noiseMultiplier" not in dp:
         eps = dp.pop("epsilon", None)
         if eps is None:
             raise JobBuildError(

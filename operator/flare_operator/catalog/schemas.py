@@ -17,6 +17,9 @@ PRIVACY_SCHEMA: dict = {
             "default": {},
             "properties": {
                 "enabled": {"type": "boolean", "default": False},
+                "level": {"enum": ["client", "sample"], "default": "client"},
+                "epsilon": {"description": "sample level: the target epsilon each site calibrates its noise to",
+                            "type": "number", "exclusiveMinimum": 0},
                 "clipNorm": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
                 "noiseMultiplier": {"type": "number", "minimum": 0, "default": 1.0},
                 "delta": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 1e-5},

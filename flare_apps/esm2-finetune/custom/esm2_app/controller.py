@@ -393,7 +393,11 @@ class Esm2FedAvg(ModelController):
             "",
             "## Privacy",
             (
-                f"- client-level Gaussian DP: clip {dp.get('clipNorm')}, noise multiplier {dp.get('noiseMultiplier')}, "
+                f"- sample-level DP (DP-SGD at each site): every record's gradient clipped to {dp.get('clipNorm')}, "
+                f"noise calibrated at each site for target epsilon {dp.get('epsilon')} at delta {dp.get('delta')} over "
+                f"the whole job, accountant {dp.get('accountant', 'rdp')}; epsilon per site above"
+                if dp.get("enabled") and dp.get("level") == "sample"
+                else f"- client-level Gaussian DP: clip {dp.get('clipNorm')}, noise multiplier {dp.get('noiseMultiplier')}, "
                 f"delta {dp.get('delta')}, accountant {dp.get('accountant', 'rdp')}; epsilon per site above"
                 if dp.get("enabled")
                 else "- no differential privacy"

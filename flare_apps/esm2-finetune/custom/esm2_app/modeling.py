@@ -128,6 +128,10 @@ def apply_mode(model, mode: str, last_n: int = 1, lora: dict | None = None, seed
     if mode == "full":
         for p in model.parameters():
             p.requires_grad = True
+        # The contact-prediction head is part of EsmModel but unused by the classifier: it never gets
+        # a gradient (and Opacus' per-sample gradients refuse a trainable parameter without one).
+        for p in model.esm.contact_head.parameters():
+            p.requires_grad = False
         return model
     if mode == "lora":
         from peft import LoraConfig, get_peft_model

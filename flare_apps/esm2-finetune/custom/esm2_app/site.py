@@ -11,7 +11,7 @@ from flare_app_common.metrics import accuracy, confusion_matrix, macro_f1
 from . import LOCATION_CLASSES
 from .data import load_site_data
 from .modeling import apply_mode, build_model, get_trainable, make_tokenizer, set_trainable
-from .training import BatchStream, lr_factor, pick_device, predict, train_steps
+from .training import BatchStream, collate_records, lr_factor, pick_device, predict, train_steps
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,16 @@ def model_from_params(p: dict, allow_random: bool = False):
 
 class SiteTrainer:
     def __init__(
-        self, params: dict, dataset_path: str | list[str], site_name: str = "site", allow_random: bool = False
+        self,
+        params: dict,
+        dataset_path: str | list[str],
+        site_name: str = "site",
+        allow_random: bool = False,
+        sample_dp: dict | None = None,
     ):
+        """``sample_dp``: the arguments of :class:`flare_app_common.sample_dp.SampleDP` (target
+        epsilon, delta, clip_norm, accountant, rounds, prior_releases) for sample-level DP-SGD at
+        this site; None trains without it."""
         import torch
 
         self.p = params
@@ -58,6 +66,15 @@ class SiteTrainer:
         self.truncated = self.train_ds.truncated + self.val_ds.truncated
         self.optimizer = None  # kept across rounds when keepOptimizerState
         self.rounds_done = 0
+        self.dp = None
+        if sample_dp:
+            from flare_app_common.sample_dp import SampleDP
+
+            if float(params.get("proxMu", 0.0)) > 0:
+                raise ValueError("proxMu > 0 cannot be combined with sample-level DP: the proximal term's "
+                                 "gradient is not clipped per record; set proxMu to 0")
+            self.dp = SampleDP(**sample_dp)
+            self.bf16 = False  # DP-SGD in fp32 (opacus#740)
 
     def steps_per_round(self) -> int:
         steps = int(self.p.get("localSteps", 0))
@@ -100,8 +117,17 @@ class SiteTrainer:
             def lr_at(i):
                 return base_lr * lr_factor(schedule, first + i, planned)
 
-        opt = None
-        if p.get("keepOptimizerState", True):  # the app.yaml default
+        model, stream, opt = self.model, self.stream, None
+        if self.dp is not None:  # one private model, optimizer and sampler for the whole job
+            if self.optimizer is None:
+                params = [q for q in self.model.parameters() if q.requires_grad]
+                adamw = torch.optim.AdamW(params, lr=base_lr, weight_decay=float(p.get("weightDecay", 0.0)))
+                records = [(torch.tensor(ids), int(y)) for ids, y in zip(self.train_ds.input_ids,
+                                                                          self.train_ds.labels, strict=True)]
+                self.private_model, self.optimizer = self.dp.make_private(
+                    self.model, adamw, records, self.stream.bs, collate_records, steps)
+            model, stream, opt = self.private_model, self.dp, self.optimizer
+        elif p.get("keepOptimizerState", True):  # the app.yaml default
             if self.optimizer is None:
                 params = [q for q in self.model.parameters() if q.requires_grad]
                 self.optimizer = torch.optim.AdamW(
@@ -109,8 +135,8 @@ class SiteTrainer:
                 )
             opt = self.optimizer
         stats = train_steps(
-            self.model,
-            self.stream,
+            model,
+            stream,
             steps,
             base_lr,
             self.device,
@@ -120,6 +146,8 @@ class SiteTrainer:
             prox_mu=float(p.get("proxMu", 0.0)),
             lr_at=lr_at,
         )
+        if self.dp is not None:
+            stats.update(self.dp.round_done())
         self.rounds_done = rnd + 1
         stats["train_samples"] = int(len(self.train_ds))
         stats["truncated"] = int(self.truncated)

@@ -40,6 +40,14 @@ def collate(ids: list[list[int]], pad_id: int = 1):
     return t, (t != pad_id).long()
 
 
+def collate_records(records):
+    """A batch from (token ids tensor, label) records, as :meth:`BatchStream.next` yields it."""
+    import torch
+
+    ids, mask = collate([r[0].tolist() for r in records])
+    return ids, mask, torch.tensor([int(r[1]) for r in records], dtype=torch.long)
+
+
 class BatchStream:
     """Endless shuffled mini-batches over a dataset (seeded); epochs counted."""
 
