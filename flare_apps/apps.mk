@@ -9,15 +9,19 @@ DATA_SAMPLES ?= 600
 DATA_FORMAT ?= csv
 DATA_ARGS ?=
 
-.PHONY: data test-apps test-apps-e2e bench-apps
+.PHONY: data pretrained test-apps test-apps-e2e bench-apps
 
 data: ## synthetic non-IID protein-localisation data: $(DATA_DIR)/site-N.$(DATA_FORMAT), test set, manifest.json
 	$(PYTHON) -m flare_operator.datagen --sites $(DATA_SITES) --out $(DATA_DIR) --seed $(DATA_SEED) \
 	  --alpha $(DATA_ALPHA) --samples-per-site $(DATA_SAMPLES) --format $(DATA_FORMAT) $(DATA_ARGS)
 
+pretrained: ## the tiny ESM2 pretrained by MLM on a public synthetic corpus (stand-in for facebook/esm2_*), cached by content; prints its folder (use it as pretrainedPath)
+	@$(PYTHON) hack/pretrained.py
+
 test-apps: ## unit tests of the catalog, job builder, data generator, DP and aggregation
 	$(PYTHON) -m pytest -q tests/unit/test_catalog.py tests/unit/test_nvflare_job.py tests/unit/test_datagen.py \
-	  tests/unit/test_datagen_bad_data.py tests/unit/test_dp.py tests/unit/test_aggregation.py
+	  tests/unit/test_datagen_bad_data.py tests/unit/test_dp.py tests/unit/test_aggregation.py \
+	  tests/unit/test_sample_dp.py tests/unit/test_pretrain.py
 
 test-apps-e2e: ## esm2-finetune as real NVFlare federations (simulator + provisioned POC), CPU, a few minutes
 	$(PYTHON) -m pytest -q -m e2e tests/e2e/test_esm2_app.py

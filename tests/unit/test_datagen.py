@@ -153,3 +153,23 @@ def test_bad_config():
         GeneratorConfig(sites=2, site_names=["a"]).names()
     with pytest.raises(ValueError, match="min_len"):
         generate(GeneratorConfig(min_len=10))
+
+
+def test_the_public_corpus_is_the_same_family_and_shares_nothing_with_the_sites(tmp_path):
+    """The pretraining corpus: deterministic by seed, unlabelled, with the sites' motifs, and no
+    sequence of any site's data or the test set in it (its own random stream)."""
+    from flare_operator.datagen import public_corpus
+
+    corpus = public_corpus(3000, seed=0)
+    assert corpus == public_corpus(3000, seed=0) and corpus != public_corpus(3000, seed=1)
+    assert all(40 <= len(s) <= 200 and set(s) <= set("ACDEFGHIKLMNPQRSTVWY") for s in corpus)
+    assert sum("KDEL" in s[-4:] for s in corpus) > 100  # ER retention, one class in ten
+    data = generate(GeneratorConfig(sites=3, seed=0))
+    held = {r["sequence"] for rows in data["sites"].values() for r in rows} | {r["sequence"] for r in data["test"]}
+    assert not held & set(corpus)
+    out = tmp_path / "corpus.txt"
+    subprocess.run([sys.executable, "-m", "flare_operator.datagen", "--corpus", "50", "--out", str(out)], check=True,
+                   capture_output=True)
+    assert out.read_text().split() == public_corpus(50, seed=0)
+    with pytest.raises(ValueError):
+        public_corpus(0)

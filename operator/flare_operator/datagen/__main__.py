@@ -1,4 +1,5 @@
-"""``python -m flare_operator.datagen --sites 2 --out DIR --seed 0``"""
+"""``python -m flare_operator.datagen --sites 2 --out DIR --seed 0``; with ``--corpus N``, instead, N
+unlabelled public sequences for pretraining, one per line, in ``OUT`` (a file)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import sys
 
-from .generator import GeneratorConfig, write_dataset
+from .generator import GeneratorConfig, public_corpus, write_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-samples", type=int, default=400)
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
     p.add_argument("--site-names", default="", help="comma-separated names (default site-1..N)")
+    p.add_argument("--corpus", type=int, default=0,
+                   help="write N unlabelled public sequences to OUT (a file) instead of the sites' data")
     a = p.parse_args(argv)
+    if a.corpus:
+        try:
+            seqs = public_corpus(a.corpus, a.seed, a.min_len, a.max_len, a.motif_noise)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        with open(a.out, "w") as f:
+            f.write("\n".join(seqs) + "\n")
+        print(json.dumps({"corpus": a.out, "sequences": len(seqs)}))
+        return 0
     cfg = GeneratorConfig(
         sites=a.sites,
         samples_per_site=a.samples_per_site,

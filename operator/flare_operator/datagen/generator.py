@@ -216,6 +216,24 @@ def generate(cfg: GeneratorConfig) -> dict:
     return {"sites": sites, "test": test}
 
 
+PUBLIC_STREAM = 0x5055424C  # "PUBL": the public corpus' own random stream, apart from every site's
+
+
+def public_corpus(n: int, seed: int = 0, min_len: int = 40, max_len: int = 90, motif_noise: float = 0.08) -> list[str]:
+    """``n`` unlabelled sequences from the same family as the sites' data, for pretraining: the
+    stand-in for a public corpus such as UniRef, on which the real ESM2 checkpoints were trained.
+    Drawn from a random stream of its own (never the sites'), so it shares no sequence with them
+    by construction (tests/unit/test_datagen.py checks it)."""
+    if n < 1:
+        raise ValueError("the corpus needs at least one sequence")
+    if min_len < 30 or max_len < min_len:
+        raise ValueError("need 30 <= min_len <= max_len")
+    rng = np.random.default_rng([PUBLIC_STREAM, seed])
+    labels = rng.integers(0, len(LOCATION_CLASSES), size=n)
+    cfg = GeneratorConfig(min_len=min_len, max_len=max_len, motif_noise=motif_noise, label_noise=0.0)
+    return [seq for seq, _ in make_samples(rng, labels, cfg)]
+
+
 def _write_rows(path: Path, rows: list[dict], fmt: str) -> None:
     if fmt == "csv":
         with open(path, "w", newline="") as f:
