@@ -118,6 +118,23 @@ def test_denials_report_every_rule_and_approval_never_overrides_limits(control_p
     assert "not this quarter" in json.dumps(refused["status"]["approvals"])
 
 
+def test_settings_that_cannot_run_under_sample_level_dp_fail_before_any_site_is_asked(control_plane, consortium):
+    """FedProx's proximal gradient is not clipped per record: a job asking both is refused by the
+    orchestrator with the fix, and no site gets an AccessRequest for it."""
+    cp, c = control_plane, consortium
+    a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
+    bad = job(m, "prox-dp")
+    bad["spec"]["parameters"]["proxMu"] = 0.1
+    bad["spec"]["privacy"]["differentialPrivacy"]["level"] = "Sample"
+    apply(cp, bad)
+    failed = wait_job(cp, m, "prox-dp", "Failed")
+    message = next(x for x in failed["status"]["conditions"] if x["type"] == "Approved")["message"]
+    assert "proxMu > 0 cannot be combined with sample-level differential privacy" in message
+    assert "set proxMu to 0 or use level Client" in message
+    assert get(cp, "accessrequest", a, f"job-{m}-prox-dp") is None
+    assert get(cp, "accessrequest", b, f"job-{m}-prox-dp") is None
+
+
 def test_budget_exhaustion_and_concurrent_admission(control_plane, consortium):
     cp, c = control_plane, consortium
     a, b, m = c.org("org-a"), c.org("org-b"), c.modeller

@@ -314,3 +314,5 @@ def test_sample_level_dp_runs_in_the_training_script_not_as_a_filter(app):
     assert "sampleDP" not in _cfg(build_job(app, {}, SITES, job_name="j"), "j/app_site-1/custom/site_config.json")
     with pytest.raises(JobBuildError, match="epsilon is required"):
         privacy_from_api({"differentialPrivacy": {"enabled": True, "level": "Sample"}}, 4)
+    with pytest.raises(JobBuildError, match="proxMu > 0 cannot be combined with sample-level"):
+        build_job(app, {"rounds": 4, "proxMu": 0.1}, SITES, job_name="j", privacy=privacy)

@@ -143,6 +143,16 @@ def _result_filters(privacy: Mapping, prior_releases: int = 0) -> list[dict]:
     return filters
 
 
+def privacy_settings_problem(params: Mapping, privacy: Mapping) -> str | None:
+    """What in the app parameters cannot run under the job's privacy settings (API or built shape), or None."""
+    dp = privacy.get("differentialPrivacy") or {}
+    sample = dp.get("enabled") and str(dp.get("level", "client")).lower() == "sample"
+    if sample and float(params.get("proxMu", 0.0) or 0.0) > 0:
+        return ("parameters.proxMu > 0 cannot be combined with sample-level differential privacy (the proximal "
+                "term's gradient is not clipped per record): set proxMu to 0 or use level Client")
+    return None
+
+
 def _sample_dp(privacy: Mapping, rounds: int, prior_releases: int = 0) -> dict | None:
     """site_config.json's ``sampleDP`` (flare_app_common/sample_dp.py SampleDP's arguments) for
     sample-level DP; None otherwise. ``prior_releases`` is reporting only, as for the client-level filter."""
@@ -285,6 +295,9 @@ def build_job(
     # --- clients
     result_filters = _result_filters(priv, prior_releases)
     sample_dp = _sample_dp(priv, rounds, prior_releases)
+    problem = privacy_settings_problem(p, priv)
+    if problem:
+        raise JobBuildError(problem)
     for s in site_specs:
         app_name = f"app_{s.name}"
         deploy_map[app_name] = [s.name]

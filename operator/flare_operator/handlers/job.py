@@ -17,7 +17,7 @@ from ..api.compute import ComputeSpecSpec
 from ..api.job import FINISHED_PHASES, FederatedJobSpec, FederatedJobStatus
 from ..builders import naming
 from ..builders.federation import client_name
-from ..builders.nvflare_job import app_code_digest
+from ..builders.nvflare_job import app_code_digest, privacy_settings_problem
 from ..builders.requests import LABEL_SOURCE_NAME, LABEL_SOURCE_NAMESPACE, datasets_by_org, job_access_request
 from ..catalog import loader as catalog
 from ..policy.content_hash import job_hash
@@ -59,7 +59,10 @@ class Admission(ObjectView):
         try:
             consumer_org = await org_of_namespace(self.hub, self.namespace)
             app = catalog.load_app(compute.model.id, compute.model.version)
-            catalog.validate_params(app, self.spec.parameters)
+            problem = privacy_settings_problem(catalog.validate_params(app, self.spec.parameters),
+                                               self.spec.privacy.to_wire())
+            if problem:
+                raise SpecError(problem)
         except (SpecError, catalog.CatalogError, catalog.ParameterError) as err:
             return admission_status(self._observed(content_hash=None, approvals=(), compute_ready=False,
                                                    invalid=str(err)), _now())
