@@ -60,7 +60,7 @@ class SampleDP:
     def make_private(self, model, optimizer, records: list, batch_size: int, collate_fn, steps_per_round: int):
         """Wrap ``model`` and ``optimizer`` (Opacus) and calibrate the noise for the whole job.
         ``records``: the site's training records, each a tuple of tensors; ``collate_fn`` pads a list
-        of them into a batch. Returns (private model, private optimizer)."""
+        of them into a batch. The private model and optimizer are then ``self.model`` and ``self.optimizer``."""
         import torch
         from opacus import PrivacyEngine
         from torch.utils.data import DataLoader
@@ -84,7 +84,6 @@ class SampleDP:
             module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.clip_norm, poisson_sampling=True, noise_generator=_secret_generator(torch))
         self._loader.batch_sampler.generator = _secret_generator(torch)
-        return self.model, self.optimizer
 
     def next(self):
         """The next Poisson batch (ids, mask, labels); an empty draw (probability about e^-batch) is

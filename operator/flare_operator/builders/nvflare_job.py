@@ -125,7 +125,7 @@ def _custom_files(app: App, prefix: str) -> dict[str, bytes]:
 def _result_filters(privacy: Mapping, prior_releases: int = 0) -> list[dict]:
     filters = []
     dp = privacy.get("differentialPrivacy") or {}
-    if dp.get("enabled") and dp.get("level", "client") == "client":
+    if dp.get("enabled") and not _sample_level(dp):
         filters.append(
             {
                 "path": DP_FILTER,
@@ -143,11 +143,14 @@ def _result_filters(privacy: Mapping, prior_releases: int = 0) -> list[dict]:
     return filters
 
 
+def _sample_level(dp: Mapping) -> bool:
+    """Sample-level DP enabled, in the API's shape (``Sample``) or the built one (``sample``)."""
+    return bool(dp.get("enabled")) and str(dp.get("level", "client")).lower() == "sample"
+
+
 def privacy_settings_problem(params: Mapping, privacy: Mapping) -> str | None:
     """What in the app parameters cannot run under the job's privacy settings (API or built shape), or None."""
-    dp = privacy.get("differentialPrivacy") or {}
-    sample = dp.get("enabled") and str(dp.get("level", "client")).lower() == "sample"
-    if sample and float(params.get("proxMu", 0.0) or 0.0) > 0:
+    if _sample_level(privacy.get("differentialPrivacy") or {}) and float(params.get("proxMu", 0.0) or 0.0) > 0:
         return ("parameters.proxMu > 0 cannot be combined with sample-level differential privacy (the proximal "
                 "term's gradient is not clipped per record): set proxMu to 0 or use level Client")
     return None
@@ -157,7 +160,7 @@ def _sample_dp(privacy: Mapping, rounds: int, prior_releases: int = 0) -> dict |
     """site_config.json's ``sampleDP`` (flare_app_common/sample_dp.py SampleDP's arguments) for
     sample-level DP; None otherwise. ``prior_releases`` is reporting only, as for the client-level filter."""
     dp = privacy.get("differentialPrivacy") or {}
-    if not dp.get("enabled") or dp.get("level", "client") != "sample":
+    if not _sample_level(dp):
         return None
     if dp.get("epsilon") is None:
         raise JobBuildError("privacy.differentialPrivacy.epsilon is required for sample-level differential privacy")
@@ -362,21 +365,17 @@ def privacy_from_api(privacy: Mapping | None, rounds: int) -> dict:
     out: dict = {k: v for k, v in privacy.items() if k != "differentialPrivacy"}
     if "level" in dp:
         dp["level"] = str(dp["level"]).lower()  # API Client|Sample -> the app's client|sample
-    if dp.get("enabled") and dp.get("level") == "sample":
-        if dp.get("epsilon") is None:
-            raise JobBuildError("privacy.differentialPrivacy.epsilon is required when differential privacy is enabled")
-        # each site calibrates its own noise for the whole job from its record count (sample_dp.py)
-    elif dp.get("enabled") and "noiseMultiplier" not in dp:
-        eps = dp.pop("epsilon", None)
-        if eps is None:
-            raise JobBuildError(
-                "privacy.differentialPrivacy.epsilon is required when differential privacy is enabled"
-            )
+    # Sample level keeps the target: each site calibrates its own noise from its record count (sample_dp.py).
+    sample = _sample_level(dp)
+    calibrate = dp.get("enabled") and not sample and "noiseMultiplier" not in dp
+    if (sample or calibrate) and dp.get("epsilon") is None:
+        raise JobBuildError("privacy.differentialPrivacy.epsilon is required when differential privacy is enabled")
+    if calibrate:
         delta = float(dp.get("delta", 1e-5))
         dp["noiseMultiplier"] = noise_multiplier_for_epsilon(
-            float(eps), int(rounds), delta, dp.get("accountant", "rdp")
+            float(dp.pop("epsilon")), int(rounds), delta, dp.get("accountant", "rdp")
         )
-    else:
+    elif not sample:
         dp.pop("epsilon", None)
     out["differentialPrivacy"] = dp
     return out

@@ -185,6 +185,11 @@ def dirichlet_split(
     return [np.array(sorted(x), dtype=int) for x in per_site]
 
 
+def _check_lengths(min_len: int, max_len: int) -> None:
+    if min_len < 30 or max_len < min_len:
+        raise ValueError("need 30 <= min_len <= max_len")
+
+
 def generate(cfg: GeneratorConfig) -> dict:
     """Generate all sites' rows in memory: {"sites": {name: [row, ...]}, "test": [row, ...]}."""
     if cfg.sites < 1:
@@ -193,8 +198,7 @@ def generate(cfg: GeneratorConfig) -> dict:
         raise ValueError("alpha must be > 0")
     if not 0 < cfg.val_fraction < 1:
         raise ValueError("val_fraction must be in (0, 1)")
-    if cfg.min_len < 30 or cfg.max_len < cfg.min_len:
-        raise ValueError("need 30 <= min_len <= max_len")
+    _check_lengths(cfg.min_len, cfg.max_len)
     rng = np.random.default_rng(cfg.seed)
     n_cls = len(LOCATION_CLASSES)
     total = cfg.sites * cfg.samples_per_site
@@ -226,8 +230,7 @@ def public_corpus(n: int, seed: int = 0, min_len: int = 40, max_len: int = 90, m
     by construction (tests/unit/test_datagen.py checks it)."""
     if n < 1:
         raise ValueError("the corpus needs at least one sequence")
-    if min_len < 30 or max_len < min_len:
-        raise ValueError("need 30 <= min_len <= max_len")
+    _check_lengths(min_len, max_len)
     rng = np.random.default_rng([PUBLIC_STREAM, seed])
     labels = rng.integers(0, len(LOCATION_CLASSES), size=n)
     cfg = GeneratorConfig(min_len=min_len, max_len=max_len, motif_noise=motif_noise, label_noise=0.0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ import time
 import numpy as np
 
 from .modeling import VOCAB_FILE, esm_config, make_tokenizer
+from .training import lr_factor
 
 MASK_PROBABILITY = 0.15
 
@@ -66,10 +66,10 @@ def pretrain_mlm(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
 
-    def lr_at(i: int) -> float:  # linear warm-up, then cosine to 10 %
+    def lr_at(i: int) -> float:  # linear warm-up, then the app's cosine schedule down to 10 %
         if i < warmup:
             return lr * (i + 1) / warmup
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, steps - warmup))))
+        return lr * (0.1 + 0.9 * lr_factor("cosine", i - warmup, max(1, steps - warmup)))
 
     model.train()
     losses, accs = [], []

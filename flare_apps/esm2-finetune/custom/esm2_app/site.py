@@ -119,14 +119,13 @@ class SiteTrainer:
 
         model, stream, opt = self.model, self.stream, None
         if self.dp is not None:  # one private model, optimizer and sampler for the whole job
-            if self.optimizer is None:
+            if self.dp.model is None:
                 params = [q for q in self.model.parameters() if q.requires_grad]
                 adamw = torch.optim.AdamW(params, lr=base_lr, weight_decay=float(p.get("weightDecay", 0.0)))
                 records = [(torch.tensor(ids), int(y)) for ids, y in zip(self.train_ds.input_ids,
                                                                           self.train_ds.labels, strict=True)]
-                self.private_model, self.optimizer = self.dp.make_private(
-                    self.model, adamw, records, self.stream.bs, collate_records, steps)
-            model, stream, opt = self.private_model, self.dp, self.optimizer
+                self.dp.make_private(self.model, adamw, records, self.stream.bs, collate_records, steps)
+            model, stream, opt = self.dp.model, self.dp, self.dp.optimizer
         elif p.get("keepOptimizerState", True):  # the app.yaml default
             if self.optimizer is None:
                 params = [q for q in self.model.parameters() if q.requires_grad]
