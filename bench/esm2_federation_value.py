@@ -10,6 +10,12 @@ initial model, use the same batch size, learning rate and schedule, and are scor
 pooled holdout (every site's own validation split together) and on an IID test set.
 Targets: federated >= 0.97 x centralised, and above every site alone.
 
+``--dp``: the demo's comparison instead (issue 17), on the demo's data (``make data``: 2 sites x 600,
+alpha 0.5) with the demo job's own parameters and privacy (examples/esm2-scl/30-modeller.yaml), all from
+the public pretrained start (``make pretrained``): federated with the job's sample-level DP (epsilon 8)
+vs the same federation without DP (baseline) vs each site alone without DP for the same number of
+optimizer steps. Targets: DP federated >= 0.8 x non-private federated, and above every site alone.
+
 A single seed is noisy (one data split, one initial model, one snapshot at the end of training:
 seed to seed the centralised run alone moves by 0.15), so the comparison runs once per seed
 (``--seeds``, default 0 1 2 3) and the verdict is on the mean accuracies over the seeds.
@@ -95,8 +101,8 @@ def _run(code):
 def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sites", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=80)
-    ap.add_argument("--steps", type=int, default=5, help="local steps per site per round")
+    ap.add_argument("--rounds", type=int, default=None, help="default 80 (--dp: the demo job's)")
+    ap.add_argument("--steps", type=int, default=None, help="local steps per site per round (default 5; --dp: the demo job's)")
     ap.add_argument(
         "--fresh-optimizer",
         action="store_true",
@@ -107,8 +113,10 @@ def parse_args():
         "--classic", action="store_true", help="also run classic FedAvg: fresh AdamW, 10 local steps"
     )
     ap.add_argument("--alpha", type=float, default=0.5)
-    ap.add_argument("--samples-per-site", type=int, default=600)
+    ap.add_argument("--samples-per-site", type=int, default=None, help="default 600 (--dp: the demo's 2000)")
     ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--dp", action="store_true",
+                    help="the demo's job with its sample-level DP vs without DP vs each site alone (pretrained start)")
     ap.add_argument(
         "--seeds",
         type=int,
@@ -116,7 +124,11 @@ def parse_args():
         default=[0, 1, 2, 3],
         help="one full comparison per seed (data split, initial model, sampling); the verdict is on the means",
     )
-    return ap.parse_args()
+    a = ap.parse_args()
+    if not a.dp:
+        a.rounds, a.steps = a.rounds or 80, a.steps or 5
+    a.samples_per_site = a.samples_per_site or (DEMO_SAMPLES if a.dp else 600)
+    return a
 
 
 def base_params(a, seed: int) -> dict:
@@ -156,43 +168,10 @@ def compare(a, seed: int) -> tuple[list[tuple[str, dict, dict]], dict]:
         pooled = _write(
             work / "pooled_val.csv", [r for n in names for r in site_rows[n] if r["split"] == "val"]
         )
-        test = data["test"]["path"]
 
-        from esm2_common import add_app_paths
-
-        add_app_paths()
-        from esm2_app import LOCATION_CLASSES
-
-        def federated(name, p):
-            fed = run_federation(work / name, data, p, f"bench-{name}")
-            model = work / name / "ws" / "server" / "simulate_job" / "app_server" / "results" / "model"
-            t = _run(
-                FED_TEST.format(
-                    paths=APP_PATHS, model=str(model), test=test, classes=list(LOCATION_CLASSES), max_len=64
-                )
-            )
-            pooled_ = {
-                "accuracy": fed["final"]["global"]["val_accuracy"],
-                "macro_f1": fed["final"]["global"]["val_macro_f1"],
-            }
-            return pooled_, t
-
-        def trained(train_path):
-            p = {**params, "localSteps": budget}
-            r = _run(
-                SCORE.format(
-                    paths=APP_PATHS,
-                    params=json.dumps(_full(p)),
-                    train=train_path,
-                    pooled=pooled,
-                    test=test,
-                    rounds=1,
-                )
-            )
-            return r["pooled"], r["test"]
-
-        rows = [("centralised on union (base)", *trained(union))]
-        rows.append((f"federated ({a.rounds}x{a.steps} steps/site)", *federated("fed", fed_params)))
+        run = _Runs(work, data, pooled, params)
+        rows = [("centralised on union (base)", *run.trained(union, budget))]
+        rows.append((f"federated ({a.rounds}x{a.steps} steps/site)", *run.federated("fed", fed_params)))
         if a.classic:
             r_classic = max(1, a.rounds * a.steps // 10)
             classic = {
@@ -204,44 +183,131 @@ def compare(a, seed: int) -> tuple[list[tuple[str, dict, dict]], dict]:
             rows.append(
                 (
                     f"classic FedAvg ({r_classic}x{classic['localSteps']}, fresh)",
-                    *federated("classic", classic),
+                    *run.federated("classic", classic),
                 )
             )
-        rows += [(f"{n} alone", *trained(data["sites"][n]["path"])) for n in names]
+        rows += [(f"{n} alone", *run.trained(data["sites"][n]["path"], budget)) for n in names]
         counts = {n: {k: v for k, v in data["sites"][n]["label_counts"].items() if v} for n in names}
     return rows, counts
 
 
-def _table(rows, base_acc):
-    print(
-        f"{'run':<34} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {'vs centralised':>15}"
-    )
+DEMO_JOB = REPO / "examples" / "esm2-scl" / "30-modeller.yaml"
+DEMO_SAMPLES = 2000  # hack/demo.sh: make data DATA_SAMPLES=2000
+
+
+def demo_job(a) -> tuple[dict, dict, dict]:
+    """The demo FederatedJob's parameters, privacy (as built for the sites) and aggregation; ``--rounds``
+    and ``--steps`` replace its rounds and local steps (the noise is calibrated for them)."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "operator"))
+    from flare_operator.api.job import FederatedJobSpec
+    from flare_operator.builders.nvflare_job import aggregation_from_api, privacy_from_api
+
+    doc = next(d for d in yaml.safe_load_all(DEMO_JOB.read_text()) if d and d["kind"] == "FederatedJob")
+    spec = FederatedJobSpec.model_validate(doc["spec"]).to_wire()
+    spec["rounds"] = a.rounds or spec["rounds"]
+    spec["parameters"]["localSteps"] = a.steps or spec["parameters"]["localSteps"]
+    return ({**spec["parameters"], "rounds": spec["rounds"]}, privacy_from_api(spec["privacy"], spec["rounds"]),
+            aggregation_from_api(spec.get("aggregation") or {}))
+
+
+def pretrained_path() -> str:
+    r = subprocess.run([PY, str(REPO / "hack" / "pretrained.py")], capture_output=True, text=True, cwd=REPO)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    return r.stdout.strip().splitlines()[-1]
+
+
+def compare_dp(a, seed: int, pretrained: str) -> tuple[list[tuple[str, dict, dict]], dict]:
+    """One seed of the demo's comparison: [(contender, pooled scores, IID-test scores)], the non-private
+    federation first (the baseline), and the sites' label counts."""
+    params, privacy, aggregation = demo_job(a)
+    params = {**params, "seed": seed, "pretrainedPath": pretrained}
+    eps = privacy["differentialPrivacy"]["epsilon"]
+    with tempfile.TemporaryDirectory(prefix="bench-fv-dp-") as tmp:
+        work = Path(tmp)
+        data = make_data(work / "data", sites=a.sites, samples_per_site=a.samples_per_site, alpha=a.alpha, seed=seed)
+        names = list(data["sites"])
+        pooled = _write(work / "pooled_val.csv",
+                        [r for n in names for r in _rows(data["sites"][n]["path"]) if r["split"] == "val"])
+        run = _Runs(work, data, pooled, params)
+        rounds, steps = params["rounds"], params["localSteps"]
+        rows = [(f"federated, no DP ({rounds}x{steps}) (base)", *run.federated("fed", params, None, aggregation)),
+                (f"federated, sample DP eps {eps:g}", *run.federated("fed-dp", params, privacy, aggregation))]
+        rows += [(f"{n} alone, no DP", *run.trained(data["sites"][n]["path"], a.sites * rounds * steps))
+                 for n in names]
+        counts = {n: {k: v for k, v in data["sites"][n]["label_counts"].items() if v} for n in names}
+    return rows, counts
+
+
+class _Runs:
+    """Train and score contenders on one seed's data: a federation in the NVFlare simulator, or one
+    site's (or the union's) data alone in a plain loop of the app's own trainer."""
+
+    def __init__(self, work: Path, data: dict, pooled: str, params: dict):
+        self.work, self.data, self.pooled, self.params = work, data, pooled, params
+
+    def federated(self, name, params, privacy=None, aggregation=None):
+        from esm2_common import add_app_paths
+
+        add_app_paths()
+        from esm2_app import LOCATION_CLASSES
+
+        fed = run_federation(self.work / name, self.data, params, f"bench-{name}", privacy=privacy,
+                             aggregation=aggregation)
+        model = self.work / name / "ws" / "server" / "simulate_job" / "app_server" / "results" / "model"
+        t = _run(FED_TEST.format(paths=APP_PATHS, model=str(model), test=self.data["test"]["path"],
+                                 classes=list(LOCATION_CLASSES), max_len=params["maxSeqLength"]))
+        return {"accuracy": fed["final"]["global"]["val_accuracy"],
+                "macro_f1": fed["final"]["global"]["val_macro_f1"]}, t
+
+    def trained(self, train_path, steps):
+        p = {**self.params, "localSteps": steps}
+        r = _run(SCORE.format(paths=APP_PATHS, params=json.dumps(_full(p)), train=train_path, pooled=self.pooled,
+                              test=self.data["test"]["path"], rounds=1))
+        return r["pooled"], r["test"]
+
+
+def _table(rows, base_acc, base="centralised"):
+    vs = f"vs {base}"
+    print(f"{'run':<38} {'pooled-holdout acc':>18} {'macro-F1':>9} {'IID test acc':>13} {vs:>{len(vs) + 1}}")
     for name, p, t in rows:
         print(
-            f"{name:<34} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} {p['accuracy'] / base_acc:>15.3f}"
+            f"{name:<38} {p['accuracy']:>18.3f} {p['macro_f1']:>9.3f} {t['accuracy']:>13.3f} "
+            f"{p['accuracy'] / base_acc:>{len(vs) + 1}.3f}"
         )
 
 
 def main():
     a = parse_args()
-    budget = a.sites * a.rounds * a.steps
     load0 = os.getloadavg()
-    print(
-        f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, seeds {a.seeds}, budget {budget} "
-        f"optimizer steps of batch 32 (= {budget * 32} sample gradients) for every contender; machine: {machine()}",
-        flush=True,
-    )
-    fed_params = {"keepOptimizerState": not a.fresh_optimizer, **json.loads(a.params)}
-    print(
-        f"# federated: {a.rounds} rounds x {a.steps} local steps per site, {json.dumps(fed_params)}",
-        flush=True,
-    )
+    if a.dp:
+        params, privacy, aggregation = demo_job(a)
+        pretrained = pretrained_path()
+        budget = a.sites * params["rounds"] * params["localSteps"]
+        base, fed, target = "non-private federated", 1, 0.8
+        print(f"# federation under sample-level DP (the demo's job, {DEMO_JOB.relative_to(REPO)}): {a.sites} sites x "
+              f"{a.samples_per_site}, alpha {a.alpha}, seeds {a.seeds}, budget {budget} optimizer steps of batch "
+              f"{params['batchSize']} per contender; pretrained start {pretrained}; machine: {machine()}", flush=True)
+        print(f"# job: {json.dumps(params)}; privacy {json.dumps(privacy)}; aggregation {json.dumps(aggregation)}",
+              flush=True)
+    else:
+        budget = a.sites * a.rounds * a.steps
+        base, fed, target = "centralised", 1, 0.97
+        print(
+            f"# value of federation: {a.sites} sites, Dirichlet alpha {a.alpha}, seeds {a.seeds}, budget {budget} "
+            f"optimizer steps of batch 32 (= {budget * 32} sample gradients) for every contender; machine: {machine()}",
+            flush=True,
+        )
+        fed_params = {"keepOptimizerState": not a.fresh_optimizer, **json.loads(a.params)}
+        print(f"# federated: {a.rounds} rounds x {a.steps} local steps per site, {json.dumps(fed_params)}", flush=True)
     per_seed = []
     for seed in a.seeds:
-        rows, counts = compare(a, seed)
+        rows, counts = compare_dp(a, seed, pretrained) if a.dp else compare(a, seed)
         per_seed.append(rows)
         print(f"\n## seed {seed}; site label counts: {json.dumps(counts)}")
-        _table(rows, rows[0][1]["accuracy"])
+        _table(rows, rows[0][1]["accuracy"], base)
         sys.stdout.flush()
     load1 = os.getloadavg()
 
@@ -257,20 +323,18 @@ def main():
         )
         for i, n in enumerate(names)
     ]
-    print(f"\n## mean over {len(a.seeds)} seeds (ratio = mean accuracy / mean centralised accuracy)")
-    _table(means, means[0][1]["accuracy"])
-    ratios = [rows[1][1]["accuracy"] / rows[0][1]["accuracy"] for rows in per_seed]
-    print(
-        f"per-seed federated / centralised: {', '.join(f'{r:.3f}' for r in ratios)} "
-        f"(median {statistics.median(ratios):.3f})"
-    )
-    alone = [i for i, n in enumerate(names) if n.endswith(" alone")]
-    fed_acc, central = means[1][1]["accuracy"], means[0][1]["accuracy"]
-    ok1 = fed_acc >= 0.97 * central
+    print(f"\n## mean over {len(a.seeds)} seeds (ratio = mean accuracy / mean {base} accuracy)")
+    _table(means, means[0][1]["accuracy"], base)
+    ratios = [rows[fed][1]["accuracy"] / rows[0][1]["accuracy"] for rows in per_seed]
+    who = names[fed].split(" (")[0]
+    print(f"per-seed {who} / {base}: {', '.join(f'{r:.3f}' for r in ratios)} (median {statistics.median(ratios):.3f})")
+    alone = [i for i, n in enumerate(names) if " alone" in n]
+    fed_acc, base_acc = means[fed][1]["accuracy"], means[0][1]["accuracy"]
+    ok1 = fed_acc >= target * base_acc
     ok2 = all(fed_acc > means[i][1]["accuracy"] for i in alone)
-    wins = sum(all(rows[1][1]["accuracy"] > rows[i][1]["accuracy"] for i in alone) for rows in per_seed)
+    wins = sum(all(rows[fed][1]["accuracy"] > rows[i][1]["accuracy"] for i in alone) for rows in per_seed)
     print(
-        f"federated >= 0.97 x centralised (means): {'yes' if ok1 else 'NO'} ({fed_acc / central:.3f}); "
+        f"{who} >= {target} x {base} (means): {'yes' if ok1 else 'NO'} ({fed_acc / base_acc:.3f}); "
         f"above every site alone (means): {'yes' if ok2 else 'NO'}; in {wins} of {len(per_seed)} seeds"
     )
     print(f"# load average (1 min) {load0[0]:.1f} at start, {load1[0]:.1f} at end")

@@ -26,7 +26,8 @@ test-apps: ## unit tests of the catalog, job builder, data generator, DP and agg
 test-apps-e2e: ## esm2-finetune as real NVFlare federations (simulator + provisioned POC), CPU, a few minutes
 	$(PYTHON) -m pytest -q -m e2e tests/e2e/test_esm2_app.py
 
-bench-apps: ## throughput, bytes per round, value of federation over 4 seeds (ratios against same-run baselines; ~35 min on 2 cores)
+bench-apps: ## throughput, bytes per round, value of federation over 4 seeds, the demo's job under DP over 3 seeds (ratios against same-run baselines; ~50 min on 2 cores)
 	$(PYTHON) bench/esm2_bytes.py
 	$(PYTHON) bench/esm2_throughput.py
 	$(PYTHON) bench/esm2_federation_value.py
+	$(PYTHON) bench/esm2_federation_value.py --dp --seeds 0 1 2

@@ -73,7 +73,7 @@ REAL_NODE=1 CLUSTER_ARGS="--nodes 0" hack/controlplane/cluster.sh up "$CLUSTER_D
 kubectl get nodes -o custom-columns='NODE:.metadata.name,CPU:.status.allocatable.cpu,MEMORY:.status.allocatable.memory,READY:.status.conditions[?(@.type=="Ready")].status'
 
 step "each org's synthetic protein data, on the node ($DEMO_DIR/data; the client Pods mount it read-only, as uid 10001)"
-make --no-print-directory data DATA_DIR="$DEMO_DIR/data" DATA_SITES=2 >/dev/null
+make --no-print-directory data DATA_DIR="$DEMO_DIR/data" DATA_SITES=2 DATA_SAMPLES=2000 >/dev/null
 chmod -R a+rX "$DEMO_DIR/data"
 DATA="$DEMO_DIR/data"
 setpriv --reuid 10001 --regid 10001 --clear-groups test -r "$DATA/site-1.csv" || {

@@ -25,3 +25,14 @@ spec:
   reason: DP settings and model card reviewed
 YAML
 }
+
+# modeller_yaml FILE [PRETRAINED]: the modeller's manifests (30-modeller.yaml) with the job's
+# parameters.pretrainedPath set to PRETRAINED when given (the folder `make pretrained` printed; it
+# must exist where the server and the clients run, as for real ESM2 weights).
+modeller_yaml() {
+  if [ -n "${2:-}" ]; then
+    sed "s#parameters: {preset: tiny,#parameters: {preset: tiny, pretrainedPath: \"$2\",#" "$1"
+  else
+    cat "$1"
+  fi
+}

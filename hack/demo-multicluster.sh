@@ -121,11 +121,13 @@ echo "    answer AccessRequests in org-b: $(can patch accessrequests/status -n o
   "read the modeller's Secrets: $(can get secrets -n modeller); create namespaces: $(can create namespaces); anything (*): $(can '*' '*' -A)"
 
 step "each org's synthetic protein data, on its own side ($DEMO_DIR/org-*/data)"
-make --no-print-directory data DATA_DIR="$DEMO_DIR/data" DATA_SITES=2 >/dev/null
+make --no-print-directory data DATA_DIR="$DEMO_DIR/data" DATA_SITES=2 DATA_SAMPLES=2000 >/dev/null
 mkdir -p "$DEMO_DIR/org-a/data" "$DEMO_DIR/org-b/data"
 mv "$DEMO_DIR/data/site-1.csv" "$DEMO_DIR/org-a/data/"
 mv "$DEMO_DIR/data/site-2.csv" "$DEMO_DIR/org-b/data/"
 ls "$DEMO_DIR"/org-*/data/*.csv
+PRETRAINED=$(make --no-print-directory pretrained | tail -n1)
+echo "the public pretrained start (make pretrained), on both sites' and the hub's machine: $PRETRAINED"
 
 step "at each site, its admin's own objects, on its own cluster ($MC/org-a.yaml, org-b.yaml)"
 for org in "${ORGS[@]}"; do on "$org" apply -f "$MC/$org.yaml" | sed "s/^/  $org: /"; done
@@ -147,7 +149,7 @@ for org in "${ORGS[@]}"; do wait_for 60 "$org's gateway to register on the hub" 
 on hub get gateways -A
 
 step "the modeller's federation on the hub ($EXAMPLES/30-modeller.yaml): each org decides at its own site"
-on hub apply -f $EXAMPLES/30-modeller.yaml
+modeller_yaml $EXAMPLES/30-modeller.yaml "$PRETRAINED" | on hub apply -f -
 wait_for 180 "the ComputeSpec to be Ready" phase_is computespec esm2-scl modeller Ready
 on hub get computespec esm2-scl -n modeller
 on hub get accessrequests -n org-a

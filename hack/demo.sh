@@ -36,8 +36,12 @@ $KUBECTL wait --for=condition=Established crd -l app.kubernetes.io/part-of=flare
 $PY -m flare_operator.cli rbac | $KUBECTL apply -f - >/dev/null
 
 step "each org's synthetic protein data stays on its own side ($DEMO_DIR/data)"
-make --no-print-directory data DATA_DIR="$DEMO_DIR/data" DATA_SITES=2 >/dev/null
+make --no-print-directory data DATA_DIR="$DEMO_DIR/data" DATA_SITES=2 DATA_SAMPLES=2000 >/dev/null
 ls "$DEMO_DIR"/data/site-*.csv
+
+step "the public pretrained start: the tiny ESM2 pretrained on a public synthetic corpus (make pretrained, cached)"
+PRETRAINED=$(make --no-print-directory pretrained | tail -n1)
+echo "$PRETRAINED (stand-in for facebook/esm2_*; loaded through the job's pretrainedPath)"
 
 step "the operator: orchestrator + gateways of org-a and org-b (process runtime, log in $DEMO_DIR/operator.log)"
 if [ -f "$DEMO_DIR/operator.pid" ] && kill -0 "$(cat "$DEMO_DIR/operator.pid")" 2>/dev/null; then
@@ -51,7 +55,7 @@ fi
 step "the scenario: examples/esm2-scl/"
 $KUBECTL apply -f examples/esm2-scl/00-namespaces.yaml -f examples/esm2-scl/10-org-a.yaml -f examples/esm2-scl/20-org-b.yaml
 wait_for 60 "the gateways to register" $KUBECTL get gateway org-b -n org-b
-$KUBECTL apply -f examples/esm2-scl/30-modeller.yaml
+modeller_yaml examples/esm2-scl/30-modeller.yaml "$PRETRAINED" | $KUBECTL apply -f -
 
 step "the federation: each org decides at its own site; then one root CA, a server and a client per org"
 wait_for 180 "the ComputeSpec to be Ready" phase_is computespec esm2-scl modeller Ready

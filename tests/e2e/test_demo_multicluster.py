@@ -85,7 +85,7 @@ def test_make_demo_multicluster_runs_the_scenario_across_three_control_planes(tm
         for expected in ("answer AccessRequests in org-b: yes; read org-a's: no",
                          "reaches the hub only as gateway-org-b", "Ready   True    2/2",
                          "org-b: Pending - waiting for org-b's admin", "recorded by org-b's webhook: alice@org-b",
-                         "Succeeded 3/3", "final  global after round 2", "plot: .demo-mc/accuracy.png",
+                         "Succeeded 8/8", "final  global after round 7", "plot: .demo-mc/accuracy.png",
                          "results (sizes and sha256 in the job's status.results): .demo-mc/hub/flare/results/",
                          "-- org-b", "kubectl --kubeconfig", "make demo-multicluster-down"):
             assert expected in out, f"{expected!r} missing from the demo's output:\n{out[-6000:]}"

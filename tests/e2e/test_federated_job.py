@@ -60,6 +60,11 @@ def test_an_approved_job_trains_on_the_federation_and_stores_results(control_pla
                               timeout=60, message=f"{org}'s ledger records the spend")
             assert ledger["epsilonSpent"] == pytest.approx(reported) and ledger["epsilonReserved"] == 0
             assert ledger["ledger"][0]["spent"] is True
+            # ... from its own client's record (DP-SGD, the default level): the events it composes with
+            # later jobs (one job alone: what it used is what it spent)
+            entry = ledger["ledger"][0]
+            assert entry["delta"] == 1e-5 and [e["mechanism"] for e in entry["events"]] == ["PoissonGaussian"]
+            assert entry["events"][0]["count"] == 2 * 5 and ledger["epsilonUsed"] == pytest.approx(reported)
         # The hub never learnt where the data is: the job named it by reference.
         request = get(cp, "accessrequest", a, f"job-{m}-run1")
         assert str(paths[0]) not in json.dumps(request) and str(paths[0]) not in json.dumps(done)

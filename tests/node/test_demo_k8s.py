@@ -108,7 +108,7 @@ def test_make_demo_k8s_installs_with_helm_and_trains_in_pods(demo):
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-8000:]
     for expected in ("Ready   True    2/2", "org-b: Pending - waiting for org-b's admin",
-                     "recorded by org-b's webhook: alice@org-b", "Succeeded 3/3", "final  global after round 2",
+                     "recorded by org-b's webhook: alice@org-b", "Succeeded 8/8", "final  global after round 7",
                      "each checked against its sha256", "STATUS: deployed"):
         assert expected in out, f"{expected!r} missing from the demo's output:\n{out[-8000:]}"
     assert (demo.folder / "accuracy.png").stat().st_size > 10_000

@@ -70,6 +70,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22): a pid and its start
+    time name one process, even after the pid is reused (pid_max wraps on long test runs)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
 def pid_running(pid: int) -> bool:
     """True if pid exists and is not a zombie."""
     try:
@@ -105,7 +115,7 @@ class ControlPlane:
         self.name = name or self.dir.name.lstrip(".")
         self.kubeconfig = self.dir / "kubeconfig"
         self.proc: subprocess.Popen | None = None
-        self.pids: set[int] = set()  # launcher + components, for leak checks
+        self.pids: dict[int, int | None] = {}  # launcher + components -> start time, for leak checks
         self.startup_seconds: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -156,7 +166,7 @@ class ControlPlane:
             )  # fmt: skip
         finally:
             log.close()
-        self.pids.add(self.proc.pid)
+        self._track([self.proc.pid])
         deadline = t0 + timeout
         while not self.kubeconfig.exists():
             code = self.proc.poll()
@@ -172,7 +182,7 @@ class ControlPlane:
                 )
             time.sleep(0.1)
         self.startup_seconds = time.monotonic() - t0
-        self.pids.update(_children(self.proc.pid))
+        self._track(_children(self.proc.pid))
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM the launcher (it stops kwok, scheduler, controller-manager, apiserver, etcd in
@@ -180,7 +190,7 @@ class ControlPlane:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.pids.update(_children(self.proc.pid))
+            self._track(_children(self.proc.pid))
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
@@ -196,9 +206,13 @@ class ControlPlane:
         if store.exists() and not self.running_pids():
             shutil.rmtree(store, ignore_errors=True)
 
+    def _track(self, pids: list[int]) -> None:
+        for pid in pids:
+            self.pids.setdefault(pid, start_time(pid))
+
     def running_pids(self) -> list[int]:
         """Tracked pids still alive, plus any process still naming this cluster's directory."""
-        alive = {p for p in self.pids if pid_running(p)}
+        alive = {p for p, started in self.pids.items() if pid_running(p) and start_time(p) == started}
         alive.update(processes_mentioning(str(self.dir) + "/"))
         return sorted(alive)
 

@@ -29,11 +29,11 @@ from flare_operator.api import (
 )
 from flare_operator.policy import evaluate as ev
 from flare_operator.policy import ledger
-from flare_operator.policy.evaluate import ApprovalView, Evaluation, GrantView, evaluate
+from flare_operator.policy.evaluate import ApprovalView, Evaluation, GrantView, _num, evaluate
 from tests.sample_data import VALID_DIR
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
-HASH = "sha256:a2736ca67bec67bc95c9bfa828fbb2edf8d88ef1c9ddb21071814ccb8c82c26a"  # the sample request's
+HASH = "sha256:78ebd9afe2355f2db1e7cf4aff7ee2bd9a79cc64ca5396f5fda340346b323176"  # the sample request's
 OLD_HASH = "sha256:" + "0" * 64
 UID = "6f1d3c2e-8a4b-4f0e-9c7d-2b1a0e9f8d7c"
 G = "DatasetGrant/scl-org-b"
@@ -401,6 +401,29 @@ def test_spent_epsilon_of_finished_jobs_counts():
     status = ledger.reserve(status, "modeller/z", "z", 0.5)
     assert run(grants=[grant(status=status)]).message == (
         "org-b: grant scl-org-b has 7.5 of 30.0 epsilon left; job asks 8.0")
+
+
+def test_the_budget_composes_two_earlier_jobs_and_refuses_one_that_would_overspend():
+    """Two finished sample-level DP jobs at epsilon 8 whose sites recorded their events use 10.85 of a
+    budget of 20 together (RDP composition), not 16: a third job at 8 fits; a fourth, with the third's
+    8 reserved, would overspend, and the message gives the epsilon left."""
+    from tests.unit.test_policy_ledger import demo_job_events
+
+    eps, events = demo_job_events()
+    status = None
+    for uid in ("first", "second"):
+        status = ledger.spend(ledger.reserve(status, f"modeller/{uid}", uid, 8), uid, eps, delta=1e-5, events=events)
+    assert status.epsilon_spent > 12 and status.epsilon_used < 12  # a plain sum would leave 4 of 20, too few
+    small = {"privacy.epsilonBudget": 20}
+    third = run(grants=[grant(small, status=status)])
+    assert third.decision == Decision.APPROVED and third.epsilon_to_reserve == 8.0
+    left = round(20 - status.epsilon_used, 9)
+    assert [r.message for r in third.rules if r.rule == "EpsilonBudget"] == [
+        f"org-b: grant scl-org-b has {_num(left)} of 20.0 epsilon left; job asks 8.0"]
+    status = ledger.reserve(status, "modeller/third", "third", 8)
+    fourth = run(request({"source.uid": "fourth-uid", "source.name": "fourth"}), grants=[grant(small, status=status)])
+    assert fourth.decision == Decision.REJECTED
+    assert fourth.message == f"org-b: grant scl-org-b has {_num(left - 8)} of 20.0 epsilon left; job asks 8.0"
 
 
 # --- manual approval -----------------------------------------------------------------------------

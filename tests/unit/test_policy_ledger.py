@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from flare_operator.api import DatasetGrantSpec, DatasetGrantStatus
-from flare_operator.api.dataset_grant import EpsilonReservation
+from flare_operator.api.dataset_grant import EpsilonReservation, PrivacyEvent
 from flare_operator.policy import ledger
 from flare_operator.policy.ledger import LedgerError, release, remaining, reserve, spend
 from tests.sample_data import VALID_DIR
@@ -139,3 +139,70 @@ def test_job_key():
     assert ledger.job_key("modeller", "run1") == "modeller/run1"
     assert ledger.entry(reserve(None, "m/a", "a", 1), "a").epsilon == 1.0
     assert ledger.entry(None, "a") is None
+
+
+# --- composition of recorded privacy events (issue 17) ----------------------------------------------
+
+def demo_job_events(target: float = 8.0, delta: float = 1e-5):
+    """(epsilon, events) of one sample-level DP job as a site's client records it: 8 rounds x 8 steps
+    on 480 records at batch 32 (the demo's org-b), the noise calibrated for the target."""
+    from flare_operator.catalog.privacy import _dp_module
+
+    dp = _dp_module()
+    rate, steps = 1 / 15, 64
+    sigma = dp.calibrate_sample_noise_multiplier(target, rate, steps, delta)
+    events = [PrivacyEvent(mechanism="PoissonGaussian", noise_multiplier=sigma, sample_rate=rate, count=steps)]
+    return ledger.events_epsilon(events, delta), events
+
+
+def test_spent_jobs_with_recorded_events_compose_below_the_sum_of_their_epsilons():
+    eps, events = demo_job_events()
+    assert 7.5 < eps <= 8.0  # calibrated to the target, never above it
+    s = None
+    for uid in ("a", "b"):
+        s = spend(reserve(s, f"modeller/{uid}", uid, 8), uid, eps, delta=1e-5, events=events)
+    assert s.epsilon_spent == pytest.approx(2 * eps)  # the plain sum stays on show
+    assert eps < s.epsilon_used < 0.8 * s.epsilon_spent  # the accountant: RDP adds per order, converts once
+    assert s.ledger[0].events == events and s.ledger[0].delta == 1e-5
+    # A reservation (its events unknown until it ran) counts its epsilon on top: basic composition.
+    with_reservation = reserve(s, "modeller/c", "c", 8)
+    assert with_reservation.epsilon_used == pytest.approx(s.epsilon_used + 8)
+    assert ledger.used(with_reservation, exclude_uid="c") == pytest.approx(s.epsilon_used)
+    # An entry spent without events (a runtime that cannot read its client's record) counts as it is.
+    blind = spend(with_reservation, "c", 8)
+    assert blind.epsilon_used == pytest.approx(s.epsilon_used + 8)
+
+
+def test_one_job_with_events_counts_its_own_epsilon_and_a_missing_accountant_falls_back_to_the_sum(monkeypatch):
+    eps, events = demo_job_events()
+    one = spend(reserve(None, "modeller/a", "a", 8), "a", eps, delta=1e-5, events=events)
+    assert one.epsilon_used == pytest.approx(eps)
+    two = spend(reserve(one, "modeller/b", "b", 8), "b", eps, delta=1e-5, events=events)
+
+    def no_accountant(events, delta):
+        raise ledger.CatalogError("epsilon accounting needs the dp-accounting package")
+
+    monkeypatch.setattr(ledger, "composed_epsilon", no_accountant)
+    ledger._composed.cache_clear()
+    assert ledger.recompute(two).epsilon_used == pytest.approx(2 * eps)  # never less than the truth
+
+
+def test_a_mix_of_sample_and_client_level_jobs_composes():
+    from flare_operator.catalog.privacy import _dp_module
+
+    dp = _dp_module()
+    eps_s, sample = demo_job_events()
+    sigma = dp.calibrate_noise_multiplier(8.0, 3, 1e-5)
+    client = [PrivacyEvent(mechanism="Gaussian", noise_multiplier=sigma, count=3)]
+    eps_c = ledger.events_epsilon(client, 1e-5)
+    assert eps_c == pytest.approx(dp.epsilon_spent(sigma, 3, 1e-5))  # the client filter's own figure
+    s = spend(reserve(None, "modeller/s", "s", 8), "s", eps_s, delta=1e-5, events=sample)
+    s = spend(reserve(s, "modeller/c", "c", 8), "c", eps_c, delta=1e-5, events=client)
+    assert max(eps_s, eps_c) < s.epsilon_used < eps_s + eps_c
+
+
+def test_the_operator_reads_the_record_file_the_apps_write():
+    from flare_operator.catalog.privacy import _dp_module
+    from flare_operator.runtime.workloads import PRIVACY_RECORD_FILE
+
+    assert PRIVACY_RECORD_FILE == _dp_module().PRIVACY_RECORD

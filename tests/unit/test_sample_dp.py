@@ -23,7 +23,7 @@ def data(tmp_path_factory):
     return out["sites"]["site-1"]["path"]
 
 
-def _trainer(data, mode="full", prior=0, **params):
+def _trainer(data, mode="full", prior=0, record=None, **params):
     from esm2_app.site import SiteTrainer
 
     from flare_operator.catalog import load_app, validate_params
@@ -31,7 +31,7 @@ def _trainer(data, mode="full", prior=0, **params):
     p = validate_params(load_app("esm2-finetune"), {"maxSeqLength": 40, "batchSize": 8, "localSteps": 2,
                                                     "torchThreads": 1, "rounds": 2, "mode": mode, **params})
     dp = {"epsilon": TARGET, "delta": 1e-5, "clip_norm": 1.0, "rounds": 2, "prior_releases": prior}
-    return SiteTrainer(p, data, "site-1", sample_dp=dp)
+    return SiteTrainer(p, data, "site-1", sample_dp=dp, privacy_record=record)
 
 
 @pytest.mark.parametrize("mode", ["full", "head", "lastN", "lora"])
@@ -82,3 +82,27 @@ def test_a_resumed_job_keeps_counting_the_sites_privacy(data):
 def test_fedprox_is_refused_under_sample_level_dp(data):
     with pytest.raises(ValueError, match="proxMu"):
         _trainer(data, "head", proxMu=0.1)
+
+
+def test_the_site_records_its_privacy_events_before_each_round_and_they_give_its_epsilon(data, tmp_path):
+    """The record the site's gateway composes on its ledger (dp.PRIVACY_RECORD in the client's job
+    folder): written before each round's first step, counting that round, so a client killed mid-round
+    has used no more than it says; its events give the epsilon the site reports."""
+    import json
+
+    from flare_app_common.dp import composed_epsilon
+
+    record = tmp_path / "flareop_privacy.json"
+    t = _trainer(data, "head", record=str(record))
+    seen = []
+    for r in range(2):
+        reported = t.train_round(r, 2)
+        seen.append(json.loads(record.read_text()))
+        assert composed_epsilon(seen[-1]["events"], seen[-1]["delta"]) == pytest.approx(reported["dp_epsilon"])
+    assert [r["events"][0]["count"] for r in seen] == [2, 4]
+    assert seen[0]["level"] == "sample" and seen[0]["events"][0]["mechanism"] == "PoissonGaussian"
+    # a resumed attempt records only its own steps, in its own job folder (the gateway adds them up)
+    resumed = tmp_path / "resumed.json"
+    t2 = _trainer(data, "head", prior=1, record=str(resumed))
+    t2.train_round(1, 2)
+    assert json.loads(resumed.read_text())["events"][0]["count"] == 2

@@ -133,3 +133,67 @@ def calibrate_sample_noise_multiplier(
         raise ValueError("steps must be > 0")
     return _smallest_noise(lambda z: sample_epsilon_spent(z, sample_rate, steps, delta, accountant), target_epsilon,
                            f"{steps} steps at sampling rate {sample_rate:.4g} and delta {delta}", tol)
+
+
+# --- a site's privacy record, and composition across jobs -----------------------------------------
+
+PRIVACY_RECORD = "flareop_privacy.json"
+"""The file a site's client writes into its job folder (``<client workspace>/<job id>/``, beside
+NVFlare's meta.json) before each release: the privacy events the job has used at this site so far,
+counted up to the end of the round in progress. The site's gateway reads it (its own client's record,
+not the hub's word) to compose privacy across jobs on a grant's ledger."""
+
+
+def sample_event(noise_multiplier: float, sample_rate: float, steps: int) -> dict:
+    """A run of ``steps`` Poisson-subsampled Gaussian steps (sample level)."""
+    return {"mechanism": "PoissonGaussian", "noiseMultiplier": float(noise_multiplier),
+            "sampleRate": float(sample_rate), "count": int(steps)}
+
+
+def gaussian_event(noise_multiplier: float, releases: int) -> dict:
+    """``releases`` Gaussian releases of the site's clipped update (client level: one per round; DP for
+    the whole site's data, so for each of its records too)."""
+    return {"mechanism": "Gaussian", "noiseMultiplier": float(noise_multiplier), "sampleRate": 1.0,
+            "count": int(releases)}
+
+
+def write_privacy_record(path: str, level: str, delta: float, target_epsilon: float | None, events: list[dict]) -> None:
+    """Replace the record at ``path`` atomically (a reader never sees half of it)."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"level": level, "delta": float(delta), "targetEpsilon": target_epsilon, "events": events}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dp_event(event: Mapping):
+    from dp_accounting import dp_event
+
+    sigma, count = float(event["noiseMultiplier"]), int(event["count"])
+    if sigma <= 0 or count < 0:
+        raise ValueError(f"not a privacy event: {dict(event)}")
+    step = dp_event.GaussianDpEvent(sigma)
+    if event["mechanism"] == "PoissonGaussian":
+        step = dp_event.PoissonSampledDpEvent(float(event["sampleRate"]), step)
+    elif event["mechanism"] != "Gaussian":
+        raise ValueError(f"unknown mechanism {event['mechanism']!r}")
+    return dp_event.SelfComposedDpEvent(step, count)
+
+
+def composed_epsilon(events: list[Mapping], delta: float) -> float:
+    """Epsilon at ``delta`` of all ``events`` together (each a dict as :func:`sample_event` or
+    :func:`gaussian_event` make), composed with the RDP accountant: sound for any mix of the two, and
+    below the sum of their separate epsilons (RDP composes additively per order, then converts once)."""
+    if not events:
+        return 0.0
+    from dp_accounting import dp_event
+
+    # dp-accounting's default orders (fractional ones too) where nothing is subsampled: the client
+    # filter's own figure, exactly; integer orders as soon as one event is (see SAMPLED_RDP_ORDERS).
+    sampled = any(e["mechanism"] != "Gaussian" for e in events)
+    return _epsilon(dp_event.ComposedDpEvent([_dp_event(e) for e in events]), delta, "rdp",
+                    SAMPLED_RDP_ORDERS if sampled else None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.dxo_filter import DXOFilter
@@ -9,7 +11,7 @@ from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 
-from .dp import clip_and_noise, epsilon_spent
+from .dp import PRIVACY_RECORD, clip_and_noise, epsilon_spent, gaussian_event, write_privacy_record
 
 
 class GaussianDPFilter(DXOFilter):
@@ -38,6 +40,7 @@ class GaussianDPFilter(DXOFilter):
         self.delta = float(delta)
         self.accountant = accountant
         self.releases = int(prior_releases)
+        self.prior_releases = int(prior_releases)
         self._rng = np.random.default_rng()  # OS entropy: DP noise must not be reproducible
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -60,6 +63,7 @@ class GaussianDPFilter(DXOFilter):
             return None
         noised, norm = clip_and_noise(dxo.data, self.clip_norm, self.noise_multiplier, self._rng)
         self.releases += 1
+        self._record(fl_ctx)
         eps = epsilon_spent(self.noise_multiplier, self.releases, self.delta, self.accountant)
         dxo.data = noised
         dxo.meta.update(
@@ -77,6 +81,16 @@ class GaussianDPFilter(DXOFilter):
             fl_ctx, f"DP: update norm {norm:.4f} clipped to {self.clip_norm}, epsilon so far {eps:.4f}"
         )
         return dxo
+
+    def _record(self, fl_ctx: FLContext) -> None:
+        """This attempt's releases, in the job folder (dp.PRIVACY_RECORD) before the update leaves."""
+        try:
+            run_dir = fl_ctx.get_workspace().get_run_dir(fl_ctx.get_job_id())
+        except Exception:  # no engine/workspace (unit use): nothing to record into
+            return
+        if run_dir and os.path.isdir(run_dir):
+            write_privacy_record(os.path.join(run_dir, PRIVACY_RECORD), "client", self.delta, None,
+                                 [gaussian_event(self.noise_multiplier, self.releases - self.prior_releases)])
 
 
 __all__ = ["GaussianDPFilter", "from_shareable"]

@@ -22,7 +22,7 @@ import math
 import os
 import warnings
 
-from .dp import calibrate_sample_noise_multiplier, sample_epsilon_spent
+from .dp import calibrate_sample_noise_multiplier, sample_epsilon_spent, sample_event, write_privacy_record
 
 
 class SampleDP:
@@ -114,6 +114,14 @@ class SampleDP:
             "dp_steps": self.steps,
             "dp_accountant": self.accountant,
         }
+
+    def write_record(self, path: str) -> None:
+        """Before a round's first step: this attempt's privacy event, counted to the end of that round
+        (dp.PRIVACY_RECORD; a client killed mid-round has used no more than it says). Earlier attempts
+        of a resumed job wrote theirs into their own job folders. Replaced atomically."""
+        own = self.steps - self.prior_rounds * self.steps_per_round + self.steps_per_round
+        write_privacy_record(path, "sample", self.delta, self.target_epsilon,
+                             [sample_event(self.noise_multiplier, self.sample_rate, own)])
 
     def epsilon(self) -> float:
         return sample_epsilon_spent(self.noise_multiplier, self.sample_rate, self.steps, self.delta, self.accountant)

@@ -20,6 +20,7 @@ import nvflare.client as flare  # noqa: E402
 import torch  # noqa: E402
 from esm2_app.modeling import params_nbytes  # noqa: E402
 from esm2_app.site import SiteTrainer  # noqa: E402
+from flare_app_common.dp import PRIVACY_RECORD  # noqa: E402
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType  # noqa: E402
 
 
@@ -48,7 +49,11 @@ def main():
     refs = cfg["datasetPath"]
     paths = resolve_dataset(refs) if isinstance(refs, str) else [resolve_dataset(r) for r in refs]
     # sample-level DP (the job's privacy.differentialPrivacy.level Sample): DP-SGD for the whole job
-    trainer = SiteTrainer(cfg["params"], paths, site, sample_dp=(cfg.get("sampleDP") or {}).get("args"))
+    # its privacy events go beside NVFlare's meta.json in this job's folder (<workspace>/<job id>/),
+    # where the site's gateway reads them to compose privacy across jobs on its grants' ledgers
+    record = os.path.join(os.path.dirname(os.path.dirname(HERE)), PRIVACY_RECORD)
+    trainer = SiteTrainer(cfg["params"], paths, site, sample_dp=(cfg.get("sampleDP") or {}).get("args"),
+                          privacy_record=record)
     print(
         f"[{site}] model ready in {time.perf_counter() - t0:.1f}s: {len(trainer.train_ds)} train / "
         f"{len(trainer.val_ds)} holdout sequences, {trainer.truncated} truncated, device {trainer.device}, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
@@ -141,18 +142,45 @@ class DatasetGrantSpec(ApiModel):
     expires_at: datetime | None = Field(None, description="After this time the grant allows nothing.")
 
 
+class PrivacyMechanism(StrEnum):
+    GAUSSIAN = "Gaussian"
+    POISSON_GAUSSIAN = "PoissonGaussian"
+
+
+class PrivacyEvent(ApiModel):
+    mechanism: PrivacyMechanism = Field(
+        description="PoissonGaussian: DP-SGD steps on Poisson samples of the site's records (sample level); "
+        "Gaussian: noised releases of the site's whole clipped update (client level)."
+    )
+    noise_multiplier: float = Field(gt=0, le=1e6, description="Noise standard deviation / clip norm.")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Poisson sampling rate (1 for Gaussian).")
+    count: int = Field(ge=0, le=100_000_000, description="Steps (PoissonGaussian) or releases (Gaussian).")
+
+
 class EpsilonReservation(ApiModel):
     job: str = Field(max_length=300, description="namespace/name of the FederatedJob.")
     uid: str = Field(max_length=64, description="UID of the FederatedJob.")
     epsilon: float = Field(ge=0, description="Epsilon reserved (or spent).")
     spent: bool = Field(False, description="false: reserved by an admitted job; true: spent by a finished one.")
+    delta: float | None = Field(None, gt=0, lt=1, description="The job's delta, where events are recorded.")
+    events: list[PrivacyEvent] = Field(
+        default_factory=list, max_length=16,
+        description="What the site's own client recorded it used (one event per attempt): spent entries with "
+        "events are composed with the RDP accountant across jobs (epsilonUsed) instead of summed.",
+    )
 
 
 class DatasetGrantStatus(ApiModel):
     observed_generation: int | None = observed_generation_field()
     conditions: list[Condition] = conditions_field()
     epsilon_reserved: float = Field(0, ge=0, description="Epsilon reserved by admitted, unfinished jobs.")
-    epsilon_spent: float = Field(0, ge=0, description="Epsilon spent by finished jobs.")
+    epsilon_spent: float = Field(0, ge=0, description="Epsilon spent by finished jobs (the sum of their epsilons).")
+    epsilon_used: float = Field(
+        0, ge=0,
+        description="What admission counts against epsilonBudget: the spent jobs whose privacy events the site's "
+        "own clients recorded, composed with the RDP accountant at the sum of their deltas (at most their sum), "
+        "plus every other entry's epsilon.",
+    )
     ledger: list[EpsilonReservation] = Field(
         default_factory=list,
         max_length=1024,

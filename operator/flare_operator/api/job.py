@@ -31,8 +31,8 @@ class DPLevel(StrEnum):
 class DifferentialPrivacy(ApiModel):
     enabled: bool = Field(False, description="Train under differential privacy at every site (see level).")
     level: DPLevel = Field(
-        DPLevel.CLIENT,
-        description="What is protected. Sample: each site's records — DP-SGD inside the site (every "
+        DPLevel.SAMPLE,
+        description="What is protected (default Sample, the cross-silo setting). Sample: each site's records — DP-SGD inside the site (every "
         "record's gradient clipped to clipNorm, Gaussian noise on each Poisson-sampled step, the noise "
         "calibrated at the site for the whole job). Client: each site's whole contribution — its model "
         "update is clipped to clipNorm and noised before it leaves the site.",

@@ -18,7 +18,7 @@ from .loader import (
     shared_dir,
     validate_params,
 )
-from .privacy import expected_epsilon, noise_multiplier_for_epsilon
+from .privacy import composed_epsilon, expected_epsilon, noise_multiplier_for_epsilon
 from .schemas import AGGREGATION_SCHEMA, PRIVACY_SCHEMA, validate_aggregation, validate_privacy
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "PRIVACY_SCHEMA",
     "App",
     "CatalogError",
+    "composed_epsilon",
     "ParamError",
     "ParameterError",
     "apply_defaults",

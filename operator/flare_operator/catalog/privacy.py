@@ -7,6 +7,7 @@ only when called (it is in the ``train`` extra, not the operator's base dependen
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -18,6 +19,11 @@ def _dp_module(root: str | os.PathLike | None = None):
     path = shared_dir(root) / "flare_app_common" / "dp.py"
     if not path.is_file():
         raise CatalogError(f"DP accountant not found at {path}")
+    return _load(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str, mtime_ns: int):
     spec = importlib.util.spec_from_file_location("_flareop_catalog_dp", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -53,5 +59,14 @@ def noise_multiplier_for_epsilon(
         return float(
             mod.calibrate_noise_multiplier(float(target_epsilon), int(rounds), float(delta), accountant)
         )
+    except ModuleNotFoundError as e:
+        raise CatalogError(f"epsilon accounting needs the dp-accounting package: {e}") from e
+
+
+def composed_epsilon(events: list[Mapping], delta: float, root: str | os.PathLike | None = None) -> float:
+    """Epsilon at ``delta`` of privacy events composed with the RDP accountant (``dp.composed_epsilon``;
+    events as a DatasetGrant's ledger holds them: mechanism, noiseMultiplier, sampleRate, count)."""
+    try:
+        return float(_dp_module(root).composed_epsilon(list(events), float(delta)))
     except ModuleNotFoundError as e:
         raise CatalogError(f"epsilon accounting needs the dp-accounting package: {e}") from e

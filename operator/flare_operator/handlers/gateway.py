@@ -32,7 +32,7 @@ from ..api.access_request import (
 from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
 from ..api.conditions import ConditionType, Reason
-from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus
+from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus, PrivacyEvent
 from ..api.gateway import DatasetSummary, GatewaySpec, GatewayStatus
 from ..api.job_approval import JobApprovalSpec
 from ..api.kinds import API_VERSION
@@ -353,29 +353,53 @@ class RequestAnswer(ObjectView):
         await self.site.runtime.update_approved_jobs(self.federation, self.site.settings, self._client_name, change)
 
     async def _spend(self) -> None:
-        """The job ended (outcome): what it reserved becomes spent, with the accountant's figure when one
-        is reported; a job this site's client ran without a reservation here (e.g. released while it was
-        being deployed) is charged its epsilon on the grants of its datasets."""
+        """The job ended (outcome): what it reserved becomes spent; a job this site's client ran without a
+        reservation here (e.g. released while it was being deployed) is charged its epsilon on the grants
+        of its datasets. The amount is this site's own: the privacy events its client recorded, composed
+        by the accountant (kept on the entry, so later jobs compose with them), where the runtime can read
+        them; else the reserved epsilon. The hub's reported figure can raise the charge, never lower it."""
         uid, key = self.spec.source.uid, ledger.job_key(self.spec.source.namespace, self.spec.source.name)
-        reported = self.spec.outcome.epsilon_spent
+        reported = self.spec.outcome.epsilon_spent or 0.0
         grants = await read_grants(self.site)
         entries = {g.name: ledger.entry(g.status, uid) for g in grants}
+        dp = self.spec.differential_privacy
         if not any(entries.values()):
-            dp = self.spec.differential_privacy
             if dp is None or not dp.enabled or not await self._deployed(uid, self.federation):
                 return
-            reported = reported if reported is not None else dp.epsilon
             charged = {}
             for g in sorted(grants, key=lambda g: g.name):  # one grant per dataset, with a budget
                 if g.spec.dataset.id in self.spec.datasets and g.spec.privacy.epsilon_budget is not None:
                     charged.setdefault(g.spec.dataset.id, g.name)
-            targets = list(charged.values())
+            targets = {name: float(dp.epsilon or 0.0) for name in charged.values()}
         else:
-            targets = [name for name, e in entries.items() if e is not None and not e.spent]
-        for name in targets:
-            entry = entries.get(name)
-            amount = reported if reported is not None else entry.epsilon
-            await self._update_ledger(name, lambda spec, st, amount=amount: ledger.spend(st, uid, amount, key))
+            targets = {name: e.epsilon for name, e in entries.items() if e is not None and not e.spent}
+        if not targets:
+            return
+        own = await self._own_privacy(uid)
+        for name, reserved in targets.items():
+            if own is not None:
+                amount, delta, events = max(reported, own[0]), own[1], own[2]
+            else:
+                amount, delta, events = max(reported, reserved), None, None
+            await self._update_ledger(name, lambda spec, st, a=amount, d=delta, ev=events:
+                                      ledger.spend(st, uid, a, key, delta=d, events=ev))
+
+    async def _own_privacy(self, uid: str) -> tuple[float, float, list[PrivacyEvent]] | None:
+        """(epsilon, delta, events) of the job at this site from its own client's record; None when the
+        runtime cannot read it or the record does not fit the ledger."""
+        record = await self.site.runtime.privacy_record(self.federation, self.site.settings, self._client_name, uid)
+        if record is None:
+            return None
+        try:
+            if len(record["events"]) > ledger.MAX_EVENTS:
+                raise ValueError(f"{len(record['events'])} events, more than a ledger entry holds")
+            events = [PrivacyEvent.model_validate(e) for e in record["events"]]
+            delta = float(record["delta"])
+            return ledger.events_epsilon(events, delta), delta, events
+        except (ValueError, KeyError, catalog.CatalogError) as e:
+            log.warning("%s: the client's privacy record of job %s is not usable (%s); charging the reservation",
+                        self.name, uid, e)
+            return None
 
     async def _update_ledger(self, grant_name: str, change) -> None:
         obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)

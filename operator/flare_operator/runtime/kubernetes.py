@@ -353,6 +353,9 @@ class KubernetesRuntime:
     async def job_deployed(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> bool | None:
         return None  # the client's workspace is on its Pod's volume; the caller assumes the worst
 
+    async def privacy_record(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> dict | None:
+        return None  # likewise: the site's ledger counts the job's epsilon as reserved (basic composition)
+
     async def clients_running(self, site: SiteSettings) -> int:
         items = await self._k("list", "StatefulSet", site.namespace,
                               labels={"app.kubernetes.io/component": "client", "flareop.io/org": site.org})

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ENFORCEMENT_FOLDER = "enforcement"  # process runtime: <client folder>/enforcement/approved.json
 
 JOB_META_FILE = "meta.json"  # nvflare.apis.fl_constant.WorkspaceConstants.JOB_META_FILE (not imported: no nvflare here)
+PRIVACY_RECORD_FILE = "flareop_privacy.json"  # flare_app_common.dp.PRIVACY_RECORD (a unit test keeps them equal)
 
 ApprovedChange = Callable[[str | None], str | None]
 """Approved-jobs document text now (None: there is none) -> the text to store (None: leave it as it is)."""
@@ -129,6 +130,10 @@ class WorkloadRuntime(Protocol):
     async def job_deployed(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> bool | None:
         """Whether the site's client ever deployed a job of the FederatedJob ``uid`` (its data may have
         been used), from the client's own workspace; None when this runtime cannot tell."""
+    async def privacy_record(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> dict | None:
+        """What the site's client recorded that the FederatedJob ``uid`` used of its privacy, over every
+        attempt (``{"delta": d, "events": [...]}``, flare_app_common.dp.PRIVACY_RECORD); None when this
+        runtime cannot read its client's workspace, or no attempt recorded anything."""
     async def close(self) -> None: ...
 
 
@@ -216,7 +221,11 @@ class ProcessRuntime:
 
     async def job_deployed(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> bool | None:
         folder = self.supervisor.folder(_client_federation(federation, site.org), client_name)
-        return await asyncio.to_thread(_deployed_in_workspace, folder, uid)
+        return bool(await asyncio.to_thread(_job_folders, folder, uid))
+
+    async def privacy_record(self, federation: str, site: SiteSettings, client_name: str, uid: str) -> dict | None:
+        folder = self.supervisor.folder(_client_federation(federation, site.org), client_name)
+        return await asyncio.to_thread(_privacy_record, await asyncio.to_thread(_job_folders, folder, uid))
 
     @staticmethod
     def _change_approved(folder: Path, change: ApprovedChange) -> None:
@@ -245,17 +254,40 @@ class ProcessRuntime:
         await self.supervisor.stop_all()
 
 
-def _deployed_in_workspace(folder: Path, uid: str) -> bool:
-    """NVFlare's client deploys each job into ``<workspace>/<job id>/`` with the job's ``meta.json``
+def _job_folders(folder: Path, uid: str) -> list[Path]:
+    """The folders the client deployed jobs of the FederatedJob ``uid`` into (one per attempt).
+    NVFlare's client deploys each job into ``<workspace>/<job id>/`` with the job's ``meta.json``
     (nvflare/private/fed/utils/app_deployer.py); ours carry the FederatedJob's uid under ``flareop``."""
-    for meta_file in folder.glob(f"*/{JOB_META_FILE}"):
+    found = []
+    for meta_file in sorted(folder.glob(f"*/{JOB_META_FILE}")):
         try:
             meta = json.loads(meta_file.read_text())
         except (OSError, ValueError):
             continue
         if isinstance(meta, dict) and isinstance(meta.get(META_KEY), dict) and meta[META_KEY].get("uid") == uid:
-            return True
-    return False
+            found.append(meta_file.parent)
+    return found
+
+
+def _privacy_record(job_folders: list[Path]) -> dict | None:
+    """The events every attempt's client recorded (one job: one delta). An attempt that was deployed but
+    recorded nothing trained nothing under DP yet (the record is written before each round's first step
+    and before each release); an unreadable record makes the whole answer unknown (None)."""
+    events, deltas = [], set()
+    for job in job_folders:
+        path = job / PRIVACY_RECORD_FILE
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            events += [dict(e) for e in record["events"]]
+            deltas.add(float(record["delta"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("unreadable privacy record %s: the job's epsilon is counted as reserved", path)
+            return None
+    if not events or len(deltas) != 1:
+        return None
+    return {"delta": deltas.pop(), "events": events}
 
 
 def _client_federation(federation: str, org: str) -> str:

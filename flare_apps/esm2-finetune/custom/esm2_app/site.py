@@ -38,10 +38,12 @@ class SiteTrainer:
         site_name: str = "site",
         allow_random: bool = False,
         sample_dp: dict | None = None,
+        privacy_record: str | None = None,
     ):
         """``sample_dp``: the arguments of :class:`flare_app_common.sample_dp.SampleDP` (target
         epsilon, delta, clip_norm, accountant, rounds, prior_releases) for sample-level DP-SGD at
-        this site; None trains without it."""
+        this site; None trains without it. ``privacy_record``: where the site's privacy events are
+        written before each round (flare_app_common.dp.PRIVACY_RECORD in the client's job folder)."""
         import torch
 
         self.p = params
@@ -67,6 +69,7 @@ class SiteTrainer:
         self.optimizer = None  # kept across rounds when keepOptimizerState
         self.rounds_done = 0
         self.dp = None
+        self.privacy_record = privacy_record
         if sample_dp:
             from flare_app_common.sample_dp import SampleDP
 
@@ -125,6 +128,8 @@ class SiteTrainer:
                 records = [(torch.tensor(ids), int(y)) for ids, y in zip(self.train_ds.input_ids,
                                                                           self.train_ds.labels, strict=True)]
                 self.dp.make_private(self.model, adamw, records, self.stream.bs, collate_records, steps)
+            if self.privacy_record:
+                self.dp.write_record(self.privacy_record)
             model, stream, opt = self.dp.model, self.dp, self.dp.optimizer
         elif p.get("keepOptimizerState", True):  # the app.yaml default
             if self.optimizer is None:
