@@ -251,9 +251,20 @@ def test_service_reaches_a_pod_by_cluster_ip_and_by_dns_name(
     ]
     fetch = textwrap.dedent(
         f"""
-        import socket, urllib.request
+        import socket, time, urllib.request
+        # kube-proxy programs a new Service's rules after the endpoint is ready (its own sync, slower on a
+        # loaded node): keep asking for a while; a Service that never works still fails the test.
+        deadline = time.monotonic() + 120
         for url in ["http://{cluster_ip}/", "http://web.{ns}.svc.cluster.local/", "http://web/"]:
-            print(url, urllib.request.urlopen(url, timeout=10).read().decode())
+            while True:
+                try:
+                    print(url, urllib.request.urlopen(url, timeout=10).read().decode(), flush=True)
+                    break
+                except OSError as e:
+                    if time.monotonic() > deadline:
+                        raise
+                    print(url, "not yet:", e, flush=True)
+                    time.sleep(2)
         print("resolved", socket.gethostbyname("web.{ns}.svc.cluster.local"))
         print("resolved", socket.gethostbyname("kubernetes.default.svc.cluster.local"))
         """
