@@ -155,6 +155,27 @@ def wait_phase(cp, kind: str, namespace: str, name: str, phase: str, timeout: fl
         raise AssertionError(f"{err}; status: {json.dumps((obj or {}).get('status'), indent=1)}") from None
 
 
+def wait_round(cp, namespace: str, name: str, rounds: int, timeout: float = 240, logs: Path | None = None) -> dict:
+    """The FederatedJob's status once `rounds` rounds are done. A job that ends first fails at once; a
+    timeout says where the job stands and, with `logs` (the federation's workdir), the last errors its
+    NVFlare participants logged."""
+    def done():
+        st = (get(cp, "federatedjob", namespace, name) or {}).get("status") or {}
+        if st.get("phase") in FINISHED_PHASES:
+            raise WaitedInVain(f"federatedjob {namespace}/{name} ended {st['phase']} before round {rounds}: "
+                               f"{json.dumps(st.get('conditions'))}")
+        return st if (st.get("currentRound") or 0) >= rounds else None
+
+    try:
+        return wait_for(done, timeout=timeout, message=f"federatedjob {namespace}/{name}: {rounds} round(s) done")
+    except TimeoutError as err:
+        st = (get(cp, "federatedjob", namespace, name) or {}).get("status") or {}
+        errors = [f"{log.parent.name}/{log.name}: {line[-300:]}" for log in sorted((logs or Path("/nonexistent")).rglob("log.txt"))
+                  for line in log.read_text(errors="replace").splitlines()[-400:] if "ERROR" in line or "Error" in line][-12:]
+        raise AssertionError(f"{err}; phase {st.get('phase')}, round {st.get('currentRound')}, conditions "
+                             f"{json.dumps(st.get('conditions'))}; participants' last errors: {errors}") from None
+
+
 class OperatorProcess:
     """`flare-operator run` in its own process group, logs in a file, stopped with SIGTERM."""
 

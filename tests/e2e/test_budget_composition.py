@@ -7,6 +7,8 @@ held, would overspend and is refused, the message giving the epsilon left."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 
 import pytest
 
@@ -61,6 +63,12 @@ def test_the_ledger_composes_earlier_jobs_and_refuses_one_that_would_overspend(c
         apply(cp, _job(m, "third", suspend=True))
         wait_for(lambda: set(decisions(get(cp, "federatedjob", m, "third")).values()) == {"Approved"}, timeout=90,
                  message="the third job fits the composed budget at both orgs")
+        # Jobs are ordered by creationTimestamp (whole seconds), then uid: a fourth job created in the same
+        # second as the third could be the *older* one and take the third's reservation (wound-wait). Create
+        # it in a later second, so it is the younger job at both orgs.
+        third_created = datetime.fromisoformat(get(cp, "federatedjob", m, "third")["metadata"]["creationTimestamp"]
+                                               .replace("Z", "+00:00"))
+        time.sleep(max(0.0, third_created.timestamp() + 1.1 - time.time()))
         apply(cp, _job(m, "fourth", suspend=True))
         rejected = wait_phase(cp, "federatedjob", m, "fourth", "Rejected", timeout=90)
         messages = " ".join(x.get("message", "") for x in rejected["status"]["approvals"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import BASE_PARAMS
-from tests.operator_harness import apply, automatic_federation, get, grant, ledger, wait_phase
+from tests.operator_harness import apply, automatic_federation, get, grant, ledger, wait_phase, wait_round
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -35,8 +35,7 @@ def test_narrowing_a_grant_mid_job_stops_it_at_that_site(control_plane, e2e_data
                             "parameters": {**BASE_PARAMS, "localSteps": 2},
                             "privacy": {"differentialPrivacy": {"enabled": True, "epsilon": 20}},
                             "activeDeadlineSeconds": 900}})
-        wait_for(lambda: (get(cp, "federatedjob", m, "long").get("status") or {}).get("currentRound", 0) >= 1,
-                 timeout=300, message="the job trains (a round done)")
+        wait_round(cp, m, "long", 1, timeout=300, logs=tmp_path / "flare")
         assert ledger(cp, b, "scl-b")["epsilonReserved"] == 20
 
         # org-b's owner narrows the grant below what the running job needs.
