@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[flare,train,dev,s3]'
+	$(PYTHON) -m pip install -q -e '.[operator,flare,train,dev,s3,sdk,datagen]'
 	touch $@
 
 ## test: every tier (unit, schema, charts, integration, node, e2e) - the README's test command and CI's

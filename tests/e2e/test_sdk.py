@@ -1,0 +1,127 @@
+"""The SDK and the `flareop` CLI against a real federation (issue 16): a modeller defines compute and
+submits jobs from Python, a data owner approves and rejects from the CLI, results come back checked.
+Real API server, real NVFlare (process runtime), real training; every error path a person meets:
+a job awaiting approval, rejected by hand, rejected for budget, an object that does not exist, an
+invalid spec refused before sending, a user without rights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flare_operator.sdk import compute, job, owner
+from flare_operator.sdk.errors import AwaitingApproval, Forbidden, InvalidSpec, JobRejected, NotFound
+from flare_operator.sdk.session import Session
+from tests.e2e.conftest import BASE_PARAMS
+from tests.operator_harness import apply, automatic_federation, grant, wait_phase
+from tests.support.kube_fixtures import wait_for
+
+pytestmark = pytest.mark.e2e
+
+PARAMS = {**BASE_PARAMS, "localSteps": 2}
+
+
+def flareop(cp, *args: str, namespace: str, expect: int = 0) -> str:
+    proc = subprocess.run([sys.executable, "-m", "flare_operator.sdk.cli", "--kubeconfig", str(cp.kubeconfig),
+                           "-n", namespace, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == expect, f"flareop {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
+    cp = control_plane
+    paths = [s["path"] for s in e2e_data["sites"].values()]
+    with automatic_federation(cp, e2e_data, tmp_path, org_b_policy="Manual") as fed:
+        (a, b), m = fed.orgs, fed.modeller
+        me, owner_b = Session(cp.kubeconfig, namespace=m), Session(cp.kubeconfig, namespace=b)
+
+        # --- compute -------------------------------------------------------------------------------
+        assert compute.get_status("esm2", session=me).phase == "Ready"
+        with pytest.raises(ValueError, match="org/id"):
+            compute.ComputeSpec(name="x", model={"id": "esm2-finetune", "version": "1.0.0"}, dataset_ids=["scl-a"])
+        with pytest.raises(InvalidSpec, match="gpu must be between 0 and 8"):
+            compute.create(compute.ComputeSpec(name="x", model={"id": "esm2-finetune", "version": "1.0.0"},
+                                               dataset_ids=[f"{a}/scl-a"], client_n_gpu=9), session=me)
+        spare = compute.ComputeSpec(name="spare", model={"id": "esm2-finetune", "version": "1.0.0"},
+                                    dataset_ids=[f"{a}/scl-a", f"{b}/scl-b"], client_n_cpu="1", client_memory="1Gi",
+                                    active=False)
+        assert compute.create(spare, session=me).name == "spare"
+        wait_for(lambda: compute.get_status("spare", session=me).phase == "Deactivated", timeout=60,
+                 message="spare created deactivated")
+        assert compute.activate("spare", session=me).active
+        assert compute.deactivate("spare", session=me).active is False
+        assert {c.name for c in compute.list_compute(session=me)} == {"esm2", "spare"}
+        compute.delete("spare", session=me)
+        with pytest.raises(NotFound) as missing:
+            compute.get_status("spare", session=me)
+        assert missing.value.hint == f"kubectl get computespecs -n {m}"
+        with pytest.raises(NotFound):
+            job.submit("no-such-federation", PARAMS, rounds=1, session=me)
+
+        # --- a job that org-b approves by hand --------------------------------------------------------
+        run1 = job.submit("esm2", PARAMS, rounds=2, name="run1", session=me)
+        wait_for(lambda: job.status(run1, session=me).phase == "AwaitingApproval", timeout=60,
+                 message="run1 awaits org-b")
+        with pytest.raises(AwaitingApproval) as waiting:
+            job.wait_until_job_finished(run1, timeout=1, progress=False, session=me)
+        assert waiting.value.orgs == [b] and isinstance(waiting.value, TimeoutError)
+
+        listed = json.loads(flareop(cp, "-o", "json", "pending", namespace=b))
+        assert [r["job"] for r in listed] == [f"{m}/run1"] and listed[0]["rounds"] == 2
+        assert listed[0]["datasets"] == ["scl-b"] and listed[0]["code_digest"].startswith("sha256:")
+        out = flareop(cp, "approve", f"{m}/run1", "--reason", "reviewed", "--yes", namespace=b)
+        assert "JobApproval" in out and listed[0]["content_hash"] in out
+        assert owner.pending(session=owner_b) == []
+
+        seen = []
+        done = job.wait_until_job_finished(run1, timeout=420, poll_interval=1, session=me, on_update=seen.append)
+        assert done.phase == "Succeeded" and done.current_round == 2 and done.accuracy is not None
+        assert any(s.phase == "Running" for s in seen) and seen[-1].phase == "Succeeded"
+        files = job.download_results(run1, tmp_path / "results", session=me)
+        listed_files = {f["name"]: f["sha256"] for f in done.results["files"]}
+        assert {p.relative_to(tmp_path / "results").as_posix() for p in files} == set(listed_files)
+        for p in files:
+            assert hashlib.sha256(p.read_bytes()).hexdigest() == listed_files[p.relative_to(tmp_path / "results").as_posix()]
+        logs = job.logs(run1, session=me)
+        assert "server" in logs and any(site.startswith(a) for site in logs), sorted(logs)
+        table = flareop(cp, "job", "list", namespace=m)
+        assert "run1" in table and "Succeeded" in table and "2/2" in table
+
+        # --- rejected by hand, with a reason the modeller sees -------------------------------------------
+        run2 = job.submit("esm2", PARAMS, rounds=1, name="run2", session=me)
+        wait_for(lambda: owner.pending(session=owner_b), timeout=60, message="run2 reaches org-b")
+        owner.reject("run2", "use at most 1 local step per round", session=owner_b)
+        with pytest.raises(JobRejected) as rejected:
+            job.wait_until_job_finished(run2, timeout=120, progress=False, session=me)
+        assert rejected.value.rejected_by == [b] and "at most 1 local step" in str(rejected.value)
+        assert rejected.value.hint == f"kubectl describe federatedjob run2 -n {m}"
+        flareop(cp, "job", "wait", "run2", "--timeout", "30", namespace=m, expect=7)
+
+        # --- rejected for budget: org-a's grant has less epsilon left than the job asks ------------------
+        apply(cp, grant(a, "scl-a", m, path=str(paths[0]), privacy={"dpRequired": True, "epsilonBudget": 3}))
+        run3 = job.submit("esm2", PARAMS, rounds=1, name="run3", epsilon=4, session=me)
+        with pytest.raises(JobRejected) as broke:
+            job.wait_until_job_finished(run3, timeout=120, progress=False, session=me)
+        assert a in broke.value.rejected_by and "epsilon left; job asks 4" in str(broke.value), str(broke.value)
+        budgets = json.loads(flareop(cp, "-o", "json", "budget", namespace=a))
+        assert budgets[0]["budget"] == 3 and budgets[0]["left"] == 3
+
+        # --- not found, forbidden, exit codes -----------------------------------------------------------------
+        with pytest.raises(NotFound):
+            job.status("nope", session=me)
+        flareop(cp, "job", "status", "nope", namespace=m, expect=3)
+        stranger = Session(cp.user_kubeconfig("mallory", ["guests"]), namespace=m)
+        with pytest.raises(Forbidden) as refused:
+            job.list_jobs(session=stranger)
+        assert refused.value.hint == f"kubectl auth can-i list federatedjobs -n {m}"
+        with pytest.raises(Forbidden):
+            job.submit("esm2", PARAMS, rounds=1, session=stranger)
+        proc = subprocess.run([sys.executable, "-m", "flare_operator.sdk.cli", "--kubeconfig",
+                               str(cp.user_kubeconfig("mallory", ["guests"])), "-n", m, "job", "list"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 4 and "kubectl auth can-i" in proc.stderr, proc.stderr
+        wait_phase(cp, "federatedjob", m, run1, "Succeeded")
