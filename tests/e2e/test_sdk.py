@@ -13,7 +13,14 @@ import sys
 
 import pytest
 
-from flare_operator.sdk import compute, job, owner
+from flare_operator.builders.rbac import (
+    MODELLER_ROLE,
+    ORG_ADMIN_ROLE,
+    modeller_cluster_role,
+    org_admin_cluster_role,
+    role_binding,
+)
+from flare_operator.sdk import compute, datasets, job, models, owner
 from flare_operator.sdk.errors import AwaitingApproval, Forbidden, InvalidSpec, JobRejected, NotFound
 from flare_operator.sdk.session import Session
 from tests.e2e.conftest import BASE_PARAMS
@@ -25,8 +32,8 @@ pytestmark = pytest.mark.e2e
 PARAMS = {**BASE_PARAMS, "localSteps": 2}
 
 
-def flareop(cp, *args: str, namespace: str, expect: int = 0) -> str:
-    proc = subprocess.run([sys.executable, "-m", "flare_operator.sdk.cli", "--kubeconfig", str(cp.kubeconfig),
+def flareop(kubeconfig, *args: str, namespace: str, expect: int = 0) -> str:
+    proc = subprocess.run([sys.executable, "-m", "flare_operator.sdk.cli", "--kubeconfig", str(kubeconfig),
                            "-n", namespace, *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == expect, f"flareop {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -37,7 +44,25 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
     paths = [s["path"] for s in e2e_data["sites"].values()]
     with automatic_federation(cp, e2e_data, tmp_path, org_b_policy="Manual") as fed:
         (a, b), m = fed.orgs, fed.modeller
-        me, owner_b = Session(cp.kubeconfig, namespace=m), Session(cp.kubeconfig, namespace=b)
+        # People as the platform binds them: a scientist (flare-modeller in m), org admins (flare-org-admin).
+        apply(cp, modeller_cluster_role(), org_admin_cluster_role(),
+              role_binding(m, MODELLER_ROLE, user=f"scientist-{m}", cluster_role=True),
+              role_binding(a, ORG_ADMIN_ROLE, user=f"admin-{a}", cluster_role=True),
+              role_binding(b, ORG_ADMIN_ROLE, user=f"admin-{b}", cluster_role=True))
+        scientist, admin_a, admin_b = (cp.user_kubeconfig(u) for u in (f"scientist-{m}", f"admin-{a}", f"admin-{b}"))
+        me, owner_b = Session(scientist, namespace=m), Session(admin_b, namespace=b)
+
+        # --- what the scientist may pick from (the orchestrator's flare-catalog in m) ------------------
+        offered = wait_for(lambda: {d.ref: d for d in datasets.list_datasets(session=me)} or None, timeout=60,
+                           message="the catalog lists both orgs' datasets")
+        assert set(offered) == {f"{a}/scl-a", f"{b}/scl-b"}, offered
+        assert offered[f"{a}/scl-a"].sample_count > 0 and offered[f"{a}/scl-a"].terms["models"] == ["esm2-finetune *"]
+        assert not any("path" in json.dumps(d.terms) or str(p) in d.description for d in offered.values() for p in paths)
+        assert [d.ref for d in datasets.list_datasets("scl-b", session=me)] == [f"{b}/scl-b"]
+        (esm2,) = models.list_models("esm2", session=me)
+        assert esm2.version == "1.0.0" and "localSteps" in esm2.parameters["properties"]
+        assert "esm2-finetune" in flareop(scientist, "models", "list", namespace=m)
+        assert json.loads(flareop(scientist, "-o", "json", "datasets", "list", namespace=m))[0]["org"] == a
 
         # --- compute -------------------------------------------------------------------------------
         assert compute.get_status("esm2", session=me).phase == "Ready"
@@ -70,10 +95,10 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
             job.wait_until_job_finished(run1, timeout=1, progress=False, session=me)
         assert waiting.value.orgs == [b] and isinstance(waiting.value, TimeoutError)
 
-        listed = json.loads(flareop(cp, "-o", "json", "pending", namespace=b))
+        listed = json.loads(flareop(admin_b, "-o", "json", "pending", namespace=b))
         assert [r["job"] for r in listed] == [f"{m}/run1"] and listed[0]["rounds"] == 2
         assert listed[0]["datasets"] == ["scl-b"] and listed[0]["code_digest"].startswith("sha256:")
-        out = flareop(cp, "approve", f"{m}/run1", "--reason", "reviewed", "--yes", namespace=b)
+        out = flareop(admin_b, "approve", f"{m}/run1", "--reason", "reviewed", "--yes", namespace=b)
         assert "JobApproval" in out and listed[0]["content_hash"] in out
         assert owner.pending(session=owner_b) == []
 
@@ -88,7 +113,7 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
             assert hashlib.sha256(p.read_bytes()).hexdigest() == listed_files[p.relative_to(tmp_path / "results").as_posix()]
         logs = job.logs(run1, session=me)
         assert "server" in logs and any(site.startswith(a) for site in logs), sorted(logs)
-        table = flareop(cp, "job", "list", namespace=m)
+        table = flareop(scientist, "job", "list", namespace=m)
         assert "run1" in table and "Succeeded" in table and "2/2" in table
 
         # --- rejected by hand, with a reason the modeller sees -------------------------------------------
@@ -99,7 +124,7 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
             job.wait_until_job_finished(run2, timeout=120, progress=False, session=me)
         assert rejected.value.rejected_by == [b] and "at most 1 local step" in str(rejected.value)
         assert rejected.value.hint == f"kubectl describe federatedjob run2 -n {m}"
-        flareop(cp, "job", "wait", "run2", "--timeout", "30", namespace=m, expect=7)
+        flareop(scientist, "job", "wait", "run2", "--timeout", "30", namespace=m, expect=7)
 
         # --- rejected for budget: org-a's grant has less epsilon left than the job asks ------------------
         apply(cp, grant(a, "scl-a", m, path=str(paths[0]), privacy={"dpRequired": True, "epsilonBudget": 3}))
@@ -107,19 +132,23 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
         with pytest.raises(JobRejected) as broke:
             job.wait_until_job_finished(run3, timeout=120, progress=False, session=me)
         assert a in broke.value.rejected_by and "epsilon left; job asks 4" in str(broke.value), str(broke.value)
-        budgets = json.loads(flareop(cp, "-o", "json", "budget", namespace=a))
+        budgets = json.loads(flareop(admin_a, "-o", "json", "budget", namespace=a))
         assert budgets[0]["budget"] == 3 and budgets[0]["left"] == 3
 
         # --- not found, forbidden, exit codes -----------------------------------------------------------------
         with pytest.raises(NotFound):
             job.status("nope", session=me)
-        flareop(cp, "job", "status", "nope", namespace=m, expect=3)
+        flareop(scientist, "job", "status", "nope", namespace=m, expect=3)
         stranger = Session(cp.user_kubeconfig("mallory", ["guests"]), namespace=m)
         with pytest.raises(Forbidden) as refused:
             job.list_jobs(session=stranger)
         assert refused.value.hint == f"kubectl auth can-i list federatedjobs -n {m}"
         with pytest.raises(Forbidden):
             job.submit("esm2", PARAMS, rounds=1, session=stranger)
+        with pytest.raises(Forbidden):  # a modeller cannot approve for a data owner
+            owner.approve(f"{m}/run1", session=Session(scientist, namespace=b))
+        with pytest.raises(Forbidden):
+            datasets.list_datasets(session=stranger)
         proc = subprocess.run([sys.executable, "-m", "flare_operator.sdk.cli", "--kubeconfig",
                                str(cp.user_kubeconfig("mallory", ["guests"])), "-n", m, "job", "list"],
                               capture_output=True, text=True, timeout=60)

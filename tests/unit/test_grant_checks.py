@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flare_operator.api import AccessRequestSpec, DatasetGrantSpec, Decision
+from flare_operator.api import AccessRequestSpec, DatasetGrantSpec, DatasetGrantStatus, Decision
 from flare_operator.api.conditions import ConditionType, Reason
 from flare_operator.config import OperatorConfig, SiteSettings
 from flare_operator.handlers.gateway import RequestAnswer, Site, gateway_object
@@ -261,7 +261,23 @@ def test_the_gateway_lists_each_dataset_id_once_and_no_invalid_grant(tmp_path: P
               GrantView("d", spec({"id": "old"}, expiresAt="2020-01-01T00:00:00Z"))]
     datasets = gateway_object(_site(tmp_path), grants)["spec"]["datasets"]
     assert datasets == [{"id": "scl", "description": "first", "format": "csv", "sampleCount": 0,
-                         "models": ["m1", "m2"]}]
+                         "models": ["m1", "m2"],
+                         "offers": [{"consumer": "modeller", "models": ["m1 *"], "dpRequired": False}]}]
+
+
+def test_each_consumer_is_offered_its_own_terms_with_the_epsilon_left(tmp_path: Path):
+    """The Gateway's offers (read by the hub, shown to each consumer only its own: builders/catalog_view.py)."""
+    private = {"dpRequired": True, "maxEpsilonPerJob": 8, "epsilonBudget": 20}
+    used = DatasetGrantStatus.model_validate({"ledger": [{"job": "m/j", "uid": "u1", "epsilon": 6.5, "spent": True}]})
+    grants = [GrantView("a", spec(consumers=["pharma-x"], privacy=private, maxRounds=10,
+                                  models=[{"id": "esm2-finetune", "versions": ">=1.0.0"}]), used),
+              GrantView("b", spec(consumers=["pharma-x", "pharma-y"]))]
+    offers = gateway_object(_site(tmp_path), grants)["spec"]["datasets"][0]["offers"]
+    assert offers == [
+        {"consumer": "pharma-x", "models": ["esm2-finetune >=1.0.0"], "dpRequired": True, "maxEpsilonPerJob": 8.0,
+         "epsilonLeft": 13.5, "maxRounds": 10},
+        {"consumer": "pharma-y", "models": ["esm2-finetune *"], "dpRequired": False},
+    ]
 
 
 # --- status writes the API server would refuse ----------------------------------------------------

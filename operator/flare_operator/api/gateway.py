@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
@@ -34,6 +35,21 @@ class Capacity(ApiModel):
     gpu_count: int = Field(0, ge=0, le=4096, description="GPUs the site offers to federations in total.")
 
 
+class DatasetOffer(ApiModel):
+    """The terms one consumer org has on a dataset (from the owner's DatasetGrants naming it). The hub
+    shows each consumer only its own offers (the `flare-catalog` ConfigMap in its namespace)."""
+
+    consumer: OrgName = Field(description="The consumer org these terms are for.")
+    models: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=32, description="Models allowed, as 'id versions', e.g. 'esm2-finetune >=1.0.0'."
+    )
+    dp_required: bool = Field(False, description="Jobs must use differential privacy.")
+    max_epsilon_per_job: float | None = Field(None, ge=0, description="Largest epsilon one job may use.")
+    epsilon_left: float | None = Field(None, ge=0, description="Epsilon the consumer's jobs may still use (budget left).")
+    max_rounds: int | None = Field(None, ge=1, description="Most federated rounds one job may run.")
+    expires_at: datetime | None = Field(None, description="When the grant stops allowing jobs.")
+
+
 class DatasetSummary(ApiModel):
     """What a site says publicly about a dataset: never its path or content."""
 
@@ -43,6 +59,11 @@ class DatasetSummary(ApiModel):
     sample_count: int = Field(0, ge=0, description="Number of samples (the owner may round it).")
     models: list[Label] = Field(
         default_factory=list, max_length=32, description="Model ids the grant allows."
+    )
+    offers: list[DatasetOffer] = Field(
+        default_factory=list, max_length=64,
+        description="Each consumer org's terms, from the first grant (by name) of this dataset naming it.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["consumer"]},
     )
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from ..api.kinds import GROUP
+from .catalog_view import CATALOG_CONFIGMAP
 
 MODELLER_ROLE = "flare-modeller"
 ORG_ADMIN_ROLE = "flare-org-admin"
@@ -56,6 +57,8 @@ def modeller_cluster_role() -> dict:
             _rule([GROUP], ["computespecs", "federatedjobs"], [*READ, *WRITE]),
             _rule([GROUP], ["computespecs/status", "federatedjobs/status"], READ),
             _rule(["", "events.k8s.io"], ["events"], READ),
+            # The models and datasets offered to the namespace's org (handlers/catalog.py), for the SDK.
+            {**_rule([""], ["configmaps"], ["get"]), "resourceNames": [CATALOG_CONFIGMAP]},
         ],
     }
 

@@ -33,7 +33,7 @@ from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec
 from ..api.conditions import ConditionType, Reason
 from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus, PrivacyEvent
-from ..api.gateway import DatasetSummary, GatewaySpec, GatewayStatus
+from ..api.gateway import DatasetOffer, DatasetSummary, GatewaySpec, GatewayStatus
 from ..api.job_approval import JobApprovalSpec
 from ..api.kinds import API_VERSION
 from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
@@ -519,11 +519,26 @@ def gateway_object(site: Site, grants: list[GrantView]) -> dict:
         capacity={"gpuClass": s.gpu_class, "gpuCount": s.gpu_count},
         datasets=[DatasetSummary(id=dataset_id, description=same[0].spec.dataset.description,
                                  format=same[0].spec.dataset.format, sample_count=same[0].spec.dataset.sample_count,
-                                 models=sorted({m.id for g in same for m in g.spec.models}))
+                                 models=sorted({m.id for g in same for m in g.spec.models}), offers=_offers(same))
                   for dataset_id, same in by_id.items()],
     )
     return {"apiVersion": API_VERSION, "kind": "Gateway",
             "metadata": {"name": s.site, "namespace": s.hub_namespace}, "spec": spec.to_wire()}
+
+
+def _offers(grants: list[GrantView]) -> list[DatasetOffer]:
+    """Each consumer's terms on one dataset, from the first grant (by name) naming it."""
+    offers: dict[str, DatasetOffer] = {}
+    for g in grants:
+        for consumer in g.spec.consumers:
+            if consumer not in offers:
+                p = g.spec.privacy
+                offers[consumer] = DatasetOffer(
+                    consumer=consumer, models=[f"{m.id} {m.versions}" for m in g.spec.models],
+                    dp_required=p.dp_required, max_epsilon_per_job=p.max_epsilon_per_job,
+                    epsilon_left=ledger.remaining(g.spec, g.status), max_rounds=g.spec.max_rounds,
+                    expires_at=g.spec.expires_at)
+    return [offers[c] for c in sorted(offers)]
 
 
 async def heartbeat(site: Site) -> None:

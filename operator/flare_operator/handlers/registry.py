@@ -310,8 +310,17 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
     def probe(**_) -> str:
         return "ok"
 
+    @kopf.on.startup(registry=registry)
+    async def start_catalogs(memo: kopf.Memo, **_) -> None:
+        from .catalog import catalog_loop
+
+        memo["catalogs"] = asyncio.create_task(catalog_loop(hub), name="modellers' catalogs")
+
     @kopf.on.cleanup(registry=registry)
-    async def cleanup(**_) -> None:
+    async def cleanup(memo: kopf.Memo, **_) -> None:
+        task = memo.get("catalogs")
+        if task:
+            task.cancel()
         await hub.runtime.close()
 
     answers = kopf.OperatorRegistry()

@@ -27,7 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from . import compute as compute_sdk
+from . import datasets as datasets_sdk
 from . import job as job_sdk
+from . import models as models_sdk
 from . import owner
 from .errors import FlareError, InvalidSpec
 from .session import Session
@@ -38,6 +40,10 @@ app = typer.Typer(help="Modellers' and data owners' verbs over flareop.io resour
 compute_app = typer.Typer(help="Federations (ComputeSpecs): create, activate, deactivate, status, delete.",
                           no_args_is_help=True)
 job_app = typer.Typer(help="Federated jobs: submit, status, wait, logs, download, list, abort.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Datasets your org may train on (owners' summaries, your terms).", no_args_is_help=True)
+models_app = typer.Typer(help="Models (catalog apps): versions, resources, parameters.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
 app.add_typer(compute_app, name="compute")
 app.add_typer(job_app, name="job")
 console = Console()
@@ -92,6 +98,35 @@ def _emit(ctx: typer.Context, value: Any, columns: list[str], rows: list[list[An
         for row in rows:
             table.add_row(*("" if c is None else str(c) for c in row))
         console.print(table)
+
+
+def _terms(t: dict) -> str:
+    parts = [", ".join(t.get("models") or [])]
+    if t.get("dpRequired"):
+        parts.append("DP required")
+    for key, label in (("maxEpsilonPerJob", "eps/job"), ("epsilonLeft", "eps left"), ("maxRounds", "max rounds"),
+                       ("expiresAt", "until")):
+        if t.get(key) is not None:
+            parts.append(f"{label} {t[key]}")
+    return "; ".join(p for p in parts if p)
+
+
+@datasets_app.command("list")
+def datasets_list(ctx: typer.Context, slug_contains: Annotated[str, typer.Argument(help="filter on org/id")] = ""):
+    """Datasets offered to your org, with your terms (never a site's paths)."""
+    items = datasets_sdk.list_datasets(slug_contains, session=ctx.obj.session)
+    _emit(ctx, items, ["DATASET", "SAMPLES", "FORMAT", "SITE READY", "TERMS", "DESCRIPTION"],
+          [[d.ref, d.sample_count, d.format, "yes" if d.site_ready else "no", _terms(d.terms), d.description]
+           for d in items])
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context, name_contains: Annotated[str, typer.Argument(help="filter on the id")] = ""):
+    """Catalog models with their versions, resource hints and parameters."""
+    items = models_sdk.list_models(name_contains, session=ctx.obj.session)
+    _emit(ctx, items, ["MODEL", "VERSION", "CLIENT RESOURCES", "PARAMETERS", "DESCRIPTION"],
+          [[m.id, m.version, json.dumps((m.resources or {}).get("client") or {}),
+            ", ".join(sorted(m.parameters.get("properties") or {})), m.description] for m in items])
 
 
 def _compute_rows(items: list[compute_sdk.ComputeStatus]) -> list[list[Any]]:

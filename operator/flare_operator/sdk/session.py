@@ -43,6 +43,7 @@ class Session:
             default_ns = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() if SERVICE_ACCOUNT_NAMESPACE.exists() else None
         self.namespace = namespace or default_ns or "default"
         self._custom = client.CustomObjectsApi(self.api_client)
+        self._core = client.CoreV1Api(self.api_client)
 
     def __repr__(self) -> str:
         return f"Session(context={self.context!r}, namespace={self.namespace!r})"
@@ -108,6 +109,17 @@ class Session:
             time.sleep(0.5)
 
 
+    def published_catalog(self) -> dict:
+        """The models and datasets the orchestrator offers this namespace (ConfigMap flare-catalog)."""
+        import json
+
+        from ..builders.catalog_view import CATALOG_CONFIGMAP, CATALOG_KEY
+
+        cm = self._call("get", "ConfigMap", self.namespace, CATALOG_CONFIGMAP, self._core.read_namespaced_config_map,
+                        CATALOG_CONFIGMAP, self.namespace)
+        return json.loads((cm.data or {}).get(CATALOG_KEY) or "{}")
+
+
 def translate(err, verb: str, kind: str, namespace: str | None, name: str | None) -> FlareError:
     """An ApiException as the SDK's error, with the kubectl command that shows more."""
     import json
@@ -120,6 +132,9 @@ def translate(err, verb: str, kind: str, namespace: str | None, name: str | None
     target = f"{kind} {name}" if name else f"{kind}s"
     ns_flag = f" -n {namespace}" if namespace else " -A"
     resource = KINDS_BY_NAME[kind].plural if kind in KINDS_BY_NAME else kind.lower()
+    if err.status == 404 and kind == "ConfigMap":
+        return NotFound(f"no catalog in namespace {namespace} yet: the orchestrator publishes {name} in each "
+                        f"namespace it serves (labelled flareop.io/org) within a resync", f"kubectl get configmap {name}{ns_flag}")
     if err.status == 404:
         return NotFound(f"{target} not found {where}", f"kubectl get {resource}{ns_flag}")
     if err.status in (401, 403):
