@@ -102,6 +102,8 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
         assert "JobApproval" in out and listed[0]["content_hash"] in out
         assert owner.pending(session=owner_b) == []
 
+        with pytest.raises(TimeoutError, match="goes on|awaits approval"):  # the SDK's, a builtins.TimeoutError
+            job.wait_until_job_finished(run1, timeout=0.5, progress=False, session=me)
         seen = []
         done = job.wait_until_job_finished(run1, timeout=420, poll_interval=1, session=me, on_update=seen.append)
         assert done.phase == "Succeeded" and done.current_round == 2 and done.accuracy is not None

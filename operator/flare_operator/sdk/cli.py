@@ -313,7 +313,7 @@ def pending(ctx: typer.Context, hub_kubeconfig: HubKubeconfig = None, hub_namesp
 
 
 def _decide(ctx: typer.Context, job: str, decision: str, reason: str, yes: bool, hub: Session | None) -> None:
-    req = owner._request(job, ctx.obj.session, hub)
+    req = owner.request(job, session=ctx.obj.session, hub=hub)
     if ctx.obj.output == Output.table:
         _emit(ctx, req, REQUEST_COLUMNS, _request_rows([req]), title=f"{decision} this job?")
         if req.failed_rules:

@@ -121,6 +121,31 @@ def get_status(name: str, *, session: Session | None = None) -> ComputeStatus:
     return ComputeStatus.of(current(session).get(KIND, name))
 
 
+def wait_until_ready(name: str, timeout: float = 300, *, poll_interval: float = 2.0,
+                     session: Session | None = None) -> ComputeStatus:
+    """Wait until the federation's server and every client run (phase Ready). Raises ``InvalidSpec``
+    when it Failed, the SDK's ``TimeoutError`` (saying which orgs have not answered or which clients
+    are missing) after ``timeout`` seconds."""
+    import time
+
+    from .errors import TimeoutError
+
+    s = current(session)
+    deadline = time.monotonic() + timeout
+    while True:
+        st = get_status(name, session=s)
+        if st.phase == "Ready":
+            return st
+        if st.phase == "Failed":
+            raise InvalidSpec(f"ComputeSpec {name} failed: {st.message}", f"kubectl describe computespec {name} -n {s.namespace}")
+        if time.monotonic() > deadline:
+            waiting = [f"{x.org}: {x.decision} {x.message}".strip() for x in st.sites if not x.client_ready]
+            raise TimeoutError(f"ComputeSpec {name} is {st.phase} after {timeout:g} s ({st.message}); "
+                               f"waiting for: {'; '.join(waiting) or 'the server'}",
+                               f"kubectl describe computespec {name} -n {s.namespace}")
+        time.sleep(poll_interval)
+
+
 def list_compute(*, session: Session | None = None) -> list[ComputeStatus]:
     return [ComputeStatus.of(o) for o in current(session).list(KIND)]
 

@@ -64,7 +64,8 @@ def pending(*, session: Session | None = None, hub: Session | None = None) -> li
     return [r for r in job_requests(session=session, hub=hub) if r.decision == "Pending"]
 
 
-def _request(job: str, session: Session | None, hub: Session | None) -> JobRequest:
+def request(job: str, *, session: Session | None = None, hub: Session | None = None) -> JobRequest:
+    """The request of one job (``name`` or ``namespace/name``) to this org."""
     s = hub or current(session)
     wanted = job if "/" in job else None
     found = [r for r in job_requests(session=session, hub=hub)
@@ -79,7 +80,7 @@ def _request(job: str, session: Session | None, hub: Session | None) -> JobReque
 
 def _decide(job: str, decision: str, reason: str, session: Session | None, hub: Session | None) -> dict:
     s = current(session)
-    req = _request(job, session, hub)
+    req = request(job, session=session, hub=hub)
     ns, name = req.job.split("/")
     approval_name = re.sub(r"[^a-z0-9-]", "-", f"{ns}-{name}-{req.content_hash.split(':')[-1][:8]}".lower())[:63]
     obj = {"apiVersion": API_VERSION, "kind": "JobApproval",
