@@ -12,21 +12,13 @@ from . import __version__
 
 
 def _validate(paths: list[Path]) -> int:
-    from .api import InvalidObject, parse_object
+    from .sdk.validate import check_manifests
 
-    failures = 0
-    for path in paths:
-        for obj in yaml.safe_load_all(path.read_text()):
-            if not obj:
-                continue
-            label = f"{path}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
-            try:
-                parse_object(obj)
-                print(f"ok      {label}")
-            except InvalidObject as err:
-                failures += 1
-                print(f"invalid {label}: {err}")
-    return 1 if failures else 0
+    results = check_manifests(paths)
+    for r in results:
+        label = f"{r['file']}: {r['object']}"
+        print(f"ok      {label}" if r["valid"] else f"invalid {label}: {r['error']}")
+    return 0 if all(r["valid"] for r in results) else 1
 
 
 def _job_results(kubeconfig: Path | None, namespace: str, name: str) -> dict:

@@ -33,6 +33,7 @@ from . import models as models_sdk
 from . import owner
 from .errors import FlareError, InvalidSpec
 from .session import Session
+from .validate import check_manifests
 
 app = typer.Typer(help="Modellers' and data owners' verbs over flareop.io resources, as your kubeconfig identity. "
                   "Exit codes: 0 ok, 1 error, 2 invalid input, 3 not found, 4 forbidden (RBAC), 5 timeout, "
@@ -137,6 +138,10 @@ def _compute_rows(items: list[compute_sdk.ComputeStatus]) -> list[list[Any]]:
 COMPUTE_COLUMNS = ["NAME", "PHASE", "CLIENTS", "ACTIVE", "ORGS", "MESSAGE"]
 
 
+def _show_compute(ctx: typer.Context, st: compute_sdk.ComputeStatus) -> None:
+    _emit(ctx, st, COMPUTE_COLUMNS, _compute_rows([st]))
+
+
 @compute_app.command("create")
 def compute_create(ctx: typer.Context, name: str,
                    model: Annotated[str, typer.Option(help="catalog model as id@version, e.g. esm2-finetune@1.0.0")],
@@ -149,22 +154,19 @@ def compute_create(ctx: typer.Context, name: str,
     spec = compute_sdk.ComputeSpec(name=name, model={"id": model_id, "version": version}, dataset_ids=dataset,
                                    client_n_cpu=client_cpu, client_memory=client_memory, client_n_gpu=client_gpu,
                                    server_n_cpu=server_cpu, server_memory=server_memory, active=not inactive)
-    st = compute_sdk.create(spec, session=ctx.obj.session)
-    _emit(ctx, st, COMPUTE_COLUMNS, _compute_rows([st]))
+    _show_compute(ctx, compute_sdk.create(spec, session=ctx.obj.session))
 
 
 @compute_app.command("activate")
 def compute_activate(ctx: typer.Context, name: str):
     """Bring the federation's server and clients back."""
-    st = compute_sdk.activate(name, session=ctx.obj.session)
-    _emit(ctx, st, COMPUTE_COLUMNS, _compute_rows([st]))
+    _show_compute(ctx, compute_sdk.activate(name, session=ctx.obj.session))
 
 
 @compute_app.command("deactivate")
 def compute_deactivate(ctx: typer.Context, name: str):
     """Scale the federation's server and clients to zero (releases GPUs)."""
-    st = compute_sdk.deactivate(name, session=ctx.obj.session)
-    _emit(ctx, st, COMPUTE_COLUMNS, _compute_rows([st]))
+    _show_compute(ctx, compute_sdk.deactivate(name, session=ctx.obj.session))
 
 
 @compute_app.command("status")
@@ -188,6 +190,10 @@ JOB_COLUMNS = ["JOB", "PHASE", "ROUND", "GLOBAL ACC", "APPROVALS", "MESSAGE"]
 def _job_rows(items: list[job_sdk.JobStatus]) -> list[list[Any]]:
     return [[j.name, j.phase, f"{j.current_round}/{j.rounds}", "" if j.accuracy is None else f"{j.accuracy:.3f}",
              ", ".join(f"{a.org}: {a.decision}" for a in j.approvals), j.message] for j in items]
+
+
+def _show_job(ctx: typer.Context, st: job_sdk.JobStatus) -> None:
+    _emit(ctx, st, JOB_COLUMNS, _job_rows([st]))
 
 
 def _param(text: str) -> tuple[str, Any]:
@@ -215,7 +221,7 @@ def job_submit(ctx: typer.Context, compute: Annotated[str, typer.Argument(help="
     if wait:
         st = job_sdk.wait_until_job_finished(job_id, timeout, session=ctx.obj.session,
                                              progress=ctx.obj.output == Output.table)
-        _emit(ctx, st, JOB_COLUMNS, _job_rows([st]))
+        _show_job(ctx, st)
     elif ctx.obj.output == Output.table:
         console.print(f"submitted job {job_id}; follow it with `flareop job wait {job_id}`")
     else:
@@ -269,15 +275,13 @@ def job_download(ctx: typer.Context, job: str, to: Annotated[Path, typer.Option(
 @job_app.command("abort")
 def job_abort(ctx: typer.Context, job: str):
     """Stop the job cleanly (it keeps its last checkpoint; `job resume` continues)."""
-    st = job_sdk.abort(job, session=ctx.obj.session)
-    _emit(ctx, st, JOB_COLUMNS, _job_rows([st]))
+    _show_job(ctx, job_sdk.abort(job, session=ctx.obj.session))
 
 
 @job_app.command("resume")
 def job_resume(ctx: typer.Context, job: str):
     """Continue a stopped job from its last checkpoint."""
-    st = job_sdk.resume(job, session=ctx.obj.session)
-    _emit(ctx, st, JOB_COLUMNS, _job_rows([st]))
+    _show_job(ctx, job_sdk.resume(job, session=ctx.obj.session))
 
 
 @job_app.command("delete")
@@ -355,19 +359,7 @@ def budget(ctx: typer.Context):
 @app.command("validate")
 def validate(ctx: typer.Context, file: Annotated[list[Path], typer.Option("-f", "--file", help="manifest(s), YAML")]):
     """Check flareop.io manifests offline, with the models and rules the API server uses."""
-    from ..api import InvalidObject, parse_object
-
-    results = []
-    for path in file:
-        for obj in yaml.safe_load_all(path.read_text()):
-            if not obj:
-                continue
-            label = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
-            try:
-                parse_object(obj)
-                results.append({"file": str(path), "object": label, "valid": True, "error": ""})
-            except InvalidObject as err:
-                results.append({"file": str(path), "object": label, "valid": False, "error": str(err)})
+    results = check_manifests(file)
     _emit(ctx, results, ["FILE", "OBJECT", "VALID"],
           [[r["file"], r["object"], "yes" if r["valid"] else "NO"] for r in results])
     if ctx.obj.output == Output.table:
