@@ -21,7 +21,14 @@ from flare_operator.builders.rbac import (
     role_binding,
 )
 from flare_operator.sdk import compute, datasets, job, models, owner
-from flare_operator.sdk.errors import AwaitingApproval, Forbidden, InvalidSpec, JobRejected, NotFound
+from flare_operator.sdk.errors import (
+    AwaitingApproval,
+    ComputeRejected,
+    Forbidden,
+    InvalidSpec,
+    JobRejected,
+    NotFound,
+)
 from flare_operator.sdk.session import Session
 from tests.e2e.conftest import BASE_PARAMS
 from tests.operator_harness import apply, automatic_federation, grant, wait_phase
@@ -80,7 +87,28 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
         assert compute.activate("spare", session=me).active
         assert compute.deactivate("spare", session=me).active is False
         assert {c.name for c in compute.list_compute(session=me)} == {"esm2", "spare"}
-        compute.delete("spare", session=me)
+        assert json.loads(flareop(scientist, "-o", "json", "compute", "activate", "spare", namespace=m))["active"] is True
+        assert json.loads(flareop(scientist, "-o", "json", "compute", "deactivate", "spare", namespace=m))["active"] is False
+        assert "spare" in flareop(scientist, "compute", "status", namespace=m)
+        flareop(scientist, "compute", "delete", "spare", namespace=m)
+        out = flareop(scientist, "-o", "json", "compute", "create", "via-cli", "--model", "esm2-finetune@1.0.0",
+                      "-d", f"{a}/scl-a", "-d", f"{b}/scl-b", "--inactive", namespace=m)
+        assert json.loads(out)["name"] == "via-cli"
+        compute.delete("via-cli", session=me)
+        # A wrong org or dataset id is reported before anything is made (the catalog says what is offered)...
+        with pytest.raises(NotFound, match=f"not offered to your org: org-z/scl-a, {a}/nope") as unknown:
+            compute.create(spare.model_copy(update={"name": "typo", "dataset_ids": ["org-z/scl-a", f"{a}/nope"]}),
+                           session=me)
+        assert unknown.value.hint == "flareop datasets list"
+        flareop(scientist, "compute", "create", "typo", "--model", "esm2-finetune@1.0.0", "-d", f"{a}/nope",
+                namespace=m, expect=3)
+        # ... and where the check is skipped, the org that holds no such dataset refuses, in its words.
+        compute.create(spare.model_copy(update={"name": "typo", "dataset_ids": [f"{a}/nope"], "active": True}),
+                       check_datasets=False, session=me)
+        with pytest.raises(ComputeRejected) as refused_compute:
+            compute.wait_until_ready("typo", timeout=60, session=me)
+        assert refused_compute.value.rejected_by == [a] and "nope" in str(refused_compute.value)
+        compute.delete("typo", session=me)
         with pytest.raises(NotFound) as missing:
             compute.get_status("spare", session=me)
         assert missing.value.hint == f"kubectl get computespecs -n {m}"
@@ -115,6 +143,9 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
             assert hashlib.sha256(p.read_bytes()).hexdigest() == listed_files[p.relative_to(tmp_path / "results").as_posix()]
         logs = job.logs(run1, session=me)
         assert "server" in logs and any(site.startswith(a) for site in logs), sorted(logs)
+        out = flareop(scientist, "-o", "json", "job", "download", "run1", "--to", str(tmp_path / "cli-results"), namespace=m)
+        assert len(json.loads(out)) == len(files)
+        assert "==> server <==" in flareop(scientist, "job", "logs", "run1", "--participant", "server", namespace=m)
         table = flareop(scientist, "job", "list", namespace=m)
         assert "run1" in table and "Succeeded" in table and "2/2" in table
 
@@ -127,6 +158,31 @@ def test_modeller_and_data_owner_workflow(control_plane, e2e_data, tmp_path):
         assert rejected.value.rejected_by == [b] and "at most 1 local step" in str(rejected.value)
         assert rejected.value.hint == f"kubectl describe federatedjob run2 -n {m}"
         flareop(scientist, "job", "wait", "run2", "--timeout", "30", namespace=m, expect=7)
+
+        # --- suspended and resumed; submitted and rejected from the CLI; deleted --------------------------
+        out = flareop(scientist, "-o", "json", "job", "submit", "esm2", "--rounds", "4", "--name", "run4",
+                      "-p", "preset=tiny", "-p", "maxSeqLength=64", "-p", "batchSize=32", "-p", "localSteps=2",
+                      "-p", "torchThreads=1", namespace=m)
+        assert json.loads(out) == {"job": "run4"}
+        wait_for(lambda: owner.pending(session=owner_b), timeout=60, message="run4 reaches org-b")
+        owner.approve("run4", session=owner_b)
+        wait_for(lambda: job.status("run4", session=me).current_round >= 1, timeout=240, message="run4 trains")
+        assert job.abort("run4", session=me).suspended
+        wait_for(lambda: job.status("run4", session=me).phase == "Suspended", timeout=120, message="run4 suspended")
+        assert json.loads(flareop(scientist, "-o", "json", "job", "resume", "run4", namespace=m))["suspended"] is False
+        wait_for(lambda: job.status("run4", session=me).phase == "Running", timeout=120, message="run4 resumed")
+        assert json.loads(flareop(scientist, "-o", "json", "job", "abort", "run4", namespace=m))["suspended"] is True
+        wait_for(lambda: job.status("run4", session=me).phase == "Suspended", timeout=120, message="run4 suspended again")
+        assert not job.resume("run4", session=me).suspended
+        assert job.wait_until_job_finished("run4", timeout=420, progress=False, session=me).current_round == 4
+        flareop(scientist, "job", "delete", "run4", namespace=m)
+        run5 = job.submit("esm2", PARAMS, rounds=1, session=me)
+        wait_for(lambda: owner.pending(session=owner_b), timeout=60, message="run5 reaches org-b")
+        flareop(admin_b, "reject", run5, "--reason", "not this quarter", "-y", namespace=b)
+        with pytest.raises(JobRejected, match="not this quarter"):
+            job.wait_until_job_finished(run5, timeout=120, progress=False, session=me)
+        job.delete(run5, session=me)
+        assert {j.name for j in job.list_jobs(session=me)} == {run1, run2}
 
         # --- rejected for budget: org-a's grant has less epsilon left than the job asks ------------------
         apply(cp, grant(a, "scl-a", m, path=str(paths[0]), privacy={"dpRequired": True, "epsilonBudget": 3}))

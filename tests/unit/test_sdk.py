@@ -89,3 +89,22 @@ def test_flareop_validate_checks_manifests_offline(tmp_path):
                    "spec: {computeSpecRef: {name: c}, rounds: 0}\n")
     refused = runner.invoke(app, ["validate", "-f", str(bad)])
     assert refused.exit_code == 2 and "rounds must be greater than 0" in refused.output
+
+
+def test_a_session_works_in_the_contexts_namespace_like_kubectl(tmp_path, monkeypatch):
+    from flare_operator.sdk.session import Session
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "hub",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "hub", "context": {"cluster": "c", "user": "u", "namespace": "modeller"}},
+                     {"name": "site", "context": {"cluster": "c", "user": "u", "namespace": "org-b"}},
+                     {"name": "bare", "context": {"cluster": "c", "user": "u"}}]}))
+    assert Session(kubeconfig).namespace == "modeller"
+    assert Session(kubeconfig, context="site").namespace == "org-b"
+    assert Session(kubeconfig, context="bare").namespace == "default"
+    assert Session(kubeconfig, namespace="other").namespace == "other"
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert Session(context="site").namespace == "org-b"  # $KUBECONFIG, like kubectl

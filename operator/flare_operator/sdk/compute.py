@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..api import InvalidObject, parse_object
 from ..api.kinds import API_VERSION
-from .errors import InvalidSpec
+from .errors import ComputeRejected, Forbidden, InvalidSpec, NotFound, OrgReason
 from .session import Session, current
 
 KIND = "ComputeSpec"
@@ -97,10 +97,28 @@ class ComputeStatus:
         )
 
 
-def create(spec: ComputeSpec, *, session: Session | None = None) -> ComputeStatus:
-    """Create the federation (active unless ``spec.active`` is False); every org decides on its request."""
+def create(spec: ComputeSpec, *, check_datasets: bool = True, session: Session | None = None) -> ComputeStatus:
+    """Create the federation (active unless ``spec.active`` is False); every org decides on its request.
+
+    ``check_datasets``: first compare ``dataset_ids`` with what is offered to your org (the orchestrator's
+    catalog), so a wrong org or id is reported before anything is made; skipped where no catalog is
+    published yet (the sites then answer on the ComputeSpec's status)."""
     s = current(session)
-    return ComputeStatus.of(s.create(spec.manifest(s.namespace)))
+    obj = spec.manifest(s.namespace)
+    if check_datasets:
+        _check_offered(spec.dataset_ids, s)
+    return ComputeStatus.of(s.create(obj))
+
+
+def _check_offered(dataset_ids: list[str], s: Session) -> None:
+    try:
+        offered = {f"{d['org']}/{d['id']}" for d in s.published_catalog().get("datasets") or []}
+    except (NotFound, Forbidden):
+        return  # no catalog here (yet), or the roles predate it: the sites answer on the status
+    unknown = [i for i in dataset_ids if i not in offered]
+    if unknown:
+        raise NotFound(f"not offered to your org: {', '.join(unknown)} (offered: {', '.join(sorted(offered)) or 'none'}); "
+                       "check the org and the dataset id", "flareop datasets list")
 
 
 def _set_active(name: str, active: bool, session: Session | None) -> ComputeStatus:
@@ -123,8 +141,8 @@ def get_status(name: str, *, session: Session | None = None) -> ComputeStatus:
 
 def wait_until_ready(name: str, timeout: float = 300, *, poll_interval: float = 2.0,
                      session: Session | None = None) -> ComputeStatus:
-    """Wait until the federation's server and every client run (phase Ready). Raises ``InvalidSpec``
-    when it Failed, the SDK's ``TimeoutError`` (saying which orgs have not answered or which clients
+    """Wait until the federation's server and every client run (phase Ready). Raises ``ComputeRejected``
+    (each org's answer) when an org refused, ``InvalidSpec`` when it Failed otherwise, the SDK's ``TimeoutError`` (saying which orgs have not answered or which clients
     are missing) after ``timeout`` seconds."""
     import time
 
@@ -136,6 +154,11 @@ def wait_until_ready(name: str, timeout: float = 300, *, poll_interval: float = 
         st = get_status(name, session=s)
         if st.phase == "Ready":
             return st
+        denied = [OrgReason(x.org, x.decision, x.message) for x in st.sites if x.decision == "Rejected"]
+        if denied:
+            raise ComputeRejected(f"ComputeSpec {name}: " + "; ".join(f"{r.org} refused: {r.message}" for r in denied),
+                                  [OrgReason(x.org, x.decision, x.message) for x in st.sites],
+                                  f"kubectl describe computespec {name} -n {s.namespace}")
         if st.phase == "Failed":
             raise InvalidSpec(f"ComputeSpec {name} failed: {st.message}", f"kubectl describe computespec {name} -n {s.namespace}")
         if time.monotonic() > deadline:

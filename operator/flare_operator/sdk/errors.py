@@ -61,9 +61,9 @@ class OrgReason:
     message: str
 
 
-class JobRejected(FlareError):
-    """At least one data owner rejected the job; ``reasons`` holds every org's answer (their policy's
-    rules in words: which rule decided and why)."""
+class Rejected(FlareError):
+    """At least one data owner said no; ``reasons`` holds every org's answer (their policy's rules in
+    words: which rule decided and why)."""
 
     exit_code = 7
 
@@ -74,6 +74,14 @@ class JobRejected(FlareError):
     @property
     def rejected_by(self) -> list[str]:
         return [r.org for r in self.reasons if r.decision == "Rejected"]
+
+
+class JobRejected(Rejected):
+    """A data owner rejected the job."""
+
+
+class ComputeRejected(Rejected):
+    """A data owner refused to serve its datasets to the federation (no client runs there)."""
 
 
 class JobFailed(FlareError):

@@ -27,14 +27,13 @@ class Session:
 
         self.kubeconfig = str(kubeconfig) if kubeconfig else None
         self.context = context
-        config_file = self.kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-        if config_file is None and Path("~/.kube/config").expanduser().exists():
-            config_file = str(Path("~/.kube/config").expanduser())
+        # Like kubectl: the file given, else $KUBECONFIG as it is now (several files merged), else ~/.kube/config.
+        home = Path("~/.kube/config").expanduser()
+        config_file = self.kubeconfig or os.environ.get("KUBECONFIG") or (str(home) if home.exists() else None)
         if config_file:
             self.api_client = config.new_client_from_config(config_file=config_file, context=context)
-            _, active = config.list_kube_config_contexts(config_file=config_file)
+            contexts, active = config.list_kube_config_contexts(config_file=config_file)
             if context:
-                contexts, _ = config.list_kube_config_contexts(config_file=config_file)
                 active = next((c for c in contexts if c["name"] == context), active)
             default_ns = (active or {}).get("context", {}).get("namespace")
         else:
