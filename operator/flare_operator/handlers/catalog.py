@@ -2,8 +2,8 @@
 (builders/catalog_view.py says what is in it): the catalog's models and the datasets offered to that
 namespace's org, so the SDK on a modeller's laptop lists them without reading other orgs' objects.
 
-One pass every `max(resyncSeconds, 5)` seconds: three API lists (Namespaces, Gateways, and the seats'
-Namespaces) plus one apply per namespace whose content changed (its digest annotation differs).
+One pass every `max(resyncSeconds, 5)` seconds: two API lists (Namespaces and Gateways, from which the
+org seats are computed too) plus one apply per namespace whose content changed (its digest annotation differs).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import logging
 from .. import catalog
 from ..builders.catalog_view import DIGEST_ANNOTATION, catalog_configmap, consumer_datasets
 from ..config import LABEL_ORG
-from .compute import Hub, org_hub_namespaces
+from ..status.gateway import org_seats_of
+from .compute import Hub
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +31,15 @@ def _models() -> list[dict]:
 async def publish_catalogs(hub: Hub, published: dict[str, str]) -> int:
     """One pass; ``published``: namespace -> digest last written (kept between passes). Returns writes."""
     served = set(hub.config.namespaces)
-    namespaces = [ns for ns in await hub.k("list", "Namespace")
+    every_namespace = await hub.k("list", "Namespace")
+    namespaces = [ns for ns in every_namespace
                   if (ns["metadata"].get("labels") or {}).get(LABEL_ORG)
                   and (not served or ns["metadata"]["name"] in served)
                   and not ns["metadata"].get("deletionTimestamp")]
     if not namespaces:
         return 0
-    seats = await org_hub_namespaces(hub)
     gateways = await hub.k("list", "Gateway")
+    seats = org_seats_of(gateways, every_namespace)  # the same two lists org_hub_namespaces reads
     models = await asyncio.to_thread(_models)
     writes = 0
     for ns in namespaces:
