@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-job images
+.PHONY: help install test test-unit test-schema test-integration test-fuzz test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-job images
 
 ## help: list the targets
 help:
@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[operator,flare,train,dev,s3,sdk,datagen]'
 	touch $@
 
-## test: every tier (unit, schema, charts, integration, node, e2e) - the README's test command and CI's
+## test: every tier (unit, schema, charts, integration, fuzz, node, e2e) - the README's test command and CI's
 test: install controlplane images chart-tools
-	$(PYTEST) tests/unit tests/schema tests/charts tests/integration tests/node tests/e2e
+	$(PYTEST) tests/unit tests/schema tests/charts tests/integration tests/fuzz tests/node tests/e2e
 
 ## test-unit: pure code only (seconds, no control plane)
 test-unit: install
@@ -49,6 +49,10 @@ charts-docs: chart-tools
 ## test-integration: the operator and the control plane on real API servers
 test-integration: install controlplane
 	$(PYTEST) tests/integration
+
+## test-fuzz: manifests drawn from the CRDs' schemas and mutated, sent to a real API server with the operator running (FUZZ_SEED=n replays, FUZZ_EXAMPLES=n per kind and source)
+test-fuzz: install controlplane
+	$(PYTEST) tests/fuzz
 
 ## test-node: pods from the project's images on a real node (kubelet, containerd; root)
 test-node: install controlplane images

@@ -298,3 +298,41 @@ def test_readable_escapes_what_a_message_quotes():
 def test_the_shape_rule_refuses_climbing_out(path):
     with pytest.raises(ValueError, match=r"must not contain '\.\.' segments"):
         spec({"path": path})
+
+
+def test_one_grant_whose_status_write_fails_does_not_hold_back_the_others(tmp_path: Path):
+    """Found by the fuzz suite: an object the API server stored but cannot apply a status to (500)
+    stopped the site's loop, so no other grant of the org was reported on."""
+    import asyncio
+
+    from flare_operator.handlers.grants import CheckedGrants, report_grants
+
+    class Sink:
+        written: list[str] = []
+
+        async def site(self, method, *args, **_):
+            if method == "apply_status":
+                if args[2] == "broken":
+                    raise RuntimeError("(500) failed to create manager for existing fields")
+                self.written.append(args[2])
+
+    data = site_data(SiteSettings(org="org-b", site="org-b", namespace="org-b", hub_namespace="org-b"), "process")
+    objects = [{"metadata": {"name": name, "namespace": "org-b", "generation": 1},
+                "spec": spec({"path": str(tmp_path)}).to_wire()} for name in ("broken", "fine")]
+    inputs = [grant_input(o, "process", None) for o in objects]
+    checked = CheckedGrants(data, objects, inputs, check_grants(inputs, data, NOW))
+    site = Sink()
+    assert asyncio.run(report_grants(site, checked)) == 1  # type: ignore[arg-type]
+    assert site.written == ["fine"]
+
+
+def test_a_request_that_arrives_already_ended_is_answered_not_ignored():
+    """Found by the fuzz suite: a request created with spec.outcome set (the job ended before this
+    site decided) never got a status, so nobody could tell it had been seen."""
+    from flare_operator.handlers.gateway import ended_undecided
+
+    req = AccessRequestSpec.model_validate({**compute_request().to_wire(), "outcome": {"phase": "Aborted"}})
+    status = ended_undecided(req, 3, NOW)
+    assert status.decision == Decision.REJECTED and status.observed_generation == 3
+    assert "already ended (Aborted)" in status.message
+    assert {c.type: c.status for c in status.conditions} == {"Decided": "True", "Ready": "False"}

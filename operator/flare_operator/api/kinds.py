@@ -79,7 +79,7 @@ _JOB_SPEC_FROZEN_AFTER_SUBMIT = CelRule(
 
 _ONE_POLICY_PER_ORG = CelRule(
     rule=f"self.metadata.name == '{ORG_POLICY_NAME}'",
-    message=f"an org has exactly one OrgPolicy and it must be named '{ORG_POLICY_NAME}'",
+    message=f"metadata.name must be '{ORG_POLICY_NAME}': an org has exactly one OrgPolicy",
     check=lambda obj: obj.get("metadata", {}).get("name") == ORG_POLICY_NAME,
 )
 

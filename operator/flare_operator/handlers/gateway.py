@@ -198,6 +198,19 @@ def answer(previous: AccessRequestStatus, ev: Evaluation, spec: AccessRequestSpe
     )
 
 
+def ended_undecided(spec: AccessRequestSpec, generation: int, now: datetime) -> AccessRequestStatus:
+    """The status of a request that came with spec.outcome set before this site decided (found by the
+    fuzz suite: such a request got no status at all): nothing to decide, the client never takes it."""
+    message = (f"the job had already ended ({spec.outcome.phase}) when this site first saw the request: "
+               "nothing to decide, and this site's client never takes the job")
+    conds = Conditions([], generation=generation, now=now)
+    conds.set(ConditionType.DECIDED, True, Reason.REJECTED, message)
+    conds.set(ConditionType.READY, False, Reason.REJECTED, message)
+    return AccessRequestStatus(observed_generation=generation, conditions=conds.items, decision=Decision.REJECTED,
+                               reason=Reason.REJECTED, message=message, decided_hash=spec.content_hash,
+                               decided_at=now)
+
+
 class RequestAnswer(ObjectView):
     """One AccessRequest's reconcile at the site."""
 
@@ -234,6 +247,8 @@ class RequestAnswer(ObjectView):
         if self.spec.outcome is not None:
             await self._enforce(approved=False)  # the job ended: the client takes it no more
             await self._spend()  # its decision stands, its reservation becomes spent
+            if self.previous.decision is None:
+                await self._write(ended_undecided(self.spec, self.generation, _now()))
             return
         ev, grants = await self._evaluate()
         client_ready: bool | None = None

@@ -31,7 +31,7 @@ from ..api.conditions import ConditionType, Reason
 from ..api.dataset_grant import DatasetGrantSpec, DatasetGrantStatus
 from ..config import SiteSettings
 from ..policy.grants import KUBERNETES, GrantInput, GrantProblem, SiteData, alternatives, check_grants
-from ..runtime.kube import StatusRefused
+from ..runtime.kube import StatusRefused, readable
 from ..runtime.metrics import STATUS_WRITES
 from ..status.conditions import Conditions
 
@@ -183,6 +183,10 @@ async def report_grants(site: Site, checked: CheckedGrants | None = None) -> int
                             {"observedGeneration": generation, "conditions": _own(conditions)})
         except StatusRefused:
             continue  # recorded as Ready=False (InvalidSpec) with the server's message; logged once
+        except Exception as err:  # noqa: BLE001 - one grant's failed write must not hold back the others' reports
+            log.warning("could not write the status of DatasetGrant %s/%s: %s", meta["namespace"], meta["name"],
+                        readable(str(err))[:400])
+            continue
         STATUS_WRITES.labels("DatasetGrant").inc()
         written += 1
         was_valid = next((c.status for c in previous if c.type == ConditionType.VALID), None)
