@@ -268,6 +268,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def health(port: int) -> tuple[int, str]:
+    """The operator's liveness probe (`--liveness http://127.0.0.1:PORT/healthz`): (HTTP status, body);
+    status 0 when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode(errors="replace")
+    except OSError as err:
+        return 0, str(err)
+
+
 def scrape(port: int) -> dict[str, float]:
     """The operator's Prometheus metrics as {'name{labels}': value}."""
     import urllib.request

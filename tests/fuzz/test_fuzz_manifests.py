@@ -20,8 +20,6 @@ import json
 import os
 import random
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -39,6 +37,7 @@ from tests.operator_harness import (
     gateway_config,
     get,
     grant,
+    health,
     install_crds,
     job,
     operator_config,
@@ -114,7 +113,7 @@ class Fuzz:
 
     def healthy_operator(self) -> None:
         assert self.operator.proc.poll() is None, f"the operator exited:\n{self.operator.tail(80)}"
-        status, body = _health(self.liveness)
+        status, body = health(self.liveness)
         assert status == 200, f"liveness answered {status}: {body[:400]}"
         FIGURES["liveness checks"] += 1
         bad = [line for line in self.operator.log_path.read_text(errors="replace").splitlines()
@@ -130,16 +129,6 @@ def _refusal(err) -> str:
         return str(err.body)
     causes = (body.get("details") or {}).get("causes") or []
     return " | ".join([body.get("message", ""), *(f"{c.get('field')}: {c.get('message')}" for c in causes)])
-
-
-def _health(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
-    except OSError as err:
-        return 0, str(err)
 
 
 def _base(kind: str, fz: Fuzz) -> dict:
@@ -192,7 +181,7 @@ def fz(control_plane, tmp_path_factory):
     api = cp.api_client()
     fuzz = Fuzz(cp, api, a, b, m, op, liveness)
     try:
-        wait_for(lambda: _health(liveness)[0] == 200, timeout=120, message="the operator's liveness answers")
+        wait_for(lambda: health(liveness)[0] == 200, timeout=120, message="the operator's liveness answers")
         for kind, name, ns in (("computespec", "esm2", m), ("federatedjob", "healthy", m), ("datasetgrant", "scl-a", a)):
             wait_for(lambda kind=kind, name=name, ns=ns: _reported(get(cp, kind, ns, name)), timeout=120,
                      message=f"{kind} {name} reported on")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
@@ -17,19 +15,12 @@ from tests.operator_harness import (
     create_org_namespace,
     free_port,
     gateway_config,
+    health,
     install_crds,
 )
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def health(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
 
 
 def registered_ca(cp, site: str) -> bytes:
