@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-fuzz test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-job images
+.PHONY: help install test test-unit test-schema test-integration test-fuzz test-chaos test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-job images
 
 ## help: list the targets
 help:
@@ -53,6 +53,10 @@ test-integration: install controlplane
 ## test-fuzz: manifests drawn from the CRDs' schemas and mutated, sent to a real API server with the operator running (FUZZ_SEED=n replays, FUZZ_EXAMPLES=n per kind and source)
 test-fuzz: install controlplane
 	$(PYTEST) tests/fuzz
+
+## test-chaos: FederatedJob lifecycles while the operator and NVFlare processes are SIGKILLed at random (CHAOS_SEED=random|n, CHAOS_LIFECYCLES=n); not yet in `make test` (docs/robustness.md)
+test-chaos: install controlplane
+	$(PYTEST) tests/chaos
 
 ## test-node: pods from the project's images on a real node (kubelet, containerd; root)
 test-node: install controlplane images
