@@ -256,6 +256,15 @@ def operator_config(workdir: Path, gateways: list[dict], mode: str = "all", **ex
             "heartbeatSeconds": 5, "gateways": gateways, **extra}
 
 
+def seed_from_env(variable: str) -> int:
+    """A randomised suite's seed: 0 unless `variable` says otherwise (`make test` repeats its choices),
+    a fresh one for `variable=random`, or the number given (a replay). Print it where it is used."""
+    import random
+
+    value = os.environ.get(variable, "0")
+    return random.SystemRandom().randrange(2**32) if value == "random" else int(value)
+
+
 def stop_signal_name(code: int) -> str:
     return signal.Signals(-code).name if code < 0 else str(code)
 

@@ -44,15 +44,14 @@ from tests.operator_harness import (
     get,
     grant,
     processes_under,
+    seed_from_env,
     wait_phase,
 )
 from tests.support.kube_fixtures import wait_for
 
 pytestmark = pytest.mark.chaos
 
-_SEED = os.environ.get("CHAOS_SEED", "0")
-SEED = random.SystemRandom().randrange(2**32) if _SEED == "random" else int(_SEED)
-"""Fixed by default, so `make test` repeats its choices; CHAOS_SEED=random draws a new seed (printed)."""
+SEED = seed_from_env("CHAOS_SEED")
 LIFECYCLES = int(os.environ.get("CHAOS_LIFECYCLES", "30"))
 SLOTS = 2
 EPSILON = 2.0

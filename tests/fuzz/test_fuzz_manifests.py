@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,15 +43,14 @@ from tests.operator_harness import (
     policy,
     processes_under,
     remove_namespaces,
+    seed_from_env,
 )
 from tests.sample_data import valid_samples
 from tests.support.kube_fixtures import raw_request, wait_for
 
 pytestmark = pytest.mark.fuzz
 
-_SEED = os.environ.get("FUZZ_SEED", "0")
-SEED = random.SystemRandom().randrange(2**32) if _SEED == "random" else int(_SEED)
-"""Fixed by default, so `make test` is repeatable; FUZZ_SEED=random explores (the seed is printed)."""
+SEED = seed_from_env("FUZZ_SEED")
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SCHEMAS = crds()
 PLURALS = {"ComputeSpec": "computespecs", "FederatedJob": "federatedjobs", "DatasetGrant": "datasetgrants",
