@@ -1,5 +1,5 @@
 """A FederatedJob's life beyond the happy path, on a real API server and real NVFlare processes:
-operator killed mid-job, NVFlare server killed mid-job, suspend and resume, deadline, delete while
+operator killed mid-job, NVFlare server or a site's client killed mid-job, suspend and resume, deadline, delete while
 running, compute deactivated under a running job, ttlSecondsAfterFinished, /metrics."""
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ def job_processes(workdir: Path, job_id: str) -> list[str]:
     return [p for p in processes_under(workdir) if job_id in p]
 
 
-def test_a_job_survives_an_operator_restart_and_a_server_crash(control_plane, e2e_data, tmp_path):
+def test_a_job_survives_an_operator_restart_a_server_crash_and_a_client_crash(control_plane, e2e_data, tmp_path):
     cp = control_plane
     with automatic_federation(cp, e2e_data, tmp_path) as fed:
         m, ops, config, port = fed.modeller, fed.operators, fed.config, fed.metrics_port
-        apply(cp, job(m, "long", 6, backoffLimit=1, ttlSecondsAfterFinished=5))
+        apply(cp, job(m, "long", 8, backoffLimit=2, ttlSecondsAfterFinished=5))
         first = wait_status(cp, m, "long", lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= 1,
                             "running, a round done")
         job_id = first["nvflareJobId"]
@@ -76,24 +76,43 @@ def test_a_job_survives_an_operator_restart_and_a_server_crash(control_plane, e2
         checkpoint = resumed["checkpoint"]
         assert checkpoint["fromJobId"] == job_id and checkpoint["completedRounds"] >= later["currentRound"]
 
+        # A site's client dies mid-job: restarted, it comes back without the job, and NVFlare 2.9
+        # would wait for it for ever; the operator sees the site answer without the job, aborts it
+        # and resubmits from the checkpoint (siteFailures, same backoffLimit).
+        second = wait_status(cp, m, "long", lambda s: s.get("currentRound", 0) > checkpoint["completedRounds"],
+                             "the resubmitted job made a round")
+        client = min(int(p.split(":")[0]) for p in processes_under(tmp_path / "flare") if "client_train" in p)
+        os.killpg(client, signal.SIGKILL)
+        third = wait_status(cp, m, "long", lambda s: s.get("attempts") == 3 and s.get("nvflareJobId"),
+                            "resubmitted after the client crash", timeout=120)
+        assert third["siteFailures"] == 1 and third["serverFailures"] == 1
+        assert third["checkpoint"]["fromJobId"] == second["nvflareJobId"]
+        assert third["checkpoint"]["completedRounds"] >= second["currentRound"]
+        events = cp.kubectl("get", "events", "-n", m, "--field-selector", "reason=SiteLostJob", "-o", "json").stdout
+        assert "its client restarted mid-job" in events, events
+
         done = wait_phase(cp, "federatedjob", m, "long", "Succeeded", timeout=300)["status"]
-        assert done["progress"] == "6/6" and done["attempts"] == 2
+        assert done["progress"] == "8/8" and done["attempts"] == 3
         results = Path(done["results"]["location"])
         metrics = json.loads((results / "metrics.json").read_text())
-        assert metrics["resumed_from"]["round"] == checkpoint["completedRounds"]
-        assert metrics["job"]["metadata"]["attempt"] == 2
-        assert len(metrics["history"]) == 6 - checkpoint["completedRounds"]
-        assert (results / "attempts" / f"metrics-{job_id}.json").exists(), "the lost attempt's metrics are kept"
+        resumed_at = third["checkpoint"]["completedRounds"]
+        assert metrics["resumed_from"]["round"] == resumed_at
+        assert metrics["job"]["metadata"]["attempt"] == 3
+        assert len(metrics["history"]) == 8 - resumed_at
+        for lost in (job_id, second["nvflareJobId"]):
+            assert (results / "attempts" / f"metrics-{lost}.json").exists(), "the lost attempts' metrics are kept"
         logs = {f["name"] for f in done["results"]["files"] if f["name"].startswith("logs/")}
         assert {"logs/server-log.txt", f"logs/{fed.orgs[0]}-log.txt"} <= logs, logs
+        wait_for(lambda: not job_processes(tmp_path / "flare", second["nvflareJobId"]), timeout=60,
+                 message="the attempt a site lost was aborted")
 
         # /metrics of the restarted operator: what it saw move.
         seen = scrape(port)
-        assert seen['flareop_job_submissions_total{reason="resubmit"}'] == 1
-        assert seen["flareop_job_rounds_completed_total"] >= 6 - first["currentRound"] - 1
+        assert seen['flareop_job_submissions_total{reason="resubmit"}'] == 2
+        assert seen["flareop_job_rounds_completed_total"] >= 8 - first["currentRound"] - 1
         assert seen['flareop_jobs_finished_total{phase="Succeeded"}'] == 1
         assert seen['flareop_computespecs{phase="Ready"}'] == 1
-        assert seen["flareop_job_submit_seconds_count"] == 1
+        assert seen["flareop_job_submit_seconds_count"] == 2
 
         # ttlSecondsAfterFinished: the finished job goes away, its results stay.
         wait_for(lambda: get(cp, "federatedjob", m, "long") is None, timeout=60, message="job garbage-collected")

@@ -120,7 +120,8 @@ class FederatedJobSpec(ApiModel):
         None, ge=0, le=365 * 24 * 3600, description="Delete the job this many seconds after it finished."
     )
     backoff_limit: int = Field(
-        2, ge=0, le=10, description="How often to resubmit from the last checkpoint after an NVFlare server failure."
+        2, ge=0, le=10, description="How often to resubmit from the last checkpoint after an NVFlare server or a "
+        "site's client lost the job (serverFailures + siteFailures)."
     )
     suspend: bool = Field(
         False, description="true aborts a running job cleanly; false resumes it from the last global checkpoint."
@@ -208,9 +209,11 @@ class FederatedJobStatus(ApiModel):
     )
     nvflare_job_id: str | None = Field(None, max_length=128, description="The NVFlare job id of the current attempt.")
     attempts: int = Field(0, ge=0, description="Submissions so far (1 + resumes after suspend + resubmissions "
-                          "after server failures).")
+                          "after server or site failures).")
     server_failures: int = Field(0, ge=0, description="Times the NVFlare server lost the job (counted against "
                                  "spec.backoffLimit).")
+    site_failures: int = Field(0, ge=0, description="Times a site's NVFlare client lost the job: it restarted "
+                               "mid-job and no longer ran it (counted against spec.backoffLimit).")
     submitted_at: datetime | None = Field(None, description="First submission to NVFlare; the spec is frozen from then on.")
     start_time: datetime | None = Field(None, description="When the NVFlare job started running.")
     completion_time: datetime | None = Field(None, description="When the job finished.")

@@ -36,6 +36,7 @@ from ..runtime.workloads import ServerWorkload, WorkloadRuntime
 from ..status.compute import ObservedCompute, ObservedSite, compute_status
 from ..status.conditions import get_condition
 from ..status.gateway import OrgSeats, org_seats_of
+from ..status.job import SiteWatch
 from .objects import ObjectView
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class Hub:
     results_store: Any = None  # store.results.ResultsStore: where finished jobs' results go
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     port_base: int = 18000
+    site_watches: dict[str, SiteWatch] = field(default_factory=dict)  # NVFlare job id -> its sites without it
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())

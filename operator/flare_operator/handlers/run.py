@@ -49,7 +49,7 @@ from ..nvflare.admin import FlareUnavailable
 from ..runtime.metrics import APPROVAL_WAIT_SECONDS, JOB_SUBMISSIONS, ROUNDS_COMPLETED, SUBMIT_SECONDS
 from ..runtime.workloads import ServerWorkload
 from ..status.conditions import Conditions
-from ..status.job import progress_from_metrics
+from ..status.job import SiteWatch, progress_from_metrics
 from .compute import Federation, Hub
 from .objects import ObjectView
 
@@ -185,12 +185,20 @@ class Run(ObjectView):
                                   results=await self._logs_only(admin, job_id), **updates)
         if state == "RUNNING" and meta is not None and await asyncio.to_thread(admin.lost_by_server, job_id, meta):
             state = "FINISHED:ABANDONED"  # what NVFlare would call it: the restarted server forgot the job
+        if state == "RUNNING" and record is not None:
+            lost = await self._sites_without_job(admin, job_id)
+            if lost:
+                withdrawn = self._withdrawn(await self._current_approvals())
+                if withdrawn:  # a site stopped it because its org withdrew: that is a revocation
+                    return await self._revoke(server, admin, withdrawn)
+                return await self._recover(server, admin, f"lost at {', '.join(lost)} (its client restarted "
+                                           "mid-job)", updates, sites=lost)
         if state == "RUNNING":
             start = self.status.start_time or _now()
             return self._with(JobPhase.RUNNING, Reason.RUNNING, f"round {updates.get('progress', '?')}",
                               start_time=start, **updates)
         if state in LOST_BY_SERVER:
-            return await self._recover(server, admin, state, updates)
+            return await self._recover(server, admin, f"ended {state}", updates)
         if state.startswith("FINISHED"):
             phase = _DONE.get(state, JobPhase.FAILED)
             withdrawn = [] if phase == JobPhase.SUCCEEDED else self._withdrawn(await self._current_approvals())
@@ -255,24 +263,47 @@ class Run(ObjectView):
         return self._stopped(JobPhase.SUSPENDED, Reason.SUSPENDED,
                              f"spec.suspend is true: NVFlare job {job_id} aborted; resumes from {where}", checkpoint)
 
-    async def _recover(self, server: ServerWorkload, admin, state: str, updates: dict) -> FederatedJobStatus:
-        """The server lost the job: resubmit from the last checkpoint while backoffLimit allows
-        (the one saved while the job ran: the lost job answers no more)."""
+    async def _recover(self, server: ServerWorkload, admin, what: str, updates: dict,
+                       sites: list[str] = ()) -> FederatedJobStatus:
+        """The server lost the job, or ``sites`` did (the server still runs it, waiting for them:
+        aborted first): resubmit from the last checkpoint while backoffLimit allows (the one saved
+        while the job ran: the lost job answers no more)."""
         job_id = self.status.nvflare_job_id
         checkpoint = updates.pop("checkpoint", None) or self.status.checkpoint
-        failures = self.status.server_failures + 1
-        self.status = self.status.model_copy(update={"server_failures": failures})
+        counter = "site_failures" if sites else "server_failures"
+        self.status = self.status.model_copy(update={counter: getattr(self.status, counter) + 1})
+        failures = self.status.server_failures + self.status.site_failures
+        if sites:
+            try:
+                await asyncio.to_thread(admin.abort, job_id)
+            except FlareUnavailable:
+                raise
+            except Exception:  # noqa: BLE001 - it may have ended meanwhile
+                log.info("NVFlare job %s: abort after a site lost it", job_id, exc_info=True)
+            self.hub.site_watches.pop(job_id, None)
         if failures > self.spec.backoff_limit:
             return self._with(JobPhase.FAILED, Reason.BACKOFF_LIMIT_EXCEEDED,
-                              f"NVFlare job {job_id} ended {state}; {failures} server failures exceed backoffLimit "
-                              f"{self.spec.backoff_limit}", completion_time=_now(), **updates)
+                              f"NVFlare job {job_id} {what}; {failures} server and site failures exceed "
+                              f"backoffLimit {self.spec.backoff_limit}", completion_time=_now(), **updates)
         where = f"round {checkpoint.completed_rounds}" if checkpoint else "round 0 (no checkpoint)"
-        await self.hub.k("event", self.body, type_="Warning", reason="ServerLostJob",
-                         note=f"NVFlare job {job_id} ended {state}; resubmitting from {where}")
+        await self.hub.k("event", self.body, type_="Warning", reason="SiteLostJob" if sites else "ServerLostJob",
+                         note=f"NVFlare job {job_id} {what}; resubmitting from {where}")
         self.status = self.status.model_copy(update={"nvflare_job_id": None, "checkpoint": checkpoint,
                                                      **updates})
-        self.conds.set(ConditionType.READY, False, Reason.RESUBMITTED, f"NVFlare job {job_id} ended {state}")
+        self.conds.set(ConditionType.READY, False, Reason.RESUBMITTED, f"NVFlare job {job_id} {what}")
         return await self._submit(server, admin)
+
+    async def _sites_without_job(self, admin, job_id: str) -> list[str]:
+        """The job's sites whose NVFlare client has run without it for site_lost_seconds (status/job.py
+        SiteWatch); the sites are asked at most every site_check_seconds."""
+        config, now, watches = self.hub.config, time.monotonic(), self.hub.site_watches
+        for stale in [j for j, w in watches.items() if w.checked is not None and now - w.checked > 600]:
+            del watches[stale]  # jobs no longer followed (finished, suspended, deleted)
+        watch = watches.setdefault(job_id, SiteWatch())
+        if watch.due(now, config.site_check_seconds):
+            missing = await asyncio.to_thread(admin.clients_without_job, job_id, self._sites())
+            watch.observe(missing, now)
+        return watch.lost(now, config.site_lost_seconds)
 
     async def _compute_gone(self, server: ServerWorkload | None) -> FederatedJobStatus:
         """The ComputeSpec was deactivated (or its server removed) under the running job."""
@@ -367,8 +398,11 @@ class Run(ObjectView):
 
         return await asyncio.to_thread(fetch)
 
+    def _sites(self) -> list[str]:
+        return [client_name(org) for org in datasets_by_org(Federation(self.hub, self.compute).spec)]
+
     def _participants(self) -> list[str]:
-        return ["server"] + [client_name(org) for org in datasets_by_org(Federation(self.hub, self.compute).spec)]
+        return ["server", *self._sites()]
 
     async def _logs_only(self, admin, job_id: str, checkpoint: Checkpoint | None = None) -> Results | None:
         """A job that did not succeed keeps its logs (server and every site) for whoever debugs it, and a

@@ -33,6 +33,15 @@ def _transient(err: Exception) -> bool:
     return isinstance(err, NoConnection | NoReply | SessionClosed | AuthenticationError | TimeoutError | OSError)
 
 
+def without_job(answers: list[dict], job_id: str) -> list[str]:
+    """Clients in a `check_status client` answer (one entry per client and running job: ``job_id``
+    and ``status`` ``started``; ``no_jobs`` for a client running none; ``no_reply`` for one that did
+    not answer) that answered and run no ``job_id``."""
+    answered = {a.get("client_name") for a in answers if a.get("status") != "no_reply"}
+    running = {a.get("client_name") for a in answers if a.get("job_id") == job_id}
+    return sorted(str(c) for c in answered - running if c)
+
+
 class FlareAdmin:
     def __init__(self, kit_dir: Path, *, timeout: float = 10.0):
         self.kit_dir = kit_dir
@@ -59,6 +68,11 @@ class FlareAdmin:
 
     def connected_clients(self) -> list[str]:
         return sorted(c.name for c in self._call("get_connected_client_list"))
+
+    def clients_without_job(self, job_id: str, clients: list[str]) -> list[str]:
+        """Of ``clients``, those that answer the server but do not run ``job_id`` (a client that
+        restarted mid-job); one that does not answer is not counted (it may be restarting)."""
+        return without_job(self._call("get_client_job_status", sorted(clients)) or [], job_id)
 
     def submit(self, job_folder: Path, submit_token: str) -> str:
         return self._call("submit_job", str(job_folder), submit_token=submit_token)

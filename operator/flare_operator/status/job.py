@@ -92,3 +92,29 @@ def progress_from_metrics(record: dict, rounds: int) -> dict:
              for s, m in sorted((latest.get("sites") or {}).items())]
     glob = {k: float(v) for k, v in (latest.get("global") or {}).items() if isinstance(v, int | float)}
     return {**progress, "global_metrics": glob, "site_metrics": sites}
+
+
+@dataclass
+class SiteWatch:
+    """The sites of one running NVFlare job that answer without it, and since when.
+
+    A site's NVFlare client that restarts mid-job (its process or Pod died) comes back without the
+    job's process, and NVFlare 2.9 neither gives the job back to it nor ends the job: the server
+    waits for its answer for ever. A site counts as having lost the job once it has answered
+    without it for ``after`` seconds (not at once: a client starts a just-deployed job's process
+    a moment after the server's, and ends its own a moment before). Kept in the operator's memory:
+    a restarted operator starts the clock again.
+    """
+
+    checked: float | None = None
+    missing_since: dict[str, float] = field(default_factory=dict)
+
+    def due(self, now: float, every: float) -> bool:
+        return self.checked is None or now - self.checked >= every
+
+    def observe(self, missing: list[str], now: float) -> None:
+        self.checked = now
+        self.missing_since = {site: self.missing_since.get(site, now) for site in missing}
+
+    def lost(self, now: float, after: float) -> list[str]:
+        return sorted(site for site, since in self.missing_since.items() if now - since >= after)
