@@ -54,7 +54,7 @@ test-integration: install controlplane
 test-fuzz: install controlplane
 	$(PYTEST) tests/fuzz
 
-## test-chaos: FederatedJob lifecycles while the operator and NVFlare processes are SIGKILLed at random (CHAOS_SEED=random|n, CHAOS_LIFECYCLES=n); not yet in `make test` (docs/robustness.md)
+## test-chaos: 30 FederatedJob lifecycles while the operator and NVFlare processes are SIGKILLed at random (CHAOS_SEED=random|n, CHAOS_LIFECYCLES=n); ≈ 15 min, not yet in `make test` (docs/robustness.md)
 test-chaos: install controlplane
 	$(PYTEST) tests/chaos
 

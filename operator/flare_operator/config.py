@@ -171,10 +171,12 @@ class OperatorConfig(_Config):
     # Jobs on their way through NVFlare (Queued, Submitted, Running) are followed this often, so a
     # finished round or job shows without waiting for the resync.
     active_job_poll_seconds: float = Field(1.0, gt=0)
-    # A site's client that answers without a running job's NVFlare job for this long lost it (it
-    # restarted mid-job; NVFlare 2.9 would wait for it for ever): the job is resubmitted from its
-    # last checkpoint. The sites are asked at most every site_check_seconds per job.
+    # A site's client seen running a job's NVFlare job that then answers without it for
+    # site_lost_seconds lost it (it restarted mid-job; NVFlare 2.9 would wait for it for ever): the
+    # job is resubmitted from its last checkpoint. One never seen running it gets site_start_seconds
+    # to start it. The sites are asked at most every site_check_seconds per job.
     site_lost_seconds: float = Field(15.0, gt=0)
+    site_start_seconds: float = Field(180.0, gt=0)
     site_check_seconds: float = Field(5.0, gt=0)
     gateways: list[SiteSettings] = Field(default_factory=list)
     # Finished jobs' results (files with sizes and sha256): a local directory or an S3 bucket.

@@ -1,13 +1,15 @@
 """Chaos: FederatedJob lifecycles while the operator and NVFlare's processes are SIGKILLed at random
 (issue 19). Process runtime, real API server, real NVFlare federation of two orgs, tiny DP jobs.
 
-Lifecycles (CHAOS_LIFECYCLES, default 30; two at a time): finish, suspend then resume, delete
+Lifecycles (CHAOS_LIFECYCLES, default 30; three at a time, one-round jobs): finish, suspend then resume, delete
 mid-run, and (one at a time) deactivate the ComputeSpec under a running job then activate it again.
-Meanwhile a chaos loop SIGKILLs, every 12-30 s (6 in 8 times the operator): the operator (restarted at once), the NVFlare server's
-process group or one client's (the operator's supervisor restarts them).
+Meanwhile a chaos loop SIGKILLs, every 15-35 s, the operator (7 in 10; restarted at once), the NVFlare
+server's process group (1 in 10) or one client's (2 in 10; the operator's supervisor restarts them).
 
 Invariants, checked when every lifecycle is over:
-- every job left is in a final phase;
+- every job left is in a final phase: Succeeded, or Failed because its ComputeSpec was deactivated
+  under it or because more server and site failures hit it than its backoffLimit allows;
+- no operator handler failed with an exception (kopf retries those only after 60 s);
 - no duplicate NVFlare submission: every attempt of a job is in the server's job store at most once
   (the operator's metadata on each NVFlare job: uid, attempt), and none the job did not count;
 - no lost results: every file a job's status lists exists with its sha256;
@@ -53,7 +55,9 @@ pytestmark = pytest.mark.chaos
 
 SEED = seed_from_env("CHAOS_SEED")
 LIFECYCLES = int(os.environ.get("CHAOS_LIFECYCLES", "30"))
-SLOTS = 2
+SLOTS = 3
+FAULT_EVERY = (15, 35)  # seconds between two faults
+FAULT_WEIGHTS = (7, 1, 2)  # operator, NVFlare server, a client: a server kill loses every running job
 EPSILON = 2.0
 FINAL = {str(p) for p in FINISHED_PHASES}
 FIGURES: Counter = Counter()
@@ -61,7 +65,7 @@ FIGURES: Counter = Counter()
 
 def _job(m: str, name: str) -> dict:
     return {"apiVersion": "flareop.io/v1alpha1", "kind": "FederatedJob", "metadata": {"name": name, "namespace": m},
-            "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": 2, "backoffLimit": 6,
+            "spec": {"computeSpecRef": {"name": "esm2"}, "rounds": 1, "backoffLimit": 6,
                      "parameters": {**BASE_PARAMS, "localSteps": 2, "batchSize": 16},
                      "privacy": {"differentialPrivacy": {"enabled": True, "epsilon": EPSILON}}}}
 
@@ -73,6 +77,7 @@ class Chaos:
         self.rng = random.Random(SEED)
         self.stop = threading.Event()
         self.deactivation = threading.Lock()
+        self.figures_lock = threading.Lock()
         self.submitted: set[str] = set()  # names of jobs seen with an NVFlare job id
         self.deleted: set[str] = set()
 
@@ -80,8 +85,8 @@ class Chaos:
 
     def run(self) -> None:
         rng = random.Random(SEED + 1)
-        while not self.stop.wait(rng.uniform(12, 30)):
-            fault = rng.choices(["operator", "server", "client"], weights=[6, 1, 1])[0]
+        while not self.stop.wait(rng.uniform(*FAULT_EVERY)):
+            fault = rng.choices(["operator", "server", "client"], weights=FAULT_WEIGHTS)[0]
             if fault == "operator":
                 self.fed.operator.stop(signal.SIGKILL)
                 n = len(self.fed.operators) + 1
@@ -106,7 +111,7 @@ class Chaos:
             self.submitted.add(name)
         return st
 
-    def wait(self, name: str, check, what: str, timeout: float = 600) -> dict:
+    def wait(self, name: str, check, what: str, timeout: float = 420) -> dict:
         return wait_for(lambda: (s := self.status(name)) and check(s) and s, timeout=timeout, interval=1,
                         message=f"job {name}: {what}")
 
@@ -114,7 +119,14 @@ class Chaos:
         self.cp.kubectl("patch", kind, name, "-n", self.fed.modeller, "--type=merge", "-p", json.dumps({"spec": spec}))
 
     def lifecycle(self, i: int, kind: str) -> str:
-        name = f"c{i:02d}"
+        started = time.monotonic()
+        try:
+            return self._lifecycle(f"c{i:02d}", kind)
+        finally:
+            with self.figures_lock:
+                FIGURES["lifecycle seconds (sum)"] += round(time.monotonic() - started)
+
+    def _lifecycle(self, name: str, kind: str) -> str:
         apply(self.cp, _job(self.fed.modeller, name))
         running = lambda s: s.get("phase") in ("Submitted", "Running") or s.get("phase") in FINAL  # noqa: E731
         final = lambda s: s.get("phase") in FINAL  # noqa: E731
@@ -136,6 +148,29 @@ class Chaos:
                     self.patch("computespec", "esm2", {"active": True})
                     wait_phase(self.cp, "computespec", self.fed.modeller, "esm2", "Ready", timeout=300)
         return self.wait(name, final, "in a final phase")["phase"]
+
+
+EXPLAINED = {("Failed", "ComputeDeactivated"), ("Failed", "BackoffLimitExceeded")}
+"""The ways a job may end other than Succeeded under this chaos: its ComputeSpec deactivated under it
+(the deactivate lifecycle ends every job then running), or more server and site failures than its
+backoffLimit allows. Aborted, say, would mean the operator lost track of a suspend."""
+
+
+def _reason(job: dict) -> str:
+    return next((c.get("reason", "") for c in job["status"].get("conditions") or [] if c["type"] == "Ready"), "")
+
+
+def _post_mortem(cp, namespace: str, path: Path, kinds: dict[str, str]) -> None:
+    """Each job's lifecycle, phase, attempts and events, for whoever reads a red run."""
+    events = json.loads(cp.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    lines = []
+    for job in json.loads(cp.kubectl("get", "federatedjob", "-n", namespace, "-o", "json").stdout)["items"]:
+        name, st = job["metadata"]["name"], job["status"]
+        lines.append(f"{name} ({kinds.get(name)}): {st.get('phase')} {_reason(job)} attempts={st.get('attempts')} "
+                     f"server/site failures={st.get('serverFailures')}/{st.get('siteFailures')}")
+        lines += [f"    {e.get('lastTimestamp') or e.get('eventTime')} {e['reason']}: {e.get('message', '')[:200]}"
+                  for e in events if e["involvedObject"].get("name") == name]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _submissions(workdir: Path) -> Counter:
@@ -174,14 +209,21 @@ def test_lifecycles_survive_random_kills(control_plane, e2e_data, tmp_path, caps
         finally:
             chaos.stop.set()
             killer.join(60)
+            _post_mortem(cp, m, tmp_path / "post-mortem.txt", {f"c{i:02d}": k for i, k in enumerate(kinds)})
         FIGURES["seconds"] = round(time.monotonic() - started)
         FIGURES.update(f"lifecycles: {k}" for k in kinds)
         FIGURES.update(f"ended: {e}" for e in ends)
 
-        # Every job left is over; its results are all there.
+        # Every job left is over, for a reason the chaos explains; its results are all there.
         jobs = {j["metadata"]["name"]: j for j in json.loads(cp.kubectl("get", "federatedjob", "-n", m, "-o",
                                                                          "json").stdout)["items"]}
-        assert all(j["status"]["phase"] in FINAL for j in jobs.values()), {n: j["status"]["phase"] for n, j in jobs.items()}
+        ended = {n: (j["status"]["phase"], _reason(j)) for n, j in jobs.items()}
+        assert all(phase in FINAL for phase, _ in ended.values()), ended
+        unexplained = {n: e for n, e in ended.items() if e[0] != "Succeeded" and e not in EXPLAINED}
+        assert not unexplained, f"jobs ended for no fault of the chaos's: {unexplained} (see {tmp_path}/post-mortem.txt)"
+        failures = [line for op in fed.operators for line in op.log_path.read_text().splitlines()
+                    if "failed with an exception" in line]
+        assert not failures, f"{len(failures)} handler failures, e.g. {failures[:3]}"
         for name, j in jobs.items():
             results = j["status"].get("results")
             if results:  # the SDK's download checks each file's size and sha256 (ResultsCorrupt if lost or changed)
@@ -195,6 +237,8 @@ def test_lifecycles_survive_random_kills(control_plane, e2e_data, tmp_path, caps
             mine = sorted(attempt for u, attempt in submissions if u == uid)
             assert all(1 <= n <= attempts for n in mine), f"{name}: NVFlare has attempts {mine}, the job counted {attempts}"
         FIGURES["NVFlare submissions"] = sum(submissions.values())
+        for counter in ("serverFailures", "siteFailures"):
+            FIGURES[f"jobs' {counter}"] = sum(j["status"].get(counter, 0) for j in jobs.values())
 
         # Ledgers balanced.
         for org, g in ((a, "scl-a"), (b, "scl-b")):

@@ -417,15 +417,27 @@ class RequestAnswer(ObjectView):
             return None
 
     async def _update_ledger(self, grant_name: str, change) -> None:
-        obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
-        if obj is None:
-            return
-        current = DatasetGrantStatus.model_validate(DatasetGrantStatus.own_fields(obj.get("status")))
-        updated = change(DatasetGrantSpec.model_validate(obj["spec"]), current)
-        if updated == current:
-            return
-        obj["status"] = {**(obj.get("status") or {}), **updated.to_wire()}
-        await self.site.site("replace_status", obj)  # Conflict if the resourceVersion moved
+        """Apply ``change`` (a function of the grant's spec and ledger) to the grant's ledger, guarded by
+        its resourceVersion. When another answer wrote the ledger meanwhile (several jobs end or start
+        at once on one grant), the change is applied again to the fresh ledger; a change that no longer
+        holds on it (a reservation the budget cannot take any more) raises Conflict itself, for its
+        caller to decide again."""
+        for attempt in range(MAX_LEDGER_ATTEMPTS):
+            obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
+            if obj is None:
+                return
+            current = DatasetGrantStatus.model_validate(DatasetGrantStatus.own_fields(obj.get("status")))
+            updated = change(DatasetGrantSpec.model_validate(obj["spec"]), current)
+            if updated == current:
+                return
+            obj["status"] = {**(obj.get("status") or {}), **updated.to_wire()}
+            try:
+                await self.site.site("replace_status", obj)
+                return
+            except Conflict:  # the resourceVersion moved
+                log.info("ledger of grant %s changed meanwhile (write %d): applying %s's change again",
+                         grant_name, attempt + 1, self.name)
+        raise kopf_retry(f"the ledger of grant {grant_name} kept changing; will write again")
 
     async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> tuple[bool, str | None]:
         """(the client runs, what stops it that waiting will not fix: its Pod cannot run, or it cannot

@@ -57,9 +57,11 @@ log = logging.getLogger(__name__)
 
 RESULTS_DIR = "workspace/app_server/results"
 _DONE = {"FINISHED:COMPLETED": JobPhase.SUCCEEDED, "FINISHED:ABORTED": JobPhase.ABORTED}
-LOST_BY_SERVER = frozenset({"FINISHED:ABANDONED", "FINISHED:ABNORMAL"})
+LOST_BY_SERVER = frozenset({"FINISHED:ABANDONED", "FINISHED:ABNORMAL", "FINISHED:FAILED_TO_RUN"})
 """NVFlare states meaning the server, not the job, failed: a restarted server marks the jobs it ran
-ABANDONED; ABNORMAL means the server's job process died. Both are worth another attempt."""
+ABANDONED; ABNORMAL means the server's job process died; FAILED_TO_RUN, that it could not deploy or
+start the job (a participant died at that moment; found by the chaos suite). All are worth another
+attempt, within backoffLimit (a job that can never start fails after that many)."""
 
 
 def _now() -> datetime:
@@ -125,7 +127,11 @@ class Run(ObjectView):
             log.warning("FLARE API of %s/%s: %s", self.namespace, self.name, err)
             self.conds.set(ConditionType.READY, False, Reason.SERVER_UNREACHABLE,
                            f"the NVFlare server does not answer ({type(err).__name__}: {err}); retrying")
-            return self.status.model_copy(update={"conditions": self.conds.items})
+            kept = {}
+            if self._running:  # NVFlare may still run the job: not Suspended or Queued before it says otherwise
+                before = self.previous.phase
+                kept["phase"] = before if before in (JobPhase.SUBMITTED, JobPhase.RUNNING) else JobPhase.SUBMITTED
+            return self.status.model_copy(update={"conditions": self.conds.items, **kept})
 
     async def _submit(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         compute_spec = Federation(self.hub, self.compute).spec
@@ -185,7 +191,7 @@ class Run(ObjectView):
                                   results=await self._logs_only(admin, job_id), **updates)
         if state == "RUNNING" and meta is not None and await asyncio.to_thread(admin.lost_by_server, job_id, meta):
             state = "FINISHED:ABANDONED"  # what NVFlare would call it: the restarted server forgot the job
-        if state == "RUNNING" and record is not None:
+        if state == "RUNNING" and record is not None and updates.get("current_round", 0) < self.spec.rounds:
             lost = await self._sites_without_job(admin, job_id)
             if lost:
                 withdrawn = self._withdrawn(await self._current_approvals())
@@ -255,7 +261,12 @@ class Run(ObjectView):
     async def _suspend(self, server: ServerWorkload, admin) -> FederatedJobStatus:
         """spec.suspend: keep the last global checkpoint, abort the NVFlare job; resuming resubmits."""
         job_id = self.status.nvflare_job_id
-        checkpoint = await self._save_checkpoint(admin, job_id)
+        try:
+            checkpoint = await self._save_checkpoint(admin, job_id)
+        except FlareUnavailable as err:  # the job's app does not answer (starting, or hung): suspend it all the same
+            log.info("%s/%s: no checkpoint from NVFlare job %s before suspending it (%s)", self.namespace, self.name,
+                     job_id, err)
+            checkpoint = self.status.checkpoint
         await asyncio.to_thread(admin.abort, job_id)
         where = f"round {checkpoint.completed_rounds}" if checkpoint else "round 0 (no checkpoint yet)"
         await self.hub.k("event", self.body, reason="Suspended", note=f"NVFlare job {job_id} aborted; resumes from {where}")
@@ -286,6 +297,7 @@ class Run(ObjectView):
                               f"NVFlare job {job_id} {what}; {failures} server and site failures exceed "
                               f"backoffLimit {self.spec.backoff_limit}", completion_time=_now(), **updates)
         where = f"round {checkpoint.completed_rounds}" if checkpoint else "round 0 (no checkpoint)"
+        log.warning("%s/%s: NVFlare job %s %s; resubmitting from %s", self.namespace, self.name, job_id, what, where)
         await self.hub.k("event", self.body, type_="Warning", reason="SiteLostJob" if sites else "ServerLostJob",
                          note=f"NVFlare job {job_id} {what}; resubmitting from {where}")
         self.status = self.status.model_copy(update={"nvflare_job_id": None, "checkpoint": checkpoint,
@@ -294,16 +306,16 @@ class Run(ObjectView):
         return await self._submit(server, admin)
 
     async def _sites_without_job(self, admin, job_id: str) -> list[str]:
-        """The job's sites whose NVFlare client has run without it for site_lost_seconds (status/job.py
-        SiteWatch); the sites are asked at most every site_check_seconds."""
+        """The job's sites whose NVFlare client lost it (status/job.py SiteWatch); the sites are asked
+        at most every site_check_seconds."""
         config, now, watches = self.hub.config, time.monotonic(), self.hub.site_watches
         for stale in [j for j, w in watches.items() if w.checked is not None and now - w.checked > 600]:
             del watches[stale]  # jobs no longer followed (finished, suspended, deleted)
         watch = watches.setdefault(job_id, SiteWatch())
         if watch.due(now, config.site_check_seconds):
-            missing = await asyncio.to_thread(admin.clients_without_job, job_id, self._sites())
-            watch.observe(missing, now)
-        return watch.lost(now, config.site_lost_seconds)
+            sites = self._sites()
+            watch.observe(sites, await asyncio.to_thread(admin.clients_without_job, job_id, sites), now)
+        return watch.lost(now, config.site_lost_seconds, config.site_start_seconds)
 
     async def _compute_gone(self, server: ServerWorkload | None) -> FederatedJobStatus:
         """The ComputeSpec was deactivated (or its server removed) under the running job."""

@@ -144,13 +144,19 @@ class FlareAdmin:
         return dict(self._call("get_job_logs", job_id, target="all").get("logs") or {})
 
     def abort(self, job_id: str) -> bool:
-        """Abort the job; False if it was not running any more (already finished)."""
-        from nvflare.fuel.flare_api.api_spec import JobNotRunning
+        """Abort the job; False if it was not running any more (already finished, or its record says
+        RUNNING while the server does not run it: a server that restarted answers that with an
+        internal error, "Job <id> is not running.")."""
+        from nvflare.fuel.flare_api.api_spec import InternalError, JobNotRunning
 
         try:
             self._call("abort_job", job_id)
         except JobNotRunning:
             return False
+        except InternalError as err:
+            if f"Job {job_id} is not running" in str(err):
+                return False
+            raise
         return True
 
     def download(self, job_id: str, destination: Path) -> Path:

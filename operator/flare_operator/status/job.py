@@ -96,25 +96,30 @@ def progress_from_metrics(record: dict, rounds: int) -> dict:
 
 @dataclass
 class SiteWatch:
-    """The sites of one running NVFlare job that answer without it, and since when.
+    """The sites of one running NVFlare job: which were seen running it, which answer without it and
+    since when.
 
     A site's NVFlare client that restarts mid-job (its process or Pod died) comes back without the
     job's process, and NVFlare 2.9 neither gives the job back to it nor ends the job: the server
-    waits for its answer for ever. A site counts as having lost the job once it has answered
-    without it for ``after`` seconds (not at once: a client starts a just-deployed job's process
-    a moment after the server's, and ends its own a moment before). Kept in the operator's memory:
-    a restarted operator starts the clock again.
+    waits for its answer for ever. A site that was seen running the job and has answered without it
+    for ``lost_after`` seconds lost it. One never seen running it may just be slow to start it (a
+    loaded node takes a while to start a job's process): it counts as lost only after
+    ``start_within`` seconds. Kept in the operator's memory: a restarted operator starts again
+    (every site then "never seen").
     """
 
     checked: float | None = None
+    seen: set[str] = field(default_factory=set)
     missing_since: dict[str, float] = field(default_factory=dict)
 
     def due(self, now: float, every: float) -> bool:
         return self.checked is None or now - self.checked >= every
 
-    def observe(self, missing: list[str], now: float) -> None:
+    def observe(self, sites: list[str], missing: list[str], now: float) -> None:
         self.checked = now
+        self.seen |= set(sites) - set(missing)
         self.missing_since = {site: self.missing_since.get(site, now) for site in missing}
 
-    def lost(self, now: float, after: float) -> list[str]:
-        return sorted(site for site, since in self.missing_since.items() if now - since >= after)
+    def lost(self, now: float, lost_after: float, start_within: float) -> list[str]:
+        return sorted(site for site, since in self.missing_since.items()
+                      if now - since >= (lost_after if site in self.seen else start_within))
