@@ -81,8 +81,9 @@ bench-compute: install controlplane
 	$(PYTHON) bench/compute_reconcile.py --count 20
 
 ## bench-scale: one hub and N orgs (ORGS=10,50,100, each on a fresh control plane, kwok nodes): AccessRequests decided, ComputeSpec -> StatefulSets vs direct apply, approval -> submission pass, the operator's RSS/CPU over time, API requests per reconcile (PROFILE=1: sample its threads)
+ORGS ?= 10,50,100
 bench-scale: install controlplane
-	$(PYTHON) bench/scale.py --orgs $(or $(ORGS),10,50,100) $(if $(PROFILE),--profile)
+	$(PYTHON) bench/scale.py --orgs $(ORGS) $(if $(PROFILE),--profile)
 
 ## bench-job: a FederatedJob vs the same job submitted straight to NVFlare on the same federation: wall-time ratio, apply -> first round; RUNTIME=kubernetes: server and clients as Pods on a real node (root, images; FLARE_REAL_NODE_CLUSTER=DIR attaches to a running one)
 bench-job: install controlplane $(if $(filter kubernetes,$(RUNTIME)),$(if $(FLARE_IMAGES_JSON),,images))
