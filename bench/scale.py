@@ -2,47 +2,50 @@
 
 For each N in --orgs (e.g. 10,50,100), in a fresh local control plane (tests/support/controlplane.py:
 etcd, kube-apiserver, controller-manager, scheduler, kwok nodes and fake pods), with one operator
-process (`flare-operator run`, mode all, runtime kubernetes, adminRoute none):
+process (`flare-operator run`, mode all, runtime kubernetes, adminRoute none, resyncSeconds 5):
 - the hub's consumer namespace `modeller` and N org namespaces `org-000`...; in each org's
-  namespace a DatasetGrant (to `modeller`, esm2-finetune, an epsilon budget) and an Automatic
-  OrgPolicy; every org's gateway in the operator config's `gateways` list;
-- 10 ComputeSpecs over 10..min(N, 64) orgs each (sizes spread evenly; orgs taken round-robin, so
-  every org serves about the same number of federations; 64 is the CRD's limit on
-  spec.datasets), applied back to back; then 10 FederatedJobs (one per ComputeSpec, DP epsilon 6,
-  Automatic everywhere) applied in one `kubectl apply`.
+  namespace a DatasetGrant (to `modeller`, esm2-finetune, DP required, an epsilon budget) and an
+  Automatic OrgPolicy; every org's gateway in the operator config's `gateways` list;
+- the batch: 10 ComputeSpecs over 10..min(N, 64) orgs each (sizes spread evenly, orgs taken
+  round-robin so every org serves about as many federations; 64 is the CRD's maxItems of
+  spec.datasets, so 100 sites cannot be one ComputeSpec), applied back to back, and right after
+  them 10 FederatedJobs (one per ComputeSpec, DP epsilon 6) in one `kubectl apply`. Every org
+  answers a Compute and a Job AccessRequest per federation it is in: 2 x sum(sizes) requests.
 
-Production mapping: here one process runs the orchestrator and all N gateways on one API server
-(each gateway is two Kopf operators, hub side and site side, namespaced to its org's namespace —
-the same code path as a gateway with a hub kubeconfig, minus the second API server). In
-production each org runs its own gateway in its own cluster, so the gateways' CPU, memory and
-API traffic are split over N processes and N API servers; what stays on the hub is the
-orchestrator, the AccessRequests in the orgs' hub namespaces and the gateways' hub-side traffic.
-The operator-process figures below are therefore an upper bound for the hub (orchestrator +
-N gateways' worth of work on one event loop and 2 cores), and the per-org growth is what one hub
-sees from N sites.
+Production mapping: here one process runs the orchestrator and all N gateways against one API
+server (each gateway is two Kopf operators, hub side and site side, namespaced to its org's
+namespace: the code path of a gateway with a hub kubeconfig, minus the second API server). In
+production each org runs its own gateway in its own cluster, so the gateways' CPU, memory, threads
+and API traffic are split over N processes and N API servers; the hub keeps the orchestrator, the
+AccessRequests in the orgs' hub namespaces and the gateways' hub-side reads and status writes.
+The operator-process figures are an upper bound for the hub (orchestrator + N gateways on one
+event loop, one thread pool and 2 cores); how they grow with N is what one hub sees from N sites.
 
-It prints per N (YAML, like compute_reconcile.py):
+Printed per N (YAML, like compute_reconcile.py), from watches (no polling) and /proc:
 - setup: control plane start, operator start -> N Gateways registered;
-- AccessRequests: how many (compute + job) and the time until all are decided;
-- ComputeSpec apply -> every StatefulSet (server + one client per org) exists, p50/p95, and the
-  same StatefulSets applied directly with kubectl (baseline, same run, same API server) and
-  the ratio; apply -> ComputeSpec Ready;
-- FederatedJob apply -> approved by every org, and last org's approval -> the operator's
-  submission pass. The kubernetes runtime with adminRoute none has no route to the NVFlare
-  admin port (kwok pods run nothing), so the last phase the operator reaches is Queued with
-  Ready=False reason ServerUnreachable: handlers/run.py `Run.step` got as far as
-  `runtime.admin()`, i.e. the pass that would submit. That is what "submitted" means here;
-- the operator process's RSS and CPU sampled every second (/proc/<pid>/status, /proc/<pid>/stat):
-  start, peak, after the batch, and a slope over the settle window (flat/growing); the control
-  plane's CPU and the bench's own over the same time;
-- the operator's API requests per reconcile pass (its Prometheus counters) for the batch and
-  idle, and what the API server itself counted on flareop.io resources (including Kopf's own
-  patches and watches, which the operator's counter does not see).
+- AccessRequests: expected, existing, decided, first apply -> all decided;
+- ComputeSpec apply -> every StatefulSet (server + a client per org) exists, p50/p95, and the same
+  StatefulSets applied directly with kubectl into another namespace afterwards (baseline: same
+  run, same API server, the operator still running) and the ratio; ComputeSpec apply -> Ready;
+- FederatedJob apply -> every org answered; and "submittable -> submission pass": from the later
+  of the job's last approval and its ComputeSpec's Ready to the operator's pass that submits. With
+  adminRoute none (kwok pods run no NVFlare) that pass ends in phase Queued, Ready=False reason
+  ServerUnreachable: handlers/run.py `Run.step` found the job admitted and the federation
+  provisioned and asked `runtime.admin()` for the FLARE API session — the submission itself is
+  the only step missing. That is what "submitted" means here;
+- the operator process's RSS and CPU every second (/proc/<pid>/status, /proc/<pid>/stat): at
+  gateways registered, peak, after the batch, a slope over the last part (the settle window: 20 s
+  with no new input) and a flat/growing verdict; the control plane's and the bench's own CPU;
+- the operator's API requests per reconcile pass and per second (its Prometheus counters) for the
+  batch and the settle window, and what the API server counted on flareop.io resources (including
+  Kopf's own patches and watches, which the operator's counter does not see).
 
-With --profile every thread of the operator is sampled (bench/stack_sampler.py) and the
-hottest frames, the event loop's lag and the thread pool's backlog are printed too.
+--budget (default 780 s, plus teardowns: under 15 min) bounds the whole run: each org count gets a share by sqrt(N); a batch
+that is not through when its share runs out is cut, and the rows say how far it got (done x/y).
+With --profile every thread of the operator is sampled (bench/stack_sampler.py): hottest frames,
+event-loop lag, the thread pool's backlog.
 
-    .venv/bin/python bench/scale.py --orgs 10,50,100 [--settle 30] [--budget 840] [--profile]
+    .venv/bin/python bench/scale.py --orgs 10,50,100 [--settle 20] [--budget 840] [--profile] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -67,11 +70,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")]))
 
 from flare_operator.builders import naming  # noqa: E402
+from flare_operator.config import LABEL_ORG  # noqa: E402
 from tests.operator_harness import (  # noqa: E402
     OperatorProcess,
     apply,
     compute,
-    create_org_namespace,
     free_port,
     gateway_config,
     grant,
@@ -273,6 +276,16 @@ def _apiserver_flareop(cp) -> Counter:
     return out
 
 
+def scrape_or_empty(port: int, tries: int = 3) -> dict:
+    """The operator's metrics; {} when its metrics server does not answer (a starved process)."""
+    for attempt in range(tries):
+        try:
+            return scrape(port)
+        except OSError:
+            time.sleep(1 + attempt)
+    return {}
+
+
 def _metric_sum(metrics: dict, prefix: str, **labels: str) -> float:
     return sum(v for k, v in metrics.items()
                if k.startswith(prefix + "{") and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
@@ -358,8 +371,8 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         rows["control plane start s"] = round(cp.startup_seconds or 0, 1)
         install_crds(cp)
         orgs = [org_name(i) for i in range(n)]
-        for ns in (MODELLER, "baseline", *orgs):
-            create_org_namespace(cp, ns, ns)
+        apply(cp, *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {LABEL_ORG: ns}}}
+                    for ns in (MODELLER, "baseline", *orgs)))
         apply(cp, *(obj for org in orgs for obj in (grant_of(org), policy(org, "Automatic"))))
         sites = [dict(gateway_config(o, o), runtime="kubernetes") for o in orgs]
         port = free_port()
@@ -393,15 +406,15 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             w.ready.wait(60)
 
         # -- setup: every gateway registered (the operator is up and watching) ------------------------
-        registered = _wait(lambda: len(gateways) >= n, timeout=min(300, deadline - time.monotonic()))
+        registered = _wait(lambda: len(gateways) >= n, timeout=max(10.0, min(300, deadline - time.monotonic())))
         t_up = time.monotonic()
         rows["operator start -> all Gateways registered s"] = round(t_up - t0, 1) if registered else (
             f"timeout: {len(gateways)}/{n}")
         if not registered:
             raise TimeoutError(f"gateways did not register ({len(gateways)}/{n}):\n{op.tail()}")
-        metrics0, apiserver0, t_batch = scrape(port), _apiserver_flareop(cp), time.monotonic()
+        metrics0, apiserver0, t_batch = scrape_or_empty(port), _apiserver_flareop(cp), time.monotonic()
 
-        # -- 10 ComputeSpecs, back to back --------------------------------------------------------
+        # -- the batch: 10 ComputeSpecs back to back, then 10 FederatedJobs in one apply --------------------
         started: dict[str, float] = {}
         wanted: dict[str, set[str]] = {}
         for i, members in enumerate(plans):
@@ -411,101 +424,114 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
                 f"{org}/{naming.client_name(fed, org)}" for org in members}
             started[name] = time.monotonic()
             apply(cp, compute(MODELLER, name, [(org, f"scl-{org}") for org in members]))
-        sizes = [len(m) for m in plans]
+        jobs = [job(MODELLER, f"job-{i:02d}", epsilon=6, compute_name=f"cs-{i:02d}") for i in range(len(plans))]
+        names = [j["metadata"]["name"] for j in jobs]
+        t_jobs = time.monotonic()
+        apply(cp, *jobs)
         rows["computespecs"] = len(plans)
-        rows["sites per computespec"] = sizes
-        budget_for = lambda share: max(10.0, min(args.phase_timeout, (deadline - time.monotonic()) * share))  # noqa: E731
-        _wait(lambda: all(w <= seen.sts.keys() for w in wanted.values()), timeout=budget_for(0.5))
+        rows["sites per computespec"] = " ".join(str(len(m)) for m in plans)
+        # Until every job reached its submission pass, leaving time to sample the idle operator and
+        # run the baseline (args.settle + a reserve for the baseline and the teardown).
+        reserve = args.settle + 40
+        finished = _wait(lambda: all(nm in seen.job_submit_pass for nm in names),
+                         timeout=max(10.0, deadline - time.monotonic() - reserve), interval=0.5)
+        t_batch_end = time.monotonic()
+        rows["batch (apply -> every job at its submission pass) s"] = (
+            round(t_batch_end - t_batch, 1) if finished else f"not finished: cut at {t_batch_end - t_batch:.0f} s")
+
         done = {k: max(seen.sts[s] for s in w) - started[k] for k, w in wanted.items() if w <= seen.sts.keys()}
-        compute_ars = lambda: [k for k, kind in dict(seen.ar_kind).items() if kind == "Compute"]  # noqa: E731
-        _wait(lambda: len(seen.compute_ready) >= len(plans), timeout=budget_for(0.3))
-        t_compute_end = time.monotonic()
         op_values = list(done.values())
         ready_values = [t - started[k] for k, t in dict(seen.compute_ready).items() if k in started]
-        decided_c = [seen.ar_decided[k] for k in compute_ars() if k in seen.ar_decided]
+        kinds = dict(seen.ar_kind)
+        decided = dict(seen.ar_decided)
+        first_apply = min(started.values())
+
+        def ar_row(kind: str | None) -> dict:
+            keys = [k for k, v in kinds.items() if kind is None or v == kind]
+            times = [decided[k] for k in keys if k in decided]
+            return {"count": len(keys), "decided": len(times),
+                    "first apply -> all decided s": round(max(times) - first_apply, 1)
+                    if times and len(times) == len(keys) else None,
+                    "rejected": sum(1 for k in keys if seen.ar_decision.get(k) == "Rejected")}
+
+        expected_ars = 2 * sum(len(m) for m in plans)
+        rows["AccessRequests (expected: 2 x sites)"] = {"expected": expected_ars, **ar_row(None)}
+        rows["compute AccessRequests"] = ar_row("Compute")
+        rows["job AccessRequests"] = ar_row("Job")
         rows["ComputeSpec apply -> all StatefulSets"] = {
-            "done": f"{len(done)}/{len(plans)}", "StatefulSets": sum(len(w) for w in wanted.values()),
+            "done": f"{len(done)}/{len(plans)}", "StatefulSets": f"{sum(len(w & seen.sts.keys()) for w in wanted.values())}"
+                                                             f"/{sum(len(w) for w in wanted.values())}",
             "p50 s": _p50(op_values), "p95 s": _pct(op_values, 0.95), "max s": _pct(op_values, 1.0)}
         rows["ComputeSpec apply -> Ready"] = {"done": f"{len(ready_values)}/{len(plans)}",
                                               "p50 s": _p50(ready_values), "p95 s": _pct(ready_values, 0.95)}
-        rows["compute AccessRequests"] = {
-            "count": len(compute_ars()), "decided": len(decided_c),
-            "first apply -> all decided s": round(max(decided_c) - min(started.values()), 1) if decided_c else None}
-        metrics1 = scrape(port)
-        rows["operator during ComputeSpecs"] = _operator_delta(metrics0, metrics1, t_compute_end - t_batch)
-
-        # -- 10 FederatedJobs at once ---------------------------------------------------------------
-        jobs = [job(MODELLER, f"job-{i:02d}", epsilon=6, compute_name=f"cs-{i:02d}") for i in range(len(plans))]
-        t_jobs = time.monotonic()
-        apply(cp, *jobs)
-        names = [j["metadata"]["name"] for j in jobs]
-        _wait(lambda: all(nm in seen.job_submit_pass for nm in names), timeout=budget_for(0.4))
-        t_jobs_end = time.monotonic()
-        job_ars = [k for k, kind in dict(seen.ar_kind).items() if kind == "Job"]
-        decided_j = [seen.ar_decided[k] for k in job_ars if k in seen.ar_decided]
-        last_approval = {}
-        for nm in names:
+        # A job can be submitted once every org approved it and its ComputeSpec is Ready: the later of
+        # the two, as the watches saw them, -> the operator's submission pass.
+        job_ars = [k for k, v in kinds.items() if v == "Job"]
+        submittable, approved_at = {}, {}
+        for i, nm in enumerate(names):
             mine = [k for k in job_ars if seen.ar_source.get(k) == nm]
-            if mine and all(k in seen.ar_decided for k in mine):
-                last_approval[nm] = max(seen.ar_decided[k] for k in mine)
-        approved = [seen.job_approved[nm] - t_jobs for nm in names if nm in seen.job_approved]
-        submitted = [seen.job_submit_pass[nm] - t_jobs for nm in names if nm in seen.job_submit_pass]
-        approval_to_submit = [seen.job_submit_pass[nm] - last_approval[nm] for nm in names
-                              if nm in seen.job_submit_pass and nm in last_approval]
-        rows["job AccessRequests"] = {
-            "count": len(job_ars), "decided": len(decided_j),
-            "apply -> all decided s": round(max(decided_j) - t_jobs, 1) if decided_j else None,
-            "rejected": sum(1 for k in job_ars if seen.ar_decision.get(k) == "Rejected")}
-        rows["AccessRequests total"] = {"count": len(seen.ar_kind), "decided": len(seen.ar_decided)}
-        rows["FederatedJob apply -> Approved (every org)"] = {
+            if len(mine) == len(plans[i]) and all(k in decided for k in mine):
+                approved_at[nm] = max(decided[k] for k in mine)
+                ready = seen.compute_ready.get(f"cs-{i:02d}")
+                if ready is not None:
+                    submittable[nm] = max(approved_at[nm], ready)
+        to_submit = [seen.job_submit_pass[nm] - submittable[nm] for nm in names
+                     if nm in seen.job_submit_pass and nm in submittable]
+        approved = [approved_at[nm] - t_jobs for nm in approved_at]
+        rows["FederatedJob apply -> every org's answer"] = {
             "done": f"{len(approved)}/{len(names)}", "p50 s": _p50(approved), "p95 s": _pct(approved, 0.95)}
-        rows["last org's approval -> submission pass (Queued, ServerUnreachable)"] = {
-            "done": f"{len(approval_to_submit)}/{len(names)}", "p50 s": _p50(approval_to_submit),
-            "p95 s": _pct(approval_to_submit, 0.95), "max s": _pct(approval_to_submit, 1.0)}
-        rows["FederatedJob apply -> submission pass"] = {"p50 s": _p50(submitted), "p95 s": _pct(submitted, 0.95)}
-        rows["jobs not at the submission pass"] = {nm: f"{seen.job_phase.get(nm)}/{seen.job_ready_reason.get(nm)}"
-                                                    for nm in names if nm not in seen.job_submit_pass} or "none"
-        metrics2 = scrape(port)
-        rows["operator during FederatedJobs"] = _operator_delta(metrics1, metrics2, t_jobs_end - t_jobs)
+        rows["submittable (last approval or ComputeSpec Ready) -> submission pass (Queued, ServerUnreachable)"] = {
+            "done": f"{len(to_submit)}/{len(names)}", "p50 s": _p50(to_submit), "p95 s": _pct(to_submit, 0.95),
+            "max s": _pct(to_submit, 1.0)}
+        at_pass = [seen.job_submit_pass[nm] - t_jobs for nm in names if nm in seen.job_submit_pass]
+        rows["FederatedJob apply -> submission pass"] = {"done": f"{len(at_pass)}/{len(names)}",
+                                                         "p50 s": _p50(at_pass), "p95 s": _pct(at_pass, 0.95)}
+        waiting = Counter(f"{seen.job_phase.get(nm) or 'no status'}/{seen.job_ready_reason.get(nm) or '-'}"
+                          for nm in names if nm not in seen.job_submit_pass)
+        rows["jobs not at the submission pass (phase/Ready reason)"] = dict(waiting) or "none"
+        metrics2 = scrape_or_empty(port)
+        rows["operator during the batch"] = _operator_delta(metrics0, metrics2, t_batch_end - t_batch)
         apiserver2 = _apiserver_flareop(cp)
         batch = apiserver2 - apiserver0
         rows["API server: flareop.io requests during the batch"] = {
-            "total": int(sum(batch.values())),
+            "total": int(sum(batch.values())), "per s": round(sum(batch.values()) / max(t_batch_end - t_batch, 1e-9), 1),
             "top": {k: int(v) for k, v in batch.most_common(10)}}
 
-        # -- settle: nothing changes; what does the operator cost while idle, and does memory grow? --
+        # -- settle: no new input; what the operator costs once the batch is (or is not yet) through ----
         t_settle = time.monotonic()
-        time.sleep(max(0.0, min(args.settle, deadline - time.monotonic() - 60)))
+        time.sleep(max(0.0, min(args.settle, deadline - time.monotonic() - 30)))
         t_settle_end = time.monotonic()
-        metrics3, apiserver3 = scrape(port), _apiserver_flareop(cp)
-        rows["operator idle (settle)"] = _operator_delta(metrics2, metrics3, t_settle_end - t_settle)
-        rows["API server: flareop.io requests per s idle"] = round(
-            sum((apiserver3 - apiserver2).values()) / max(t_settle_end - t_settle, 1e-9), 1)
+        settled = t_settle_end - t_settle >= 5
+        label = "operator idle (settle)" if finished else "operator after the cut (still converging)"
+        if settled:
+            metrics3, apiserver3 = scrape_or_empty(port), _apiserver_flareop(cp)
+            rows[label] = _operator_delta(metrics2, metrics3, t_settle_end - t_settle)
+            rows["API server: flareop.io requests per s in settle"] = round(
+                sum((apiserver3 - apiserver2).values()) / (t_settle_end - t_settle), 1)
+        else:
+            rows[label] = "skipped: no time left"
 
         # -- baseline: the same StatefulSets, applied directly --------------------------------------------
         base_started, base_wanted = {}, {}
         stored = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in json.loads(
             cp.kubectl("get", "statefulsets", "-A", "-o", "json", timeout=300).stdout)["items"]}
         for cs, members in wanted.items():
-            manifests = []
-            for j, key in enumerate(sorted(members)):
-                obj = stored.get(key)
-                if obj is None:
-                    continue
-                manifests.append({"apiVersion": "apps/v1", "kind": "StatefulSet",
-                                  "metadata": {"name": f"b-{cs}-{j:03d}", "namespace": "baseline"},
-                                  "spec": obj["spec"]})
+            manifests = [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                          "metadata": {"name": f"b-{cs}-{j:03d}", "namespace": "baseline"},
+                          "spec": stored[key]["spec"]} for j, key in enumerate(sorted(members)) if key in stored]
             if not manifests:
                 continue
             base_started[cs] = time.monotonic()
             apply(cp, *manifests)
             base_wanted[cs] = {f"baseline/{m['metadata']['name']}" for m in manifests}
-        _wait(lambda: all(w <= seen.sts.keys() for w in base_wanted.values()), timeout=budget_for(0.3))
+        _wait(lambda: all(w <= seen.sts.keys() for w in base_wanted.values()),
+              timeout=max(10.0, deadline - time.monotonic() - 10))
         base_values = [max(seen.sts[s] for s in w) - base_started[k] for k, w in base_wanted.items()
                        if w <= seen.sts.keys()]
-        rows["baseline (kubectl apply of the same StatefulSets)"] = {
-            "done": f"{len(base_values)}/{len(base_wanted)}", "p50 s": _p50(base_values),
-            "p95 s": _pct(base_values, 0.95)}
+        rows["baseline (kubectl apply of the same StatefulSets, operator running)"] = {
+            "done": f"{len(base_values)}/{len(base_wanted)}",
+            "StatefulSets": sum(len(w) for w in base_wanted.values()),
+            "p50 s": _p50(base_values), "p95 s": _pct(base_values, 0.95)}
         if op_values and base_values:
             rows["ratio p50 operator/baseline"] = round(statistics.median(op_values) / statistics.median(base_values), 2)
             rows["ratio p95 operator/baseline"] = round(_pct(op_values, 0.95) / _pct(base_values, 0.95), 2)
@@ -514,9 +540,11 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         sampler.sample()
         s = sampler.rows
         rel = lambda t: t - t0  # noqa: E731
-        start_row, batch_row = sampler.at(rel(t_batch)), sampler.at(rel(t_jobs_end))
+        start_row, batch_row = sampler.at(rel(t_batch)), sampler.at(rel(t_batch_end))
         settle_row, last = sampler.at(rel(t_settle_end)), s[-1]
-        slope = _slope_mib_per_min(s, rel(t_settle))
+        # the last part: the settle window, or the last third of the run when there was none
+        slope_from = rel(t_settle) if settled else s[-1][0] * 2 / 3
+        slope = _slope_mib_per_min(s, slope_from)
 
         def cpu_share(a: tuple, b: tuple, col: int) -> float:
             return round((b[col] - a[col]) / max(b[0] - a[0], 1e-9), 2)
@@ -528,18 +556,19 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             "RSS MiB peak": round(peak[1], 1), "peak at s": round(peak[0], 0),
             "RSS MiB after the batch": round(batch_row[1], 1),
             "RSS MiB after settle": round(settle_row[1], 1), "RSS MiB at end": round(last[1], 1),
-            "RSS slope over settle MiB/min": slope,
+            "RSS slope over the last part MiB/min": slope,
+            "last part": f"{slope_from:.0f}-{s[-1][0]:.0f} s" + (" (settle)" if settled else " (last third)"),
             "RSS verdict": None if slope is None else ("flat" if abs(slope) < 2.0 else
                                                        "growing" if slope > 0 else "shrinking"),
             "CPU cores used: startup": cpu_share(s[0], start_row, 2),
             "CPU cores used: batch": cpu_share(start_row, batch_row, 2),
-            "CPU cores used: settle (idle)": cpu_share(sampler.at(rel(t_settle)), settle_row, 2),
+            "CPU cores used: settle": cpu_share(sampler.at(rel(t_settle)), settle_row, 2) if settled else None,
             "CPU cores used: peak 1 s": round(max(cpu_1s), 2) if cpu_1s else None,
             "CPU s total": round(last[2] - s[0][2], 1),
             "samples": len(s),
         }
         rows["control plane CPU cores used: batch"] = cpu_share(start_row, batch_row, 3)
-        rows["control plane CPU cores used: settle"] = cpu_share(sampler.at(rel(t_settle)), settle_row, 3)
+        rows["control plane CPU cores used: settle"] = cpu_share(sampler.at(rel(t_settle)), settle_row, 3) if settled else None
         rows["bench's own CPU cores used: batch"] = cpu_share(start_row, batch_row, 4)
         rows["load average 1 min: start, end"] = [round(s[0][5], 2), round(last[5], 2)]
         series_every = max(1, len(s) // 40)
@@ -555,7 +584,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         if sampler:
             sampler.stop.set()
         if op:
-            op.stop()
+            op.stop(timeout=20)  # a starved operator with 2N+2 Kopf operators may not finish cleanly sooner
             if (work / f"stacks-{n}.json").exists():
                 from bench.stack_sampler import summarise
 
@@ -570,9 +599,9 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
 
 
 def growth(rows: dict) -> dict | str:
-    """One line per org count: the figures whose growth matters."""
+    """One entry per org count: the figures whose growth matters."""
     if "failed" in rows:
-        return rows["failed"][:300]
+        return rows["failed"][:400]
 
     def g(*path, default=None):
         value = rows
@@ -580,29 +609,39 @@ def growth(rows: dict) -> dict | str:
             value = value.get(key) if isinstance(value, dict) else None
         return default if value is None else value
 
-    sts, base = g("ComputeSpec apply -> all StatefulSets", default={}), g("baseline (kubectl apply of the same StatefulSets)", default={})
-    sub = g("last org's approval -> submission pass (Queued, ServerUnreachable)", default={})
+    def p(row: str) -> str:
+        r = g(row, default={})
+        return f"{r.get('p50 s')}/{r.get('p95 s')} ({r.get('done')})"
+
     proc = g("operator process", default={})
+    settle = g("operator idle (settle)") or g("operator after the cut (still converging)")
+    settle = settle if isinstance(settle, dict) else {}
+    ars = g("AccessRequests (expected: 2 x sites)", default={})
     return {
-        "AccessRequests decided": f"{g('AccessRequests total', 'decided')}/{g('AccessRequests total', 'count')}",
-        "compute ARs all decided s": g("compute AccessRequests", "first apply -> all decided s"),
-        "job ARs all decided s": g("job AccessRequests", "apply -> all decided s"),
-        "ComputeSpec -> StatefulSets p50/p95 s": f"{sts.get('p50 s')}/{sts.get('p95 s')} ({sts.get('done')})",
-        "baseline p50/p95 s": f"{base.get('p50 s')}/{base.get('p95 s')}",
+        "batch s": g("batch (apply -> every job at its submission pass) s"),
+        "AccessRequests decided/existing/expected": f"{ars.get('decided')}/{ars.get('count')}/{ars.get('expected')}",
+        "first apply -> all AccessRequests decided s": ars.get("first apply -> all decided s"),
+        "ComputeSpec -> StatefulSets p50/p95 s": p("ComputeSpec apply -> all StatefulSets"),
+        "baseline p50/p95 s": p("baseline (kubectl apply of the same StatefulSets, operator running)"),
         "ratio p50": g("ratio p50 operator/baseline"),
-        "approval -> submission pass p50/p95 s": f"{sub.get('p50 s')}/{sub.get('p95 s')} ({sub.get('done')})",
-        "RSS MiB start/peak/end, verdict": f"{proc.get('RSS MiB at gateways registered')}/{proc.get('RSS MiB peak')}/"
-                                           f"{proc.get('RSS MiB at end')}, {proc.get('RSS verdict')} "
-                                           f"({proc.get('RSS slope over settle MiB/min')} MiB/min)",
-        "operator CPU cores batch/idle": f"{proc.get('CPU cores used: batch')}/{proc.get('CPU cores used: settle (idle)')}",
-        "API requests per reconcile (computes, jobs, idle)": [
-            g("operator during ComputeSpecs", "API requests per reconcile"),
-            g("operator during FederatedJobs", "API requests per reconcile"),
-            g("operator idle (settle)", "API requests per reconcile")],
-        "API requests per s idle (operator, API server flareop.io)": [
-            g("operator idle (settle)", "API requests per s"), g("API server: flareop.io requests per s idle")],
-        "AccessRequest passes per s idle": round(g("operator idle (settle)", "reconcile passes", "AccessRequest", default=0)
-                                                  / max(g("operator idle (settle)", "seconds", default=1), 1e-9), 1),
+        "ComputeSpec -> Ready p50/p95 s": p("ComputeSpec apply -> Ready"),
+        "submittable -> submission pass p50/p95 s": p(
+            "submittable (last approval or ComputeSpec Ready) -> submission pass (Queued, ServerUnreachable)"),
+        "RSS MiB registered/peak/end": f"{proc.get('RSS MiB at gateways registered')}/{proc.get('RSS MiB peak')}/"
+                                       f"{proc.get('RSS MiB at end')}",
+        "RSS last part": f"{proc.get('RSS verdict')} ({proc.get('RSS slope over the last part MiB/min')} MiB/min, "
+                         f"{proc.get('last part')})",
+        "operator CPU cores batch/settle": f"{proc.get('CPU cores used: batch')}/{proc.get('CPU cores used: settle')}",
+        "API requests per reconcile (batch, settle)": [g("operator during the batch", "API requests per reconcile"),
+                                                       settle.get("API requests per reconcile")],
+        "operator API requests per s (batch, settle)": [g("operator during the batch", "API requests per s"),
+                                                        settle.get("API requests per s")],
+        "AccessRequest passes per s (batch, settle)": [
+            round(g("operator during the batch", "reconcile passes", "AccessRequest", default=0)
+                  / max(g("operator during the batch", "seconds", default=1), 1e-9), 1),
+            round(settle.get("reconcile passes", {}).get("AccessRequest", 0) / max(settle.get("seconds", 1), 1e-9), 1)
+            if settle else None],
+        "load average start, end": g("load average 1 min: start, end"),
     }
 
 
@@ -611,9 +650,8 @@ def main() -> int:
     parser.add_argument("--orgs", default="10,50,100", help="org counts, comma-separated, each in a fresh control plane")
     parser.add_argument("--computes", type=int, default=10, help="ComputeSpecs (and FederatedJobs, one each)")
     parser.add_argument("--resync", type=float, default=5.0, help="the operator's resyncSeconds (its default: 5)")
-    parser.add_argument("--settle", type=float, default=30.0, help="seconds of idle sampling after the batch")
-    parser.add_argument("--phase-timeout", type=float, default=300.0, help="the longest wait of one phase")
-    parser.add_argument("--budget", type=float, default=840.0, help="seconds for the whole run (all org counts)")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds of idle sampling after the batch")
+    parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole run (all org counts)")
     parser.add_argument("--profile", action="store_true", help="sample the operator's threads (bench/stack_sampler.py)")
     parser.add_argument("--tracemalloc", action="store_true", help="--profile, and trace allocations (slower)")
     parser.add_argument("--keep", help="copy the operator logs (and stack samples) into this folder")
@@ -628,12 +666,17 @@ def main() -> int:
     try:
         for index, n in enumerate(counts):
             left = deadline - time.monotonic()
-            # give each remaining size a share that grows with N (bigger sizes take longer)
-            share = n / sum(counts[index:])
+            # each remaining size gets a share of what is left by sqrt(N) (bigger sizes take longer), >= 120 s
+            share = n ** 0.5 / sum(c ** 0.5 for c in counts[index:])
+            t_n = time.monotonic()
             try:
-                rows = run_size(n, args, work, time.monotonic() + left * max(share, 0.25))
+                rows = run_size(n, args, work, time.monotonic() + max(120.0, left * share))
             except Exception as err:  # noqa: BLE001 - report it and go on with the next size
-                rows = {"orgs": n, "failed": f"{type(err).__name__}: {str(err)[:2000]}"}
+                import traceback
+
+                where = " <- ".join(f"{f.name}:{f.lineno}" for f in reversed(traceback.extract_tb(err.__traceback__)[-4:]))
+                rows = {"orgs": n, "failed": f"{type(err).__name__}: {str(err)[:2000]} (at {where})"}
+            rows["wall s with setup and teardown"] = round(time.monotonic() - t_n, 1)
             results.append(rows)
             print(yaml.safe_dump([rows], sort_keys=False, width=140), flush=True)
         print(yaml.safe_dump({"growth with the org count": {r["orgs"]: growth(r) for r in results},

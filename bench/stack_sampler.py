@@ -78,6 +78,7 @@ class Sampler(threading.Thread):
         self.backlog: list[tuple[float, int, int]] = []  # (t, queued calls, busy workers)
         self.threads: collections.Counter = collections.Counter()  # most threads seen at once, by role
         self.stopping = False
+        self.dump_lock = threading.Lock()
         self.t0 = time.monotonic()
         self.tracing = os.environ.get("STACK_TRACEMALLOC") == "1"
         self.first_snapshot = self.last_snapshot = None
@@ -91,6 +92,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         me = threading.get_ident()
         next_lag = next_snapshot = 0.0
+        next_dump = time.monotonic() + 30
         while not self.stopping:
             time.sleep(self.interval)
             names = {t.ident: t.name for t in threading.enumerate()}
@@ -142,6 +144,9 @@ class Sampler(threading.Thread):
                                 (round(s - self.t0, 2), time.monotonic() - s)))
                         except RuntimeError:
                             pass
+            if now >= next_dump:  # a process killed instead of stopped still leaves its last 30 s behind
+                next_dump = now + 30
+                self.dump()
             if self.tracing and now >= next_snapshot:
                 next_snapshot = now + 60
                 self._snapshot()
@@ -155,6 +160,10 @@ class Sampler(threading.Thread):
         self.last_snapshot = snap
 
     def dump(self) -> None:
+        with self.dump_lock:
+            self._dump()
+
+    def _dump(self) -> None:
         def top(counter: collections.Counter, n: int = 40) -> list:
             return [[k, v] for k, v in counter.most_common(n)]
 
@@ -249,6 +258,7 @@ def main() -> None:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     finally:
         sampler.stopping = True
+        sampler.join(5)
         sampler.dump()
 
 
