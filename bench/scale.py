@@ -432,7 +432,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         rows["sites per computespec"] = " ".join(str(len(m)) for m in plans)
         # Until every job reached its submission pass, leaving time to sample the idle operator and
         # run the baseline (args.settle + a reserve for the baseline and the teardown).
-        reserve = args.settle + 40
+        reserve = args.settle + 30
         finished = _wait(lambda: all(nm in seen.job_submit_pass for nm in names),
                          timeout=max(10.0, deadline - time.monotonic() - reserve), interval=0.5)
         t_batch_end = time.monotonic()
@@ -559,7 +559,8 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             "RSS slope over the last part MiB/min": slope,
             "last part": f"{slope_from:.0f}-{s[-1][0]:.0f} s" + (" (settle)" if settled else " (last third)"),
             "RSS verdict": None if slope is None else ("flat" if abs(slope) < 2.0 else
-                                                       "growing" if slope > 0 else "shrinking"),
+                                                       "growing" if slope > 0 else "shrinking")
+            + ("" if finished else " (the batch was cut: still converging)"),
             "CPU cores used: startup": cpu_share(s[0], start_row, 2),
             "CPU cores used: batch": cpu_share(start_row, batch_row, 2),
             "CPU cores used: settle": cpu_share(sampler.at(rel(t_settle)), settle_row, 2) if settled else None,
@@ -666,11 +667,15 @@ def main() -> int:
     try:
         for index, n in enumerate(counts):
             left = deadline - time.monotonic()
-            # each remaining size gets a share of what is left by sqrt(N) (bigger sizes take longer), >= 120 s
+            # each remaining size gets a share of what is left by sqrt(N) (bigger sizes take longer), at
+            # least 200 s (the smallest size is the reference: it should get through), at least 120 s
+            # kept for each size after it
             share = n ** 0.5 / sum(c ** 0.5 for c in counts[index:])
+            later = len(counts) - index - 1
+            seconds = min(max(200.0, left * share), max(120.0, left - 120.0 * later))
             t_n = time.monotonic()
             try:
-                rows = run_size(n, args, work, time.monotonic() + max(120.0, left * share))
+                rows = run_size(n, args, work, time.monotonic() + seconds)
             except Exception as err:  # noqa: BLE001 - report it and go on with the next size
                 import traceback
 
