@@ -113,13 +113,31 @@ def _rss_mib(pid: int) -> float | None:
     return None
 
 
+def _threads_sockets(pid: int) -> tuple[int, int]:
+    """(threads, open sockets) of a process: each socket of an asyncio TLS connection (Kopf's aiohttp
+    sessions: watches and requests) holds a read buffer of up to 256 KiB (asyncio/sslproto.py)."""
+    threads = sockets = 0
+    try:
+        threads = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("Threads:"))
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                sockets += os.readlink(fd.path).startswith("socket:")
+            except OSError:
+                pass
+    except (OSError, StopIteration):
+        pass
+    return threads, sockets
+
+
 class ProcSampler(threading.Thread):
     """Every second: the operator's RSS and CPU seconds, the control plane's and this process's CPU."""
 
     def __init__(self, op_pid: int, cp_pids: list[int], t0: float):
         super().__init__(daemon=True, name="proc-sampler")
         self.op_pid, self.cp_pids, self.t0 = op_pid, cp_pids, t0
-        self.rows: list[tuple[float, float, float, float, float, float]] = []  # t, rss, op cpu, cp cpu, own cpu, load
+        # t, rss, op cpu, cp cpu, own cpu, load, op threads, op sockets
+        self.rows: list[tuple[float, float, float, float, float, float, int, int]] = []
         self.stop = threading.Event()
 
     def sample(self) -> None:
@@ -128,7 +146,7 @@ class ProcSampler(threading.Thread):
             return
         cp = sum(c for c in (_cpu_seconds(p) for p in self.cp_pids) if c is not None)
         own = _cpu_seconds(os.getpid()) or 0.0
-        self.rows.append((time.monotonic() - self.t0, rss, cpu, cp, own, os.getloadavg()[0]))
+        self.rows.append((time.monotonic() - self.t0, rss, cpu, cp, own, os.getloadavg()[0], *_threads_sockets(self.op_pid)))
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -566,6 +584,8 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             "CPU cores used: settle": cpu_share(sampler.at(rel(t_settle)), settle_row, 2) if settled else None,
             "CPU cores used: peak 1 s": round(max(cpu_1s), 2) if cpu_1s else None,
             "CPU s total": round(last[2] - s[0][2], 1),
+            "threads at gateways registered, peak": [start_row[6], max(r[6] for r in s)],
+            "open sockets at gateways registered, peak, end": [start_row[7], max(r[7] for r in s), last[7]],
             "samples": len(s),
         }
         rows["control plane CPU cores used: batch"] = cpu_share(start_row, batch_row, 3)
@@ -573,8 +593,8 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         rows["bench's own CPU cores used: batch"] = cpu_share(start_row, batch_row, 4)
         rows["load average 1 min: start, end"] = [round(s[0][5], 2), round(last[5], 2)]
         series_every = max(1, len(s) // 40)
-        rows[f"RSS MiB / cumulative CPU s every ~{series_every} s"] = " ".join(
-            f"{r[0]:.0f}:{r[1]:.0f}/{r[2] - s[0][2]:.0f}" for r in s[::series_every])
+        rows[f"s:RSS MiB/cumulative CPU s/sockets, every ~{series_every} s"] = " ".join(
+            f"{r[0]:.0f}:{r[1]:.0f}/{r[2] - s[0][2]:.0f}/{r[7]}" for r in s[::series_every])
         log_text = op.log_path.read_text(errors="replace")
         rows["operator log lines: ERROR, WARNING"] = [log_text.count(" ERROR "), log_text.count(" WARNING ")]
         rows["wall s for this org count"] = round(time.monotonic() - t_size, 1)
