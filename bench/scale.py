@@ -431,6 +431,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         if not registered:
             raise TimeoutError(f"gateways did not register ({len(gateways)}/{n}):\n{op.tail()}")
         metrics0, apiserver0, t_batch = scrape_or_empty(port), _apiserver_flareop(cp), time.monotonic()
+        Path(f"{sample_out}.mark").touch()  # --tracemalloc: allocation growth is counted from here
 
         # -- the batch: 10 ComputeSpecs back to back, then 10 FederatedJobs in one apply --------------------
         started: dict[str, float] = {}

@@ -12,7 +12,7 @@ Every `STACK_SAMPLE_MS` (default 20) ms a background thread reads every other th
 It also measures the event loop's lag (a callback scheduled from this thread every 0.5 s: how late
 it runs) and the backlog of asyncio's default executor (queued calls, busy workers). With
 STACK_TRACEMALLOC=1 it traces allocations too (slower) and reports the biggest allocation sites at
-exit and their growth since the snapshot at 60 s. The module runs unchanged: nothing in it is patched except that event loops and thread pools are remembered.
+exit and their growth since the moment the caller marks by creating OUT.json.mark. The module runs unchanged: nothing in it is patched except that event loops and thread pools are remembered.
 On exit (the operator stops on SIGTERM) the counts are written to OUT.json; `summarise` reads them.
 """
 
@@ -82,6 +82,7 @@ class Sampler(threading.Thread):
         self.t0 = time.monotonic()
         self.tracing = os.environ.get("STACK_TRACEMALLOC") == "1"
         self.first_snapshot = self.last_snapshot = None
+        self.first_snapshot_at: int | None = None
 
     def _role(self, ident: int, names: dict[int, str]) -> str:
         if ident == self.main_ident:
@@ -147,17 +148,17 @@ class Sampler(threading.Thread):
             if now >= next_dump:  # a process killed instead of stopped still leaves its last 30 s behind
                 next_dump = now + 30
                 self.dump()
+            if self.tracing and self.first_snapshot is None and os.path.exists(f"{self.out}.mark"):
+                self.first_snapshot = self._snapshot()  # the caller marks its moment (e.g. a batch starts)
+                self.first_snapshot_at = round(now - self.t0)
             if self.tracing and now >= next_snapshot:
                 next_snapshot = now + 60
-                self._snapshot()
+                self.last_snapshot = self._snapshot()
 
-    def _snapshot(self) -> None:
+    def _snapshot(self):
         import tracemalloc
 
-        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        if self.first_snapshot is None and time.monotonic() - self.t0 > 20:
-            self.first_snapshot = snap
-        self.last_snapshot = snap
+        return tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
 
     def dump(self) -> None:
         with self.dump_lock:
@@ -174,10 +175,10 @@ class Sampler(threading.Thread):
                 "own_line": {r: top(c) for r, c in self.own_line.items()},
                 "threads": dict(self.threads), "loop_lag": self.lag, "executor_backlog": self.backlog[::5]}
         if self.tracing and self.first_snapshot is not None:
-            self._snapshot()
-            end = self.last_snapshot
+            end = self.last_snapshot = self._snapshot()
             data["tracemalloc"] = {
-                "first snapshot at s": 60, "end total MiB": round(sum(s.size for s in end.statistics("filename")) / 2**20, 1),
+                "growth since s": self.first_snapshot_at,
+                "end total MiB": round(sum(s.size for s in end.statistics("filename")) / 2**20, 1),
                 "top at end": [f"{s.traceback[0].filename.split('/site-packages/')[-1]}:{s.traceback[0].lineno} "
                                f"{s.size / 2**20:.1f} MiB {s.count}" for s in end.statistics("lineno")[:25]],
                 "growth": [f"{d.traceback[0].filename.split('/site-packages/')[-1]}:{d.traceback[0].lineno} "
