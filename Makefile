@@ -7,7 +7,7 @@ PYTEST ?= $(PYTHON) -m pytest
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-unit test-schema test-integration test-fuzz test-chaos test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-job images
+.PHONY: help install test test-unit test-schema test-integration test-fuzz test-chaos test-node test-e2e lint crds charts-docs chart-tools test-charts demo demo-down demo-multicluster demo-multicluster-down demo-k8s demo-k8s-down bench-compute bench-scale bench-job images
 
 ## help: list the targets
 help:
@@ -79,6 +79,11 @@ crds: install
 ## bench-compute: ComputeSpec apply -> workloads created, p50/p95 vs applying the manifests directly; API requests per reconcile
 bench-compute: install controlplane
 	$(PYTHON) bench/compute_reconcile.py --count 20
+
+## bench-scale: one hub and N orgs (ORGS=10,50,100, each on a fresh control plane, kwok nodes): AccessRequests decided, ComputeSpec -> StatefulSets vs direct apply, approval -> submission pass, the operator's RSS/CPU over time, API requests per reconcile (PROFILE=1: sample its threads)
+ORGS ?= 10,50,100
+bench-scale: install controlplane
+	$(PYTHON) bench/scale.py --orgs $(ORGS) $(if $(PROFILE),--profile)
 
 ## bench-job: a FederatedJob vs the same job submitted straight to NVFlare on the same federation: wall-time ratio, apply -> first round; RUNTIME=kubernetes: server and clients as Pods on a real node (root, images; FLARE_REAL_NODE_CLUSTER=DIR attaches to a running one)
 bench-job: install controlplane $(if $(filter kubernetes,$(RUNTIME)),$(if $(FLARE_IMAGES_JSON),,images))

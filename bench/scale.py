@@ -1,0 +1,717 @@
+"""Scale: one hub, N orgs, 10 ComputeSpecs and 10 FederatedJobs at once (kubernetes runtime, kwok nodes).
+
+For each N in --orgs (e.g. 10,50,100), in a fresh local control plane (tests/support/controlplane.py:
+etcd, kube-apiserver, controller-manager, scheduler, kwok nodes and fake pods), with one operator
+process (`flare-operator run`, mode all, runtime kubernetes, adminRoute none, resyncSeconds 5):
+- the hub's consumer namespace `modeller` and N org namespaces `org-000`...; in each org's
+  namespace a DatasetGrant (to `modeller`, esm2-finetune, DP required, an epsilon budget) and an
+  Automatic OrgPolicy; every org's gateway in the operator config's `gateways` list;
+- the batch: 10 ComputeSpecs over 10..min(N, 64) orgs each (sizes spread evenly, orgs taken
+  round-robin so every org serves about as many federations; 64 is the CRD's maxItems of
+  spec.datasets, so 100 sites cannot be one ComputeSpec), applied back to back, and right after
+  them 10 FederatedJobs (one per ComputeSpec, DP epsilon 6) in one `kubectl apply`. Every org
+  answers a Compute and a Job AccessRequest per federation it is in: 2 x sum(sizes) requests.
+
+Production mapping: here one process runs the orchestrator and all N gateways against one API
+server (each gateway is two Kopf operators, hub side and site side, namespaced to its org's
+namespace: the code path of a gateway with a hub kubeconfig, minus the second API server). In
+production each org runs its own gateway in its own cluster, so the gateways' CPU, memory, threads
+and API traffic are split over N processes and N API servers; the hub keeps the orchestrator, the
+AccessRequests in the orgs' hub namespaces and the gateways' hub-side reads and status writes.
+The operator-process figures are an upper bound for the hub (orchestrator + N gateways on one
+event loop, one thread pool and 2 cores); how they grow with N is what one hub sees from N sites.
+
+Printed per N (YAML, like compute_reconcile.py), from watches (no polling) and /proc:
+- setup: control plane start, operator start -> N Gateways registered;
+- AccessRequests: expected, existing, decided, first apply -> all decided;
+- ComputeSpec apply -> every StatefulSet (server + a client per org) exists, p50/p95, and the same
+  StatefulSets applied directly with kubectl into another namespace afterwards (baseline: same
+  run, same API server, the operator still running) and the ratio; ComputeSpec apply -> Ready;
+- FederatedJob apply -> every org answered; and "submittable -> submission pass": from the later
+  of the job's last approval and its ComputeSpec's Ready to the operator's pass that submits. With
+  adminRoute none (kwok pods run no NVFlare) that pass ends in phase Queued, Ready=False reason
+  ServerUnreachable: handlers/run.py `Run.step` found the job admitted and the federation
+  provisioned and asked `runtime.admin()` for the FLARE API session — the submission itself is
+  the only step missing. That is what "submitted" means here;
+- the operator process's RSS and CPU every second (/proc/<pid>/status, /proc/<pid>/stat): at
+  gateways registered, peak, after the batch, a slope over the last part (the settle window: 20 s
+  with no new input) and a flat/growing verdict; the control plane's and the bench's own CPU;
+- the operator's API requests per reconcile pass and per second (its Prometheus counters) for the
+  batch and the settle window, and what the API server counted on flareop.io resources (including
+  Kopf's own patches and watches, which the operator's counter does not see).
+
+--budget (default 780 s, plus teardowns: under 15 min) bounds the whole run: each org count gets a share by sqrt(N); a batch
+that is not through when its share runs out is cut, and the rows say how far it got (done x/y).
+With --profile every thread of the operator is sampled (bench/stack_sampler.py): hottest frames,
+event-loop lag, the thread pool's backlog.
+
+    .venv/bin/python bench/scale.py --orgs 10,50,100 [--settle 20] [--budget 840] [--profile] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# This checkout's operator, here and in the operator process (not whatever the venv's editable install names).
+sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")]))
+
+from flare_operator.builders import naming  # noqa: E402
+from flare_operator.config import LABEL_ORG  # noqa: E402
+from tests.operator_harness import (  # noqa: E402
+    OperatorProcess,
+    apply,
+    compute,
+    free_port,
+    gateway_config,
+    grant,
+    install_crds,
+    job,
+    policy,
+    scrape,
+)
+from tests.support.controlplane import ControlPlane  # noqa: E402
+
+GROUP, VERSION = "flareop.io", "v1alpha1"
+MODELLER = "modeller"
+MAX_SITES = 64  # ComputeSpec spec.datasets maxItems (api/compute.py)
+TICK = os.sysconf("SC_CLK_TCK")
+HERE = Path(__file__).resolve().parent
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _threads_sockets(pid: int) -> tuple[int, int]:
+    """(threads, open sockets) of a process: each socket of an asyncio TLS connection (Kopf's aiohttp
+    sessions: watches and requests) holds a read buffer of up to 256 KiB (asyncio/sslproto.py)."""
+    threads = sockets = 0
+    try:
+        threads = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("Threads:"))
+        for fd in os.scandir(f"/proc/{pid}/fd"):
+            try:
+                sockets += os.readlink(fd.path).startswith("socket:")
+            except OSError:
+                pass
+    except (OSError, StopIteration):
+        pass
+    return threads, sockets
+
+
+class ProcSampler(threading.Thread):
+    """Every second: the operator's RSS and CPU seconds, the control plane's and this process's CPU."""
+
+    def __init__(self, op_pid: int, cp_pids: list[int], t0: float):
+        super().__init__(daemon=True, name="proc-sampler")
+        self.op_pid, self.cp_pids, self.t0 = op_pid, cp_pids, t0
+        # t, rss, op cpu, cp cpu, own cpu, load, op threads, op sockets
+        self.rows: list[tuple[float, float, float, float, float, float, int, int]] = []
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        rss, cpu = _rss_mib(self.op_pid), _cpu_seconds(self.op_pid)
+        if rss is None or cpu is None:
+            return
+        cp = sum(c for c in (_cpu_seconds(p) for p in self.cp_pids) if c is not None)
+        own = _cpu_seconds(os.getpid()) or 0.0
+        self.rows.append((time.monotonic() - self.t0, rss, cpu, cp, own, os.getloadavg()[0], *_threads_sockets(self.op_pid)))
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sample()
+            self.stop.wait(1.0)
+
+    def at(self, t: float) -> tuple:
+        """The last sample at or before t (seconds since t0)."""
+        before = [r for r in self.rows if r[0] <= t]
+        return before[-1] if before else self.rows[0]
+
+
+class Watcher(threading.Thread):
+    """List + watch one resource cluster-wide; `on_event(obj, monotonic time)` for every object seen.
+    A watch costs the API server nothing per tick, unlike polling with kubectl."""
+
+    def __init__(self, api_client, group: str, version: str, plural: str, on_event):
+        super().__init__(daemon=True, name=f"watch-{plural}")
+        from kubernetes import client
+
+        self.api = client.CustomObjectsApi(api_client)
+        self.args = (group, version, plural)
+        self.on_event = on_event
+        self.stopping = False
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        while not self.stopping:
+            try:
+                listing = self.api.list_cluster_custom_object(*self.args)
+                now = time.monotonic()
+                for obj in listing.get("items") or []:
+                    self.on_event(obj, now)
+                rv = listing["metadata"]["resourceVersion"]
+                self.ready.set()
+                while not self.stopping:
+                    w = watch.Watch()
+                    for event in w.stream(self.api.list_cluster_custom_object, *self.args, resource_version=rv,
+                                          timeout_seconds=30, allow_watch_bookmarks=True):
+                        if event["type"] == "ERROR":
+                            raise ApiException(status=410)
+                        rv = event["object"]["metadata"]["resourceVersion"]
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self.on_event(event["object"], time.monotonic())
+                        if self.stopping:
+                            w.stop()
+                            break
+            except Exception:  # noqa: BLE001 - relist (410 Gone, a dropped connection, the cluster stopping)
+                if not self.stopping:
+                    time.sleep(0.5)
+
+
+class Observed:
+    """First-seen times (monotonic) of what the watches saw."""
+
+    def __init__(self):
+        self.sts: dict[str, float] = {}
+        self.ar_seen: dict[str, float] = {}
+        self.ar_decided: dict[str, float] = {}
+        self.ar_kind: dict[str, str] = {}
+        self.ar_source: dict[str, str] = {}
+        self.ar_decision: dict[str, str] = {}
+        self.compute_ready: dict[str, float] = {}
+        self.job_approved: dict[str, float] = {}
+        self.job_submit_pass: dict[str, float] = {}
+        self.job_phase: dict[str, str] = {}
+        self.job_ready_reason: dict[str, str] = {}
+
+    def statefulset(self, obj: dict, now: float) -> None:
+        meta = obj["metadata"]
+        self.sts.setdefault(f"{meta['namespace']}/{meta['name']}", now)
+
+    def access_request(self, obj: dict, now: float) -> None:
+        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+        key = f"{meta['namespace']}/{meta['name']}"
+        self.ar_seen.setdefault(key, now)
+        self.ar_kind[key] = (spec.get("source") or {}).get("kind", "?")
+        self.ar_source[key] = (spec.get("source") or {}).get("name", "?")
+        if status.get("decision") in ("Approved", "Rejected") and status.get("decidedHash") == spec.get("contentHash"):
+            self.ar_decided.setdefault(key, now)
+            self.ar_decision[key] = status["decision"]
+
+    def compute_spec(self, obj: dict, now: float) -> None:
+        if (obj.get("status") or {}).get("phase") == "Ready":
+            self.compute_ready.setdefault(obj["metadata"]["name"], now)
+
+    def federated_job(self, obj: dict, now: float) -> None:
+        name, status = obj["metadata"]["name"], obj.get("status") or {}
+        conds = {c.get("type"): c for c in status.get("conditions") or []}
+        self.job_phase[name] = status.get("phase", "")
+        self.job_ready_reason[name] = (conds.get("Ready") or {}).get("reason", "")
+        if (conds.get("Approved") or {}).get("status") == "True":
+            self.job_approved.setdefault(name, now)
+        # The pass that submits: Queued and the FLARE API asked (ServerUnreachable with adminRoute none),
+        # or Submitted/Running where a route exists.
+        if status.get("phase") in ("Submitted", "Running") or (
+                status.get("phase") == "Queued" and self.job_ready_reason[name] == "ServerUnreachable"):
+            self.job_submit_pass.setdefault(name, now)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 2)
+
+
+def _p50(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def _wait(predicate, timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def _slope_mib_per_min(rows: list[tuple], start: float) -> float | None:
+    points = [(r[0], r[1]) for r in rows if r[0] >= start]
+    if len(points) < 5:
+        return None
+    mt = statistics.fmean(t for t, _ in points)
+    mr = statistics.fmean(r for _, r in points)
+    den = sum((t - mt) ** 2 for t, _ in points)
+    return round(60 * sum((t - mt) * (r - mr) for t, r in points) / den, 2) if den else None
+
+
+def _apiserver_flareop(cp) -> Counter:
+    """apiserver_request_total on flareop.io resources, by verb (every client: the operator, Kopf, this bench)."""
+    text = cp.kubectl("get", "--raw", "/metrics", timeout=60).stdout
+    out: Counter = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and 'group="flareop.io"' in line:
+            labels, _, value = line.rpartition(" ")
+            verb = labels.split('verb="', 1)[1].split('"', 1)[0]
+            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
+            sub = labels.split('subresource="', 1)[1].split('"', 1)[0] if 'subresource="' in labels else ""
+            out[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(value)
+    return out
+
+
+def scrape_or_empty(port: int, tries: int = 3) -> dict:
+    """The operator's metrics; {} when its metrics server does not answer (a starved process)."""
+    for attempt in range(tries):
+        try:
+            return scrape(port)
+        except OSError:
+            time.sleep(1 + attempt)
+    return {}
+
+
+def _metric_sum(metrics: dict, prefix: str, **labels: str) -> float:
+    return sum(v for k, v in metrics.items()
+               if k.startswith(prefix + "{") and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
+
+
+def _operator_delta(before: dict, after: dict, seconds: float) -> dict:
+    def d(prefix: str, **labels: str) -> float:
+        return _metric_sum(after, prefix, **labels) - _metric_sum(before, prefix, **labels)
+
+    kinds = ("ComputeSpec", "FederatedJob", "AccessRequest", "Gateway")
+    passes = {k: int(d("flareop_reconcile_total", kind=k)) for k in kinds}
+    total_passes = sum(passes.values())
+    requests = d("flareop_api_requests_total")
+    mean_pass = {k: round(d("flareop_reconcile_duration_seconds_sum", kind=k) / passes[k], 3)
+                 for k in kinds if passes[k]}
+    return {
+        "seconds": round(seconds, 1),
+        "reconcile passes": passes,
+        "reconcile errors": int(d("flareop_reconcile_total", result="error")),
+        "mean pass s": mean_pass,
+        "API requests": int(requests),
+        "API requests by verb": {v: int(d("flareop_api_requests_total", verb=v))
+                                 for v in ("GET", "PATCH", "PUT", "POST", "DELETE") if d("flareop_api_requests_total", verb=v)},
+        "API requests per reconcile": round(requests / max(total_passes, 1), 2),
+        "API requests per s": round(requests / max(seconds, 1e-9), 1),
+        "status writes": int(d("flareop_status_writes_total")),
+    }
+
+
+# --- the scenario ---------------------------------------------------------------------------------
+
+
+def org_name(i: int) -> str:
+    return f"org-{i:03d}"
+
+
+def compute_plan(orgs: int, computes: int) -> list[list[str]]:
+    """Orgs of each ComputeSpec: sizes from min(10, N) to min(N, 64) spread evenly, orgs round-robin."""
+    low, high = min(10, orgs), min(orgs, MAX_SITES)
+    sizes = [round(low + (high - low) * i / max(computes - 1, 1)) for i in range(computes)]
+    plans, cursor = [], 0
+    for size in sizes:
+        plans.append([org_name((cursor + j) % orgs) for j in range(size)])
+        cursor = (cursor + size) % orgs
+    return plans
+
+
+def grant_of(org: str) -> dict:
+    return grant(org, f"scl-{org}", MODELLER, privacy={"dpRequired": True, "maxEpsilonPerJob": 10, "epsilonBudget": 100})
+
+
+class SampledOperator(OperatorProcess):
+    """The operator under bench/stack_sampler.py (same command, same environment)."""
+
+    def __init__(self, *args, sample_out: Path, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sample_out = sample_out
+
+    def start(self) -> SampledOperator:
+        import subprocess
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.workdir), **self.env}
+        self.log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "stack_sampler.py"), str(self.sample_out), "-m", "flare_operator.cli", "run",
+             "--config", str(self.config_path), "--kubeconfig", str(self.kubeconfig), *self.args],
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+
+def run_size(n: int, args, work: Path, deadline: float) -> dict:
+    """One org count in its own control plane; returns the report's rows."""
+    t_size = time.monotonic()
+    rows: dict = {"orgs": n}
+    plans = compute_plan(n, args.computes)
+    cp = ControlPlane.start(work / f"cluster-{n}", f"scale{n}", nodes=2,
+                            extra_args=["--node-cpu", "4000", "--node-memory", "16Ti", "--node-pods", "2000"])
+    op = None
+    watchers: list[Watcher] = []
+    sampler = None
+    api = None
+    try:
+        rows["control plane start s"] = round(cp.startup_seconds or 0, 1)
+        install_crds(cp)
+        orgs = [org_name(i) for i in range(n)]
+        apply(cp, *({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {LABEL_ORG: ns}}}
+                    for ns in (MODELLER, "baseline", *orgs)))
+        apply(cp, *(obj for org in orgs for obj in (grant_of(org), policy(org, "Automatic"))))
+        sites = [dict(gateway_config(o, o), runtime="kubernetes") for o in orgs]
+        port = free_port()
+        config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "workdir": str(work / f"flare-{n}"),
+                  "resyncSeconds": args.resync, "heartbeatSeconds": 10, "gateways": sites, "metricsPort": port}
+        sample_out = work / f"stacks-{n}.json"
+        if args.profile or args.tracemalloc:
+            env = {"STACK_TRACEMALLOC": "1"} if args.tracemalloc else {}
+            op = SampledOperator(cp, work, config, name=f"operator-{n}", sample_out=sample_out, env=env).start()
+        else:
+            op = OperatorProcess(cp, work, config, name=f"operator-{n}").start()
+        t0 = time.monotonic()
+        cp_pids = [p for p in cp.pids if p != op.proc.pid]
+        sampler = ProcSampler(op.proc.pid, cp_pids, t0)
+        sampler.start()
+
+        api = cp.api_client()
+        seen = Observed()
+        gateways: set[str] = set()
+        watchers = [
+            Watcher(api, "apps", "v1", "statefulsets", seen.statefulset),
+            Watcher(api, GROUP, VERSION, "accessrequests", seen.access_request),
+            Watcher(api, GROUP, VERSION, "computespecs", seen.compute_spec),
+            Watcher(api, GROUP, VERSION, "federatedjobs", seen.federated_job),
+            Watcher(api, GROUP, VERSION, "gateways",
+                    lambda obj, now: gateways.add(obj["metadata"]["namespace"])),
+        ]
+        for w in watchers:
+            w.start()
+        for w in watchers:
+            w.ready.wait(60)
+
+        # -- setup: every gateway registered (the operator is up and watching) ------------------------
+        registered = _wait(lambda: len(gateways) >= n, timeout=max(10.0, min(300, deadline - time.monotonic())))
+        t_up = time.monotonic()
+        rows["operator start -> all Gateways registered s"] = round(t_up - t0, 1) if registered else (
+            f"timeout: {len(gateways)}/{n}")
+        if not registered:
+            raise TimeoutError(f"gateways did not register ({len(gateways)}/{n}):\n{op.tail()}")
+        metrics0, apiserver0, t_batch = scrape_or_empty(port), _apiserver_flareop(cp), time.monotonic()
+        Path(f"{sample_out}.mark").touch()  # --tracemalloc: allocation growth is counted from here
+
+        # -- the batch: 10 ComputeSpecs back to back, then 10 FederatedJobs in one apply --------------------
+        started: dict[str, float] = {}
+        wanted: dict[str, set[str]] = {}
+        for i, members in enumerate(plans):
+            name = f"cs-{i:02d}"
+            fed = naming.federation_name(MODELLER, name)
+            wanted[name] = {f"{MODELLER}/{naming.server_name(fed)}"} | {
+                f"{org}/{naming.client_name(fed, org)}" for org in members}
+            started[name] = time.monotonic()
+            apply(cp, compute(MODELLER, name, [(org, f"scl-{org}") for org in members]))
+        jobs = [job(MODELLER, f"job-{i:02d}", epsilon=6, compute_name=f"cs-{i:02d}") for i in range(len(plans))]
+        names = [j["metadata"]["name"] for j in jobs]
+        t_jobs = time.monotonic()
+        apply(cp, *jobs)
+        rows["computespecs"] = len(plans)
+        rows["sites per computespec"] = " ".join(str(len(m)) for m in plans)
+        # Until every job reached its submission pass, leaving time to sample the idle operator and
+        # run the baseline (args.settle + a reserve for the baseline and the teardown).
+        reserve = args.settle + 30
+        finished = _wait(lambda: all(nm in seen.job_submit_pass for nm in names),
+                         timeout=max(10.0, deadline - time.monotonic() - reserve), interval=0.5)
+        t_batch_end = time.monotonic()
+        rows["batch (apply -> every job at its submission pass) s"] = (
+            round(t_batch_end - t_batch, 1) if finished else f"not finished: cut at {t_batch_end - t_batch:.0f} s")
+
+        done = {k: max(seen.sts[s] for s in w) - started[k] for k, w in wanted.items() if w <= seen.sts.keys()}
+        op_values = list(done.values())
+        ready_values = [t - started[k] for k, t in dict(seen.compute_ready).items() if k in started]
+        kinds = dict(seen.ar_kind)
+        decided = dict(seen.ar_decided)
+        first_apply = min(started.values())
+
+        def ar_row(kind: str | None) -> dict:
+            keys = [k for k, v in kinds.items() if kind is None or v == kind]
+            times = [decided[k] for k in keys if k in decided]
+            return {"count": len(keys), "decided": len(times),
+                    "first apply -> all decided s": round(max(times) - first_apply, 1)
+                    if times and len(times) == len(keys) else None,
+                    "rejected": sum(1 for k in keys if seen.ar_decision.get(k) == "Rejected")}
+
+        expected_ars = 2 * sum(len(m) for m in plans)
+        rows["AccessRequests (expected: 2 x sites)"] = {"expected": expected_ars, **ar_row(None)}
+        rows["compute AccessRequests"] = ar_row("Compute")
+        rows["job AccessRequests"] = ar_row("Job")
+        rows["ComputeSpec apply -> all StatefulSets"] = {
+            "done": f"{len(done)}/{len(plans)}", "StatefulSets": f"{sum(len(w & seen.sts.keys()) for w in wanted.values())}"
+                                                             f"/{sum(len(w) for w in wanted.values())}",
+            "p50 s": _p50(op_values), "p95 s": _pct(op_values, 0.95), "max s": _pct(op_values, 1.0)}
+        rows["ComputeSpec apply -> Ready"] = {"done": f"{len(ready_values)}/{len(plans)}",
+                                              "p50 s": _p50(ready_values), "p95 s": _pct(ready_values, 0.95)}
+        # A job can be submitted once every org approved it and its ComputeSpec is Ready: the later of
+        # the two, as the watches saw them, -> the operator's submission pass.
+        job_ars = [k for k, v in kinds.items() if v == "Job"]
+        submittable, approved_at = {}, {}
+        for i, nm in enumerate(names):
+            mine = [k for k in job_ars if seen.ar_source.get(k) == nm]
+            if len(mine) == len(plans[i]) and all(k in decided for k in mine):
+                approved_at[nm] = max(decided[k] for k in mine)
+                ready = seen.compute_ready.get(f"cs-{i:02d}")
+                if ready is not None:
+                    submittable[nm] = max(approved_at[nm], ready)
+        to_submit = [seen.job_submit_pass[nm] - submittable[nm] for nm in names
+                     if nm in seen.job_submit_pass and nm in submittable]
+        approved = [approved_at[nm] - t_jobs for nm in approved_at]
+        rows["FederatedJob apply -> every org's answer"] = {
+            "done": f"{len(approved)}/{len(names)}", "p50 s": _p50(approved), "p95 s": _pct(approved, 0.95)}
+        rows["submittable (last approval or ComputeSpec Ready) -> submission pass (Queued, ServerUnreachable)"] = {
+            "done": f"{len(to_submit)}/{len(names)}", "p50 s": _p50(to_submit), "p95 s": _pct(to_submit, 0.95),
+            "max s": _pct(to_submit, 1.0)}
+        at_pass = [seen.job_submit_pass[nm] - t_jobs for nm in names if nm in seen.job_submit_pass]
+        rows["FederatedJob apply -> submission pass"] = {"done": f"{len(at_pass)}/{len(names)}",
+                                                         "p50 s": _p50(at_pass), "p95 s": _pct(at_pass, 0.95)}
+        waiting = Counter(f"{seen.job_phase.get(nm) or 'no status'}/{seen.job_ready_reason.get(nm) or '-'}"
+                          for nm in names if nm not in seen.job_submit_pass)
+        rows["jobs not at the submission pass (phase/Ready reason)"] = dict(waiting) or "none"
+        metrics2 = scrape_or_empty(port)
+        rows["operator during the batch"] = _operator_delta(metrics0, metrics2, t_batch_end - t_batch)
+        apiserver2 = _apiserver_flareop(cp)
+        batch = apiserver2 - apiserver0
+        rows["API server: flareop.io requests during the batch"] = {
+            "total": int(sum(batch.values())), "per s": round(sum(batch.values()) / max(t_batch_end - t_batch, 1e-9), 1),
+            "top": {k: int(v) for k, v in batch.most_common(10)}}
+
+        # -- settle: no new input; what the operator costs once the batch is (or is not yet) through ----
+        t_settle = time.monotonic()
+        time.sleep(max(0.0, min(args.settle, deadline - time.monotonic() - 30)))
+        t_settle_end = time.monotonic()
+        settled = t_settle_end - t_settle >= 5
+        label = "operator idle (settle)" if finished else "operator after the cut (still converging)"
+        if settled:
+            metrics3, apiserver3 = scrape_or_empty(port), _apiserver_flareop(cp)
+            rows[label] = _operator_delta(metrics2, metrics3, t_settle_end - t_settle)
+            rows["API server: flareop.io requests per s in settle"] = round(
+                sum((apiserver3 - apiserver2).values()) / (t_settle_end - t_settle), 1)
+        else:
+            rows[label] = "skipped: no time left"
+
+        # -- baseline: the same StatefulSets, applied directly --------------------------------------------
+        base_started, base_wanted = {}, {}
+        stored = {f"{o['metadata']['namespace']}/{o['metadata']['name']}": o for o in json.loads(
+            cp.kubectl("get", "statefulsets", "-A", "-o", "json", timeout=300).stdout)["items"]}
+        for cs, members in wanted.items():
+            manifests = [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                          "metadata": {"name": f"b-{cs}-{j:03d}", "namespace": "baseline"},
+                          "spec": stored[key]["spec"]} for j, key in enumerate(sorted(members)) if key in stored]
+            if not manifests:
+                continue
+            base_started[cs] = time.monotonic()
+            apply(cp, *manifests)
+            base_wanted[cs] = {f"baseline/{m['metadata']['name']}" for m in manifests}
+        _wait(lambda: all(w <= seen.sts.keys() for w in base_wanted.values()),
+              timeout=max(10.0, deadline - time.monotonic() - 10))
+        base_values = [max(seen.sts[s] for s in w) - base_started[k] for k, w in base_wanted.items()
+                       if w <= seen.sts.keys()]
+        rows["baseline (kubectl apply of the same StatefulSets, operator running)"] = {
+            "done": f"{len(base_values)}/{len(base_wanted)}",
+            "StatefulSets": sum(len(w) for w in base_wanted.values()),
+            "p50 s": _p50(base_values), "p95 s": _pct(base_values, 0.95)}
+        if op_values and base_values:
+            rows["ratio p50 operator/baseline"] = round(statistics.median(op_values) / statistics.median(base_values), 2)
+            rows["ratio p95 operator/baseline"] = round(_pct(op_values, 0.95) / _pct(base_values, 0.95), 2)
+
+        # -- the operator process over time ------------------------------------------------------------
+        sampler.sample()
+        s = sampler.rows
+        rel = lambda t: t - t0  # noqa: E731
+        start_row, batch_row = sampler.at(rel(t_batch)), sampler.at(rel(t_batch_end))
+        settle_row, last = sampler.at(rel(t_settle_end)), s[-1]
+        # the last part: the settle window, or the last third of the run when there was none
+        slope_from = rel(t_settle) if settled else s[-1][0] * 2 / 3
+        slope = _slope_mib_per_min(s, slope_from)
+
+        def cpu_share(a: tuple, b: tuple, col: int) -> float:
+            return round((b[col] - a[col]) / max(b[0] - a[0], 1e-9), 2)
+
+        peak = max(s, key=lambda r: r[1])
+        cpu_1s = [(b[2] - a[2]) / max(b[0] - a[0], 1e-9) for a, b in zip(s, s[1:], strict=False)]
+        rows["operator process"] = {
+            "RSS MiB at gateways registered": round(start_row[1], 1),
+            "RSS MiB peak": round(peak[1], 1), "peak at s": round(peak[0], 0),
+            "RSS MiB after the batch": round(batch_row[1], 1),
+            "RSS MiB after settle": round(settle_row[1], 1), "RSS MiB at end": round(last[1], 1),
+            "RSS slope over the last part MiB/min": slope,
+            "last part": f"{slope_from:.0f}-{s[-1][0]:.0f} s" + (" (settle)" if settled else " (last third)"),
+            "RSS verdict": None if slope is None else ("flat" if abs(slope) < 2.0 else
+                                                       "growing" if slope > 0 else "shrinking")
+            + ("" if finished else " (the batch was cut: still converging)"),
+            "CPU cores used: startup": cpu_share(s[0], start_row, 2),
+            "CPU cores used: batch": cpu_share(start_row, batch_row, 2),
+            "CPU cores used: settle": cpu_share(sampler.at(rel(t_settle)), settle_row, 2) if settled else None,
+            "CPU cores used: peak 1 s": round(max(cpu_1s), 2) if cpu_1s else None,
+            "CPU s total": round(last[2] - s[0][2], 1),
+            "threads at gateways registered, peak": [start_row[6], max(r[6] for r in s)],
+            "open sockets at gateways registered, peak, end": [start_row[7], max(r[7] for r in s), last[7]],
+            "samples": len(s),
+        }
+        rows["control plane CPU cores used: batch"] = cpu_share(start_row, batch_row, 3)
+        rows["control plane CPU cores used: settle"] = cpu_share(sampler.at(rel(t_settle)), settle_row, 3) if settled else None
+        rows["bench's own CPU cores used: batch"] = cpu_share(start_row, batch_row, 4)
+        rows["load average 1 min: start, end"] = [round(s[0][5], 2), round(last[5], 2)]
+        series_every = max(1, len(s) // 40)
+        rows[f"s:RSS MiB/cumulative CPU s/sockets, every ~{series_every} s"] = " ".join(
+            f"{r[0]:.0f}:{r[1]:.0f}/{r[2] - s[0][2]:.0f}/{r[7]}" for r in s[::series_every])
+        log_text = op.log_path.read_text(errors="replace")
+        rows["operator log lines: ERROR, WARNING"] = [log_text.count(" ERROR "), log_text.count(" WARNING ")]
+        rows["wall s for this org count"] = round(time.monotonic() - t_size, 1)
+        return rows
+    finally:
+        for w in watchers:
+            w.stopping = True
+        if sampler:
+            sampler.stop.set()
+        if op:
+            op.stop(timeout=20)  # a starved operator with 2N+2 Kopf operators may not finish cleanly sooner
+            if (work / f"stacks-{n}.json").exists():
+                from bench.stack_sampler import summarise
+
+                rows["operator threads sampled (--profile)"] = summarise(str(work / f"stacks-{n}.json"))
+                if args.keep:
+                    shutil.copy(work / f"stacks-{n}.json", Path(args.keep) / f"stacks-{n}.json")
+            if args.keep:
+                shutil.copy(op.log_path, Path(args.keep) / op.log_path.name)
+        if api:
+            api.close()
+        cp.stop()
+
+
+def growth(rows: dict) -> dict | str:
+    """One entry per org count: the figures whose growth matters."""
+    if "failed" in rows:
+        return rows["failed"][:400]
+
+    def g(*path, default=None):
+        value = rows
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return default if value is None else value
+
+    def p(row: str) -> str:
+        r = g(row, default={})
+        return f"{r.get('p50 s')}/{r.get('p95 s')} ({r.get('done')})"
+
+    proc = g("operator process", default={})
+    settle = g("operator idle (settle)") or g("operator after the cut (still converging)")
+    settle = settle if isinstance(settle, dict) else {}
+    ars = g("AccessRequests (expected: 2 x sites)", default={})
+    return {
+        "batch s": g("batch (apply -> every job at its submission pass) s"),
+        "AccessRequests decided/existing/expected": f"{ars.get('decided')}/{ars.get('count')}/{ars.get('expected')}",
+        "first apply -> all AccessRequests decided s": ars.get("first apply -> all decided s"),
+        "ComputeSpec -> StatefulSets p50/p95 s": p("ComputeSpec apply -> all StatefulSets"),
+        "baseline p50/p95 s": p("baseline (kubectl apply of the same StatefulSets, operator running)"),
+        "ratio p50": g("ratio p50 operator/baseline"),
+        "ComputeSpec -> Ready p50/p95 s": p("ComputeSpec apply -> Ready"),
+        "submittable -> submission pass p50/p95 s": p(
+            "submittable (last approval or ComputeSpec Ready) -> submission pass (Queued, ServerUnreachable)"),
+        "RSS MiB registered/peak/end": f"{proc.get('RSS MiB at gateways registered')}/{proc.get('RSS MiB peak')}/"
+                                       f"{proc.get('RSS MiB at end')}",
+        "RSS last part": f"{proc.get('RSS verdict')} ({proc.get('RSS slope over the last part MiB/min')} MiB/min, "
+                         f"{proc.get('last part')})",
+        "operator CPU cores batch/settle": f"{proc.get('CPU cores used: batch')}/{proc.get('CPU cores used: settle')}",
+        "API requests per reconcile (batch, settle)": [g("operator during the batch", "API requests per reconcile"),
+                                                       settle.get("API requests per reconcile")],
+        "operator API requests per s (batch, settle)": [g("operator during the batch", "API requests per s"),
+                                                        settle.get("API requests per s")],
+        "AccessRequest passes per s (batch, settle)": [
+            round(g("operator during the batch", "reconcile passes", "AccessRequest", default=0)
+                  / max(g("operator during the batch", "seconds", default=1), 1e-9), 1),
+            round(settle.get("reconcile passes", {}).get("AccessRequest", 0) / max(settle.get("seconds", 1), 1e-9), 1)
+            if settle else None],
+        "load average start, end": g("load average 1 min: start, end"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orgs", default="10,50,100", help="org counts, comma-separated, each in a fresh control plane")
+    parser.add_argument("--computes", type=int, default=10, help="ComputeSpecs (and FederatedJobs, one each)")
+    parser.add_argument("--resync", type=float, default=5.0, help="the operator's resyncSeconds (its default: 5)")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds of idle sampling after the batch")
+    parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole run (all org counts)")
+    parser.add_argument("--profile", action="store_true", help="sample the operator's threads (bench/stack_sampler.py)")
+    parser.add_argument("--tracemalloc", action="store_true", help="--profile, and trace allocations (slower)")
+    parser.add_argument("--keep", help="copy the operator logs (and stack samples) into this folder")
+    args = parser.parse_args()
+    counts = [int(x) for x in args.orgs.split(",") if x.strip()]
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="flareop-scale-"))
+    t_all = time.monotonic()
+    deadline = t_all + args.budget
+    results = []
+    try:
+        for index, n in enumerate(counts):
+            left = deadline - time.monotonic()
+            # each remaining size gets a share of what is left by sqrt(N) (bigger sizes take longer), at
+            # least 200 s (the smallest size is the reference: it should get through), at least 120 s
+            # kept for each size after it
+            share = n ** 0.5 / sum(c ** 0.5 for c in counts[index:])
+            later = len(counts) - index - 1
+            seconds = min(max(200.0, left * share), max(120.0, left - 120.0 * later))
+            t_n = time.monotonic()
+            try:
+                rows = run_size(n, args, work, time.monotonic() + seconds)
+            except Exception as err:  # noqa: BLE001 - report it and go on with the next size
+                import traceback
+
+                where = " <- ".join(f"{f.name}:{f.lineno}" for f in reversed(traceback.extract_tb(err.__traceback__)[-4:]))
+                rows = {"orgs": n, "failed": f"{type(err).__name__}: {str(err)[:2000]} (at {where})"}
+            rows["wall s with setup and teardown"] = round(time.monotonic() - t_n, 1)
+            results.append(rows)
+            print(yaml.safe_dump([rows], sort_keys=False, width=140), flush=True)
+        print(yaml.safe_dump({"growth with the org count": {r["orgs"]: growth(r) for r in results},
+                              "bench wall s": round(time.monotonic() - t_all, 1),
+                              "cores": os.cpu_count()}, sort_keys=False, width=140), flush=True)
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
