@@ -80,7 +80,7 @@ crds: install
 bench-compute: install controlplane
 	$(PYTHON) bench/compute_reconcile.py --count 20
 
-## bench-scale: one hub and N orgs (ORGS=10,50,100, each on a fresh control plane, kwok nodes): AccessRequests decided, ComputeSpec -> StatefulSets vs direct apply, approval -> submission pass, the operator's RSS/CPU over time, API requests per reconcile (PROFILE=1: sample its threads)
+## bench-scale: one hub and N orgs (ORGS=10,50,100, each on a fresh control plane, kwok nodes): AccessRequests decided, ComputeSpec -> StatefulSets vs direct apply, approval -> submission pass, the hub operator's and the gateways process's RSS/CPU over time, API requests per reconcile (PROFILE=1: sample their threads)
 ORGS ?= 10,50,100
 bench-scale: install controlplane
 	$(PYTHON) bench/scale.py --orgs $(ORGS) $(if $(PROFILE),--profile)

@@ -1,49 +1,55 @@
 """Scale: one hub, N orgs, 10 ComputeSpecs and 10 FederatedJobs at once (kubernetes runtime, kwok nodes).
 
 For each N in --orgs (e.g. 10,50,100), in a fresh local control plane (tests/support/controlplane.py:
-etcd, kube-apiserver, controller-manager, scheduler, kwok nodes and fake pods), with one operator
-process (`flare-operator run`, mode all, runtime kubernetes, adminRoute none, resyncSeconds 5):
+etcd, kube-apiserver, controller-manager, scheduler, kwok nodes and fake pods), with two operator
+processes (`flare-operator run`, runtime kubernetes, adminRoute none, resyncSeconds 5): the hub
+operator (mode orchestrator, no gateways) and one gateways process (mode gateway, all N gateways):
 - the hub's consumer namespace `modeller` and N org namespaces `org-000`...; in each org's
   namespace a DatasetGrant (to `modeller`, esm2-finetune, DP required, an epsilon budget) and an
-  Automatic OrgPolicy; every org's gateway in the operator config's `gateways` list;
+  Automatic OrgPolicy; every org's gateway in the gateways process's `gateways` list;
 - the batch: 10 ComputeSpecs over 10..min(N, 64) orgs each (sizes spread evenly, orgs taken
   round-robin so every org serves about as many federations; 64 is the CRD's maxItems of
   spec.datasets, so 100 sites cannot be one ComputeSpec), applied back to back, and right after
   them 10 FederatedJobs (one per ComputeSpec, DP epsilon 6) in one `kubectl apply`. Every org
   answers a Compute and a Job AccessRequest per federation it is in: 2 x sum(sizes) requests.
 
-Production mapping: here one process runs the orchestrator and all N gateways against one API
-server (each gateway is two Kopf operators, hub side and site side, namespaced to its org's
-namespace: the code path of a gateway with a hub kubeconfig, minus the second API server). In
-production each org runs its own gateway in its own cluster, so the gateways' CPU, memory, threads
-and API traffic are split over N processes and N API servers; the hub keeps the orchestrator, the
-AccessRequests in the orgs' hub namespaces and the gateways' hub-side reads and status writes.
-The operator-process figures are an upper bound for the hub (orchestrator + N gateways on one
-event loop, one thread pool and 2 cores); how they grow with N is what one hub sees from N sites.
+Production mapping: the hub operator is what a hub runs (mode orchestrator: ComputeSpecs,
+FederatedJobs, the AccessRequests' answers, NVFlare servers), so its RSS, CPU and API requests are
+the hub's own footprint at N orgs (the issue's target: RSS < 250 MB at 100 orgs, flat after the
+batch). In production each org runs its own gateway (mode gateway) in its own cluster; here one
+process holds all N gateways (each is two Kopf operators, hub side and site side, namespaced to its
+org's namespace: the code path of a gateway with a hub kubeconfig, minus the second API server) and
+stands in for N site processes: its CPU, memory, threads and API traffic are split over N processes
+and N API servers in production, its RSS per gateway is an estimate of one site's share (one site
+process also pays the interpreter's base alone). Both processes share one API server and 2 cores, so
+the gateways' load still slows the hub here: the hub's latencies are an upper bound.
 
 Printed per N (YAML, like compute_reconcile.py), from watches (no polling) and /proc:
-- setup: control plane start, operator start -> N Gateways registered;
+- setup: control plane start, operators start -> N Gateways registered;
 - AccessRequests: expected, existing, decided, first apply -> all decided;
 - ComputeSpec apply -> every StatefulSet (server + a client per org) exists, p50/p95, and the same
   StatefulSets applied directly with kubectl into another namespace afterwards (baseline: same
-  run, same API server, the operator still running) and the ratio; ComputeSpec apply -> Ready;
+  run, same API server, the operators still running) and the ratio; ComputeSpec apply -> Ready;
 - FederatedJob apply -> every org answered; and "submittable -> submission pass": from the later
-  of the job's last approval and its ComputeSpec's Ready to the operator's pass that submits. With
+  of the job's last approval and its ComputeSpec's Ready to the hub operator's pass that submits. With
   adminRoute none (kwok pods run no NVFlare) that pass ends in phase Queued, Ready=False reason
   ServerUnreachable: handlers/run.py `Run.step` found the job admitted and the federation
   provisioned and asked `runtime.admin()` for the FLARE API session — the submission itself is
   the only step missing. That is what "submitted" means here;
-- the operator process's RSS and CPU every second (/proc/<pid>/status, /proc/<pid>/stat): at
-  gateways registered, peak, after the batch, a slope over the last part (the settle window: 20 s
-  with no new input) and a flat/growing verdict; the control plane's and the bench's own CPU;
-- the operator's API requests per reconcile pass and per second (its Prometheus counters) for the
-  batch and the settle window, and what the API server counted on flareop.io resources (including
-  Kopf's own patches and watches, which the operator's counter does not see).
+- for each of the two processes, its RSS and CPU every second (/proc/<pid>/status, /proc/<pid>/stat):
+  at gateways registered, peak, after the batch, a slope over the last part (the settle window: 20 s
+  with no new input) and a flat/growing verdict, threads and sockets; for the gateways process also
+  RSS per gateway (RSS / N, the process's base included, and the batch's growth / N); the control
+  plane's and the bench's own CPU;
+- each process's API requests per reconcile pass and per second (its Prometheus counters, one
+  metricsPort each) and both together, for the batch and the settle window, and what the API server
+  counted on flareop.io resources (including Kopf's own patches and watches, which the operators'
+  counters do not see).
 
 --budget (default 780 s, plus teardowns: under 15 min) bounds the whole run: each org count gets a share by sqrt(N); a batch
 that is not through when its share runs out is cut, and the rows say how far it got (done x/y).
-With --profile every thread of the operator is sampled (bench/stack_sampler.py): hottest frames,
-event-loop lag, the thread pool's backlog.
+With --profile every thread of both processes is sampled (bench/stack_sampler.py, stacks-N-hub.json
+and stacks-N-gateways.json): hottest frames, event-loop lag, the thread pool's backlog, per process.
 
     .venv/bin/python bench/scale.py --orgs 10,50,100 [--settle 20] [--budget 840] [--profile] [--keep DIR]
 """
@@ -90,6 +96,27 @@ MODELLER = "modeller"
 MAX_SITES = 64  # ComputeSpec spec.datasets maxItems (api/compute.py)
 TICK = os.sysconf("SC_CLK_TCK")
 HERE = Path(__file__).resolve().parent
+# The two operator processes: the hub (mode orchestrator) and every org's gateway in one (mode gateway).
+HUB, GATEWAYS = "hub", "gateways"
+
+
+def who_label(who: str, n: int) -> str:
+    """The report's name of a process."""
+    return "hub operator" if who == HUB else f"gateways process ({n} gateways)"
+
+
+def deltas_of(n: int) -> dict[str, str]:
+    """Whose Prometheus counters the report differences: each process, and both ("": summed)."""
+    return {HUB: who_label(HUB, n), GATEWAYS: who_label(GATEWAYS, n), "": "both processes"}
+
+
+def settle_phase(finished: bool) -> str:
+    return "idle (settle)" if finished else "after the cut (still converging)"
+
+
+def stacks(work: Path, n: int, who: str) -> Path:
+    """--profile: where bench/stack_sampler.py writes a process's samples."""
+    return work / f"stacks-{n}-{who}.json"
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -131,7 +158,7 @@ def _threads_sockets(pid: int) -> tuple[int, int]:
 
 
 class ProcSampler(threading.Thread):
-    """Every second: the operator's RSS and CPU seconds, the control plane's and this process's CPU."""
+    """Every second: one operator process's RSS and CPU seconds, the control plane's and this process's CPU."""
 
     def __init__(self, op_pid: int, cp_pids: list[int], t0: float):
         super().__init__(daemon=True, name="proc-sampler")
@@ -309,7 +336,20 @@ def _metric_sum(metrics: dict, prefix: str, **labels: str) -> float:
                if k.startswith(prefix + "{") and all(f'{lk}="{lv}"' in k for lk, lv in labels.items()))
 
 
-def _operator_delta(before: dict, after: dict, seconds: float) -> dict:
+def _summed(*scrapes: dict) -> dict:
+    """Several processes' metrics as one (their counters added; {} if any of them did not answer)."""
+    if not all(scrapes):
+        return {}
+    out: Counter = Counter()
+    for metrics in scrapes:
+        out.update(metrics)
+    return dict(out)
+
+
+def _operator_delta(before: dict, after: dict, seconds: float) -> dict | str:
+    if not before or not after:
+        return "no figures: a metrics server did not answer"
+
     def d(prefix: str, **labels: str) -> float:
         return _metric_sum(after, prefix, **labels) - _metric_sum(before, prefix, **labels)
 
@@ -381,9 +421,9 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
     plans = compute_plan(n, args.computes)
     cp = ControlPlane.start(work / f"cluster-{n}", f"scale{n}", nodes=2,
                             extra_args=["--node-cpu", "4000", "--node-memory", "16Ti", "--node-pods", "2000"])
-    op = None
+    procs: dict[str, OperatorProcess] = {}  # HUB, GATEWAYS
+    samplers: dict[str, ProcSampler] = {}
     watchers: list[Watcher] = []
-    sampler = None
     api = None
     try:
         rows["control plane start s"] = round(cp.startup_seconds or 0, 1)
@@ -393,19 +433,30 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
                     for ns in (MODELLER, "baseline", *orgs)))
         apply(cp, *(obj for org in orgs for obj in (grant_of(org), policy(org, "Automatic"))))
         sites = [dict(gateway_config(o, o), runtime="kubernetes") for o in orgs]
-        port = free_port()
-        config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "workdir": str(work / f"flare-{n}"),
-                  "resyncSeconds": args.resync, "heartbeatSeconds": 10, "gateways": sites, "metricsPort": port}
-        sample_out = work / f"stacks-{n}.json"
-        if args.profile or args.tracemalloc:
-            env = {"STACK_TRACEMALLOC": "1"} if args.tracemalloc else {}
-            op = SampledOperator(cp, work, config, name=f"operator-{n}", sample_out=sample_out, env=env).start()
-        else:
-            op = OperatorProcess(cp, work, config, name=f"operator-{n}").start()
+        ports = {HUB: free_port()}
+        ports[GATEWAYS] = next(p for p in iter(free_port, None) if p != ports[HUB])
+        common = {"runtime": "kubernetes", "adminRoute": "none", "resyncSeconds": args.resync, "heartbeatSeconds": 10}
+        # The hub: the orchestrator on every namespace (namespaces: [], as mode all had it), no gateways.
+        # The sites: one process, every org's gateway, a workdir of its own.
+        configs = {
+            HUB: {"mode": "orchestrator", **common, "workdir": str(work / f"flare-{n}"), "gateways": [],
+                  "metricsPort": ports[HUB]},
+            GATEWAYS: {"mode": "gateway", **common, "workdir": str(work / f"flare-{n}-gateways"), "gateways": sites,
+                       "metricsPort": ports[GATEWAYS]},
+        }
+        for who, config in configs.items():
+            if args.profile or args.tracemalloc:
+                env = {"STACK_TRACEMALLOC": "1"} if args.tracemalloc else {}
+                procs[who] = SampledOperator(cp, work, config, name=f"{who}-{n}", sample_out=stacks(work, n, who),
+                                             env=env).start()
+            else:
+                procs[who] = OperatorProcess(cp, work, config, name=f"{who}-{n}").start()
         t0 = time.monotonic()
-        cp_pids = [p for p in cp.pids if p != op.proc.pid]
-        sampler = ProcSampler(op.proc.pid, cp_pids, t0)
-        sampler.start()
+        op_pids = {op.proc.pid for op in procs.values()}
+        cp_pids = [p for p in cp.pids if p not in op_pids]
+        for who, op in procs.items():
+            samplers[who] = ProcSampler(op.proc.pid, cp_pids, t0)
+            samplers[who].start()
 
         api = cp.api_client()
         seen = Observed()
@@ -423,15 +474,20 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         for w in watchers:
             w.ready.wait(60)
 
-        # -- setup: every gateway registered (the operator is up and watching) ------------------------
+        # -- setup: every gateway registered (the gateways are up and watching) and the hub's metrics
+        # server answering (it starts right before the hub's Kopf operators) --------------------------
         registered = _wait(lambda: len(gateways) >= n, timeout=max(10.0, min(300, deadline - time.monotonic())))
+        hub_up = registered and _wait(lambda: bool(scrape_or_empty(ports[HUB], tries=1)), timeout=60)
         t_up = time.monotonic()
-        rows["operator start -> all Gateways registered s"] = round(t_up - t0, 1) if registered else (
+        rows["operators start -> all Gateways registered s"] = round(t_up - t0, 1) if registered else (
             f"timeout: {len(gateways)}/{n}")
-        if not registered:
-            raise TimeoutError(f"gateways did not register ({len(gateways)}/{n}):\n{op.tail()}")
-        metrics0, apiserver0, t_batch = scrape_or_empty(port), _apiserver_flareop(cp), time.monotonic()
-        Path(f"{sample_out}.mark").touch()  # --tracemalloc: allocation growth is counted from here
+        if not registered or not hub_up:
+            raise TimeoutError(f"gateways registered: {len(gateways)}/{n}, hub metrics answering: {hub_up}\n"
+                               + "\n".join(f"--- {op.log_path.name}\n{op.tail(30)}" for op in procs.values()))
+        metrics0 = {who: scrape_or_empty(port) for who, port in ports.items()}
+        apiserver0, t_batch = _apiserver_flareop(cp), time.monotonic()
+        for who in procs:  # --tracemalloc: allocation growth is counted from here
+            Path(f"{stacks(work, n, who)}.mark").touch()
 
         # -- the batch: 10 ComputeSpecs back to back, then 10 FederatedJobs in one apply --------------------
         started: dict[str, float] = {}
@@ -508,27 +564,34 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         waiting = Counter(f"{seen.job_phase.get(nm) or 'no status'}/{seen.job_ready_reason.get(nm) or '-'}"
                           for nm in names if nm not in seen.job_submit_pass)
         rows["jobs not at the submission pass (phase/Ready reason)"] = dict(waiting) or "none"
-        metrics2 = scrape_or_empty(port)
-        rows["operator during the batch"] = _operator_delta(metrics0, metrics2, t_batch_end - t_batch)
+        metrics2 = {who: scrape_or_empty(port) for who, port in ports.items()}
+        for who, label in deltas_of(n).items():
+            rows[f"{label} during the batch"] = _operator_delta(
+                *(metrics[who] if who else _summed(*metrics.values()) for metrics in (metrics0, metrics2)),
+                t_batch_end - t_batch)
         apiserver2 = _apiserver_flareop(cp)
         batch = apiserver2 - apiserver0
         rows["API server: flareop.io requests during the batch"] = {
             "total": int(sum(batch.values())), "per s": round(sum(batch.values()) / max(t_batch_end - t_batch, 1e-9), 1),
             "top": {k: int(v) for k, v in batch.most_common(10)}}
 
-        # -- settle: no new input; what the operator costs once the batch is (or is not yet) through ----
+        # -- settle: no new input; what the operators cost once the batch is (or is not yet) through ---
         t_settle = time.monotonic()
         time.sleep(max(0.0, min(args.settle, deadline - time.monotonic() - 30)))
         t_settle_end = time.monotonic()
         settled = t_settle_end - t_settle >= 5
-        label = "operator idle (settle)" if finished else "operator after the cut (still converging)"
+        phase = settle_phase(finished)
         if settled:
-            metrics3, apiserver3 = scrape_or_empty(port), _apiserver_flareop(cp)
-            rows[label] = _operator_delta(metrics2, metrics3, t_settle_end - t_settle)
+            metrics3 = {who: scrape_or_empty(port) for who, port in ports.items()}
+            apiserver3 = _apiserver_flareop(cp)
+            for who, label in deltas_of(n).items():
+                rows[f"{label} {phase}"] = _operator_delta(
+                    *(metrics[who] if who else _summed(*metrics.values()) for metrics in (metrics2, metrics3)),
+                    t_settle_end - t_settle)
             rows["API server: flareop.io requests per s in settle"] = round(
                 sum((apiserver3 - apiserver2).values()) / (t_settle_end - t_settle), 1)
         else:
-            rows[label] = "skipped: no time left"
+            rows[f"operators {phase}"] = "skipped: no time left"
 
         # -- baseline: the same StatefulSets, applied directly --------------------------------------------
         base_started, base_wanted = {}, {}
@@ -555,69 +618,94 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             rows["ratio p50 operator/baseline"] = round(statistics.median(op_values) / statistics.median(base_values), 2)
             rows["ratio p95 operator/baseline"] = round(_pct(op_values, 0.95) / _pct(base_values, 0.95), 2)
 
-        # -- the operator process over time ------------------------------------------------------------
-        sampler.sample()
-        s = sampler.rows
+        # -- the two processes over time ------------------------------------------------------------------
         rel = lambda t: t - t0  # noqa: E731
-        start_row, batch_row = sampler.at(rel(t_batch)), sampler.at(rel(t_batch_end))
-        settle_row, last = sampler.at(rel(t_settle_end)), s[-1]
-        # the last part: the settle window, or the last third of the run when there was none
-        slope_from = rel(t_settle) if settled else s[-1][0] * 2 / 3
-        slope = _slope_mib_per_min(s, slope_from)
-
-        def cpu_share(a: tuple, b: tuple, col: int) -> float:
-            return round((b[col] - a[col]) / max(b[0] - a[0], 1e-9), 2)
-
-        peak = max(s, key=lambda r: r[1])
-        cpu_1s = [(b[2] - a[2]) / max(b[0] - a[0], 1e-9) for a, b in zip(s, s[1:], strict=False)]
-        rows["operator process"] = {
-            "RSS MiB at gateways registered": round(start_row[1], 1),
-            "RSS MiB peak": round(peak[1], 1), "peak at s": round(peak[0], 0),
-            "RSS MiB after the batch": round(batch_row[1], 1),
-            "RSS MiB after settle": round(settle_row[1], 1), "RSS MiB at end": round(last[1], 1),
-            "RSS slope over the last part MiB/min": slope,
-            "last part": f"{slope_from:.0f}-{s[-1][0]:.0f} s" + (" (settle)" if settled else " (last third)"),
-            "RSS verdict": None if slope is None else ("flat" if abs(slope) < 2.0 else
-                                                       "growing" if slope > 0 else "shrinking")
-            + ("" if finished else " (the batch was cut: still converging)"),
-            "CPU cores used: startup": cpu_share(s[0], start_row, 2),
-            "CPU cores used: batch": cpu_share(start_row, batch_row, 2),
-            "CPU cores used: settle": cpu_share(sampler.at(rel(t_settle)), settle_row, 2) if settled else None,
-            "CPU cores used: peak 1 s": round(max(cpu_1s), 2) if cpu_1s else None,
-            "CPU s total": round(last[2] - s[0][2], 1),
-            "threads at gateways registered, peak": [start_row[6], max(r[6] for r in s)],
-            "open sockets at gateways registered, peak, end": [start_row[7], max(r[7] for r in s), last[7]],
-            "samples": len(s),
-        }
-        rows["control plane CPU cores used: batch"] = cpu_share(start_row, batch_row, 3)
-        rows["control plane CPU cores used: settle"] = cpu_share(sampler.at(rel(t_settle)), settle_row, 3) if settled else None
-        rows["bench's own CPU cores used: batch"] = cpu_share(start_row, batch_row, 4)
-        rows["load average 1 min: start, end"] = [round(s[0][5], 2), round(last[5], 2)]
-        series_every = max(1, len(s) // 40)
-        rows[f"s:RSS MiB/cumulative CPU s/sockets, every ~{series_every} s"] = " ".join(
-            f"{r[0]:.0f}:{r[1]:.0f}/{r[2] - s[0][2]:.0f}/{r[7]}" for r in s[::series_every])
-        log_text = op.log_path.read_text(errors="replace")
-        rows["operator log lines: ERROR, WARNING"] = [log_text.count(" ERROR "), log_text.count(" WARNING ")]
+        marks = {"batch": rel(t_batch), "batch end": rel(t_batch_end), "settle": rel(t_settle),
+                 "settle end": rel(t_settle_end)}
+        for who, sampler in samplers.items():
+            sampler.sample()
+            rows[who_label(who, n)] = process_rows(sampler, marks, settled, finished,
+                                                   gateways=n if who == GATEWAYS else 0)
+            log_text = procs[who].log_path.read_text(errors="replace")
+            rows[who_label(who, n)]["log lines: ERROR, WARNING"] = [log_text.count(" ERROR "),
+                                                                    log_text.count(" WARNING ")]
+        hub = samplers[HUB]
+        start_row, batch_row = hub.at(marks["batch"]), hub.at(marks["batch end"])
+        rows["control plane CPU cores used: batch"] = _cpu_share(start_row, batch_row, 3)
+        rows["control plane CPU cores used: settle"] = _cpu_share(
+            hub.at(marks["settle"]), hub.at(marks["settle end"]), 3) if settled else None
+        rows["bench's own CPU cores used: batch"] = _cpu_share(start_row, batch_row, 4)
+        rows["load average 1 min: start, end"] = [round(hub.rows[0][5], 2), round(hub.rows[-1][5], 2)]
         rows["wall s for this org count"] = round(time.monotonic() - t_size, 1)
         return rows
     finally:
         for w in watchers:
             w.stopping = True
-        if sampler:
+        for sampler in samplers.values():
             sampler.stop.set()
-        if op:
-            op.stop(timeout=20)  # a starved operator with 2N+2 Kopf operators may not finish cleanly sooner
-            if (work / f"stacks-{n}.json").exists():
+        for who, op in procs.items():
+            op.stop(timeout=20)  # a starved process with 2N Kopf operators may not finish cleanly sooner
+            out = stacks(work, n, who)
+            if out.exists():
                 from bench.stack_sampler import summarise
 
-                rows["operator threads sampled (--profile)"] = summarise(str(work / f"stacks-{n}.json"))
+                rows[f"{who_label(who, n)} threads sampled (--profile, {out.name})"] = summarise(str(out))
                 if args.keep:
-                    shutil.copy(work / f"stacks-{n}.json", Path(args.keep) / f"stacks-{n}.json")
+                    shutil.copy(out, Path(args.keep) / out.name)
             if args.keep:
                 shutil.copy(op.log_path, Path(args.keep) / op.log_path.name)
         if api:
             api.close()
         cp.stop()
+
+
+def _cpu_share(a: tuple, b: tuple, col: int) -> float:
+    """Cores used between two samples (CPU seconds of column col per second)."""
+    return round((b[col] - a[col]) / max(b[0] - a[0], 1e-9), 2)
+
+
+def process_rows(sampler: ProcSampler, marks: dict[str, float], settled: bool, finished: bool,
+                 gateways: int = 0) -> dict:
+    """One operator process over time: RSS at the marks (seconds since t0), peak, the last part's slope
+    and verdict, CPU, threads and sockets; with gateways > 0, RSS per gateway too."""
+    s = sampler.rows
+    start_row, batch_row = sampler.at(marks["batch"]), sampler.at(marks["batch end"])
+    settle_row, last = sampler.at(marks["settle end"]), s[-1]
+    # the last part: the settle window, or the last third of the run when there was none
+    slope_from = marks["settle"] if settled else s[-1][0] * 2 / 3
+    slope = _slope_mib_per_min(s, slope_from)
+    peak = max(s, key=lambda r: r[1])
+    cpu_1s = [(b[2] - a[2]) / max(b[0] - a[0], 1e-9) for a, b in zip(s, s[1:], strict=False)]
+    out = {
+        "RSS MiB at gateways registered": round(start_row[1], 1),
+        "RSS MiB peak": round(peak[1], 1), "peak at s": round(peak[0], 0),
+        "RSS MiB after the batch": round(batch_row[1], 1),
+        "RSS MiB after settle": round(settle_row[1], 1), "RSS MiB at end": round(last[1], 1),
+        "RSS slope over the last part MiB/min": slope,
+        "last part": f"{slope_from:.0f}-{s[-1][0]:.0f} s" + (" (settle)" if settled else " (last third)"),
+        "RSS verdict": None if slope is None else ("flat" if abs(slope) < 2.0 else
+                                                   "growing" if slope > 0 else "shrinking")
+        + ("" if finished else " (the batch was cut: still converging)"),
+    }
+    if gateways:
+        out["RSS MiB per gateway (RSS / N, the process's base included): registered, peak, end"] = [
+            round(r[1] / gateways, 2) for r in (start_row, peak, last)]
+        out["RSS MiB per gateway grown from registered to end ((end - registered) / N)"] = round(
+            (last[1] - start_row[1]) / gateways, 2)
+    series_every = max(1, len(s) // 40)
+    out |= {
+        "CPU cores used: startup": _cpu_share(s[0], start_row, 2),
+        "CPU cores used: batch": _cpu_share(start_row, batch_row, 2),
+        "CPU cores used: settle": _cpu_share(sampler.at(marks["settle"]), settle_row, 2) if settled else None,
+        "CPU cores used: peak 1 s": round(max(cpu_1s), 2) if cpu_1s else None,
+        "CPU s total": round(last[2] - s[0][2], 1),
+        "threads at gateways registered, peak": [start_row[6], max(r[6] for r in s)],
+        "open sockets at gateways registered, peak, end": [start_row[7], max(r[7] for r in s), last[7]],
+        "samples": len(s),
+        f"s:RSS MiB/cumulative CPU s/sockets, every ~{series_every} s": " ".join(
+            f"{r[0]:.0f}:{r[1]:.0f}/{r[2] - s[0][2]:.0f}/{r[7]}" for r in s[::series_every]),
+    }
+    return out
 
 
 def growth(rows: dict) -> dict | str:
@@ -635,11 +723,21 @@ def growth(rows: dict) -> dict | str:
         r = g(row, default={})
         return f"{r.get('p50 s')}/{r.get('p95 s')} ({r.get('done')})"
 
-    proc = g("operator process", default={})
-    settle = g("operator idle (settle)") or g("operator after the cut (still converging)")
-    settle = settle if isinstance(settle, dict) else {}
+    n = rows["orgs"]
+    phase = settle_phase(not str(g("batch (apply -> every job at its submission pass) s", default="")).startswith("not"))
+    hub, gws = (g(who_label(who, n), default={}) for who in (HUB, GATEWAYS))
     ars = g("AccessRequests (expected: 2 x sites)", default={})
-    return {
+
+    def delta(label: str, *key: str) -> list:
+        """A figure of a process's (or both processes') Prometheus deltas: [batch, settle]."""
+        return [g(f"{label} during the batch", *key), g(f"{label} {phase}", *key)]
+
+    def ar_passes_per_s(label: str) -> list:
+        return [round(passes / max(seconds or 1, 1e-9), 1) if passes is not None else None
+                for passes, seconds in zip(delta(label, "reconcile passes", "AccessRequest"), delta(label, "seconds"),
+                                           strict=True)]
+
+    out = {
         "batch s": g("batch (apply -> every job at its submission pass) s"),
         "AccessRequests decided/existing/expected": f"{ars.get('decided')}/{ars.get('count')}/{ars.get('expected')}",
         "first apply -> all AccessRequests decided s": ars.get("first apply -> all decided s"),
@@ -649,22 +747,26 @@ def growth(rows: dict) -> dict | str:
         "ComputeSpec -> Ready p50/p95 s": p("ComputeSpec apply -> Ready"),
         "submittable -> submission pass p50/p95 s": p(
             "submittable (last approval or ComputeSpec Ready) -> submission pass (Queued, ServerUnreachable)"),
-        "RSS MiB registered/peak/end": f"{proc.get('RSS MiB at gateways registered')}/{proc.get('RSS MiB peak')}/"
-                                       f"{proc.get('RSS MiB at end')}",
-        "RSS last part": f"{proc.get('RSS verdict')} ({proc.get('RSS slope over the last part MiB/min')} MiB/min, "
-                         f"{proc.get('last part')})",
-        "operator CPU cores batch/settle": f"{proc.get('CPU cores used: batch')}/{proc.get('CPU cores used: settle')}",
-        "API requests per reconcile (batch, settle)": [g("operator during the batch", "API requests per reconcile"),
-                                                       settle.get("API requests per reconcile")],
-        "operator API requests per s (batch, settle)": [g("operator during the batch", "API requests per s"),
-                                                        settle.get("API requests per s")],
-        "AccessRequest passes per s (batch, settle)": [
-            round(g("operator during the batch", "reconcile passes", "AccessRequest", default=0)
-                  / max(g("operator during the batch", "seconds", default=1), 1e-9), 1),
-            round(settle.get("reconcile passes", {}).get("AccessRequest", 0) / max(settle.get("seconds", 1), 1e-9), 1)
-            if settle else None],
-        "load average start, end": g("load average 1 min: start, end"),
     }
+    for who, proc in ((HUB, hub), (GATEWAYS, gws)):
+        label = who_label(who, n)
+        out[f"{label} RSS MiB registered/peak/end"] = (
+            f"{proc.get('RSS MiB at gateways registered')}/{proc.get('RSS MiB peak')}/{proc.get('RSS MiB at end')}")
+        out[f"{label} RSS last part"] = (
+            f"{proc.get('RSS verdict')} ({proc.get('RSS slope over the last part MiB/min')} MiB/min, "
+            f"{proc.get('last part')})")
+        if who == GATEWAYS:
+            out[f"{label} RSS MiB per gateway (RSS / N) registered/peak/end"] = "/".join(
+                str(v) for v in proc.get("RSS MiB per gateway (RSS / N, the process's base included): registered, "
+                                         "peak, end", []))
+        out[f"{label} CPU cores batch/settle"] = f"{proc.get('CPU cores used: batch')}/{proc.get('CPU cores used: settle')}"
+    for label in deltas_of(n).values():
+        out[f"{label} API requests per reconcile (batch, settle)"] = delta(label, "API requests per reconcile")
+        out[f"{label} API requests per s (batch, settle)"] = delta(label, "API requests per s")
+    out["AccessRequest passes per s, hub (batch, settle)"] = ar_passes_per_s(who_label(HUB, n))
+    out["AccessRequest passes per s, gateways (batch, settle)"] = ar_passes_per_s(who_label(GATEWAYS, n))
+    out["load average start, end"] = g("load average 1 min: start, end")
+    return out
 
 
 def main() -> int:
@@ -674,9 +776,9 @@ def main() -> int:
     parser.add_argument("--resync", type=float, default=5.0, help="the operator's resyncSeconds (its default: 5)")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds of idle sampling after the batch")
     parser.add_argument("--budget", type=float, default=780.0, help="seconds for the whole run (all org counts)")
-    parser.add_argument("--profile", action="store_true", help="sample the operator's threads (bench/stack_sampler.py)")
+    parser.add_argument("--profile", action="store_true", help="sample both operator processes' threads (bench/stack_sampler.py)")
     parser.add_argument("--tracemalloc", action="store_true", help="--profile, and trace allocations (slower)")
-    parser.add_argument("--keep", help="copy the operator logs (and stack samples) into this folder")
+    parser.add_argument("--keep", help="copy both operator processes' logs (and stack samples) into this folder")
     args = parser.parse_args()
     counts = [int(x) for x in args.orgs.split(",") if x.strip()]
     if args.keep:
