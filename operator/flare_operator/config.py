@@ -168,6 +168,16 @@ class OperatorConfig(_Config):
     # The hub flags a Gateway whose site has not reported in for this long (Connected=False).
     gateway_stale_seconds: float = Field(60.0, gt=0)
     resync_seconds: float = 5.0
+    # A site re-answers a settled AccessRequest (decided for its current content, and a Compute
+    # request's client reported running: status/requests.py) this often instead of every
+    # resync_seconds; changes to the request or to the site's grants, policy and approvals still
+    # answer it at once.
+    settled_resync_seconds: float = Field(60.0, gt=0)
+    # Threads that carry the operator's Kubernetes calls (the client blocks; handlers await it in
+    # this pool), and connections kept open per API server. asyncio's default pool has
+    # min(32, CPUs + 4) threads: 6 on 2 cores, which the scale benchmark kept saturated with calls
+    # waiting on the API server (docs/benchmarks.md §7).
+    kube_threads: int = Field(32, ge=1, le=512)
     # Jobs on their way through NVFlare (Queued, Submitted, Running) are followed this often, so a
     # finished round or job shows without waiting for the resync.
     active_job_poll_seconds: float = Field(1.0, gt=0)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import OperatorConfig, OperatorMode
@@ -43,7 +44,9 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     )
 
     stop = stop or asyncio.Event()
-    kube = Kube.from_kubeconfig(kubeconfig)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(config.kube_threads, thread_name_prefix="kube"))
+    kube = Kube.from_kubeconfig(kubeconfig, connections=config.kube_threads)
     runtime = make_runtime(config, kube)
     # name, registry, namespaces, Kopf settings
     operators: list[tuple[str, kopf.OperatorRegistry, list[str], kopf.OperatorSettings]] = []
@@ -58,7 +61,8 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
         operators.append(("orchestrator (AccessRequest answers)", answers, [], answer_watch_settings(config)))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
         for site_cfg in config.gateways:
-            hub_kube = Kube.from_kubeconfig(site_cfg.hub_kubeconfig) if site_cfg.hub_kubeconfig else kube
+            hub_kube = (Kube.from_kubeconfig(site_cfg.hub_kubeconfig, connections=config.kube_threads)
+                        if site_cfg.hub_kubeconfig else kube)
             site = Site(config=config, settings=site_cfg, site_kube=kube, hub_kube=hub_kube, runtime=runtime)
             hub_registry, site_registry = gateway_registries(site, kubeconfig)
             # A gateway watches named namespaces only, and least privilege gives it no cluster-wide
@@ -79,7 +83,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     from .runtime.metrics import serve
 
     serve(config.metrics_port, config.metrics_host)
-    stop_flag: asyncio.Future = asyncio.get_running_loop().create_future()
+    stop_flag: asyncio.Future = loop.create_future()
     tasks = []
     for index, (name, registry, namespaces, settings) in enumerate(operators):
         log.info("starting %s on %s", name, ", ".join(namespaces) or "all namespaces")

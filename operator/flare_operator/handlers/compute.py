@@ -69,6 +69,12 @@ class Hub:
     async def k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
 
+    async def apply_all(self, objects: list[dict]) -> list[dict]:
+        """Server-side apply each object, all at once (one request per org of a pass: one after
+        another they queued behind each other at 100 orgs, docs/benchmarks.md §7); the stored
+        objects in the same order."""
+        return list(await asyncio.gather(*(self.k("apply", obj) for obj in objects)))
+
 
 def owner_reference(body: dict) -> dict:
     meta = body["metadata"]
@@ -156,28 +162,26 @@ class Federation(ObjectView):
             return self._invalid(str(err))
         hub_namespaces = await org_hub_namespaces(self.hub)
         content_hash = compute_content_hash(self.spec)
+        by_org = datasets_by_org(self.spec)
+        wanted = {org: compute_access_request(
+            org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
+            source_uid=self.uid, consumer_org=consumer_org, spec=self.spec, federation=self.fed,
+            content_hash=content_hash) for org in by_org if (hub_ns := hub_namespaces.get(org)) is not None}
+        requests = dict(zip(wanted, await self.hub.apply_all(list(wanted.values())), strict=True))
         sites: list[ObservedSite] = []
-        requests: dict[str, dict] = {}
-        for org, datasets in datasets_by_org(self.spec).items():
-            hub_ns = hub_namespaces.get(org)
-            if hub_ns is None:
+        for org, datasets in by_org.items():
+            if org not in requests:
                 sites.append(ObservedSite(org=org, datasets=datasets, gateway=False,
                                           message=hub_namespaces.missing_message(org)))
                 continue
-            request = compute_access_request(
-                org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
-                source_uid=self.uid, consumer_org=consumer_org, spec=self.spec, federation=self.fed,
-                content_hash=content_hash)
-            stored = await self.hub.k("apply", request)
-            requests[org] = stored
-            answer = stored.get("status") or {}
+            answer = requests[org].get("status") or {}
             current = answer.get("decidedHash") == content_hash
             decision = Decision(answer.get("decision") or "Pending") if current else Decision.PENDING
             sites.append(ObservedSite(org=org, datasets=datasets, gateway=True, decision=decision,
                                       message=answer.get("message") or "",
                                       client_ready=bool(answer.get("clientReady")) and current,
                                       client_problem=(answer.get("clientMessage") or "") if current else ""))
-        await self._forget_orgs_no_longer_used(set(datasets_by_org(self.spec)))
+        await self._forget_orgs_no_longer_used(set(by_org))
 
         observed = ObservedCompute(generation=self.generation, active=self.spec.active, sites=tuple(sites),
                                    previous=self.previous, project=self.fed)

@@ -82,6 +82,9 @@ class Site:
     decider_key: bytes | None = None
     # What this site computed for a job request's content (policy/content_check.py), by request content.
     content_cache: dict[str, tuple[RuleResult, str | None]] = field(default_factory=dict)
+    # When each AccessRequest (by uid) was last answered (time.monotonic): the resync timer skips a
+    # settled answer younger than settledResyncSeconds.
+    answered: dict[str, float] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())
@@ -265,8 +268,10 @@ class RequestAnswer(ObjectView):
     async def _hold_budget(self, ev: Evaluation) -> Evaluation:
         """Reserve the job's epsilon on the grants it is charged to, or give back what it holds.
 
-        Each write is guarded by the grant's resourceVersion: when two jobs race for the last of a
-        budget, one write conflicts, and its retry re-evaluates from the fresh ledger and rejects.
+        Each write is guarded by the grant's resourceVersion and re-applied to a ledger that changed
+        meanwhile (`_update_ledger`); when two jobs race for the last of a budget, the loser's
+        reservation no longer fits the fresh ledger and raises Conflict, and the job is evaluated
+        again — and rejected, or wounds a younger holder.
         """
         uid = self.spec.source.uid
         key = ledger.job_key(self.spec.source.namespace, self.spec.source.name)

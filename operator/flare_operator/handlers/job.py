@@ -72,33 +72,34 @@ class Admission(ObjectView):
         hub_namespaces = await org_hub_namespaces(self.hub)
         previous = {a.org for a in self.previous.approvals
                     if a.content_hash == digest and a.decision == Decision.REJECTED}
-        approvals, applied = [], {}
-        for org in datasets_by_org(compute):
-            hub_ns = hub_namespaces.get(org)
-            if hub_ns is None:
+        created = _time(self.body["metadata"].get("creationTimestamp"))
+
+        def request(org: str, reserve: bool) -> dict:
+            return job_access_request(
+                org=org, hub_namespace=hub_namespaces.get(org), source_namespace=self.namespace,
+                source_name=self.name, source_uid=self.uid, consumer_org=consumer_org, job=self.spec, compute=compute,
+                federation=fed, content_hash=digest, app=app_code, reserve=reserve, source_created=created)
+
+        orgs = list(datasets_by_org(compute))
+        seated = [org for org in orgs if hub_namespaces.get(org) is not None]
+        # An org holds epsilon for the job only while no other org rejects it (7: a job rejected
+        # anywhere releases its reservations everywhere at once).
+        reserve = {org: not previous - {org} for org in seated}
+        stored = dict(zip(seated, await self.hub.apply_all([request(org, reserve[org]) for org in seated]),
+                          strict=True))
+        approvals = []
+        for org in orgs:
+            if org not in stored:
                 approvals.append(ObservedApproval(org, Decision.PENDING, hub_namespaces.missing_message(org)))
                 continue
-
-            def request(reserve: bool, org: str = org, hub_ns: str = hub_ns) -> dict:
-                return job_access_request(
-                    org=org, hub_namespace=hub_ns, source_namespace=self.namespace, source_name=self.name,
-                    source_uid=self.uid, consumer_org=consumer_org, job=self.spec, compute=compute, federation=fed,
-                    content_hash=digest, app=app_code, reserve=reserve,
-                    source_created=_time(self.body["metadata"].get("creationTimestamp")))
-
-            # An org holds epsilon for the job only while no other org rejects it (7: a job rejected
-            # anywhere releases its reservations everywhere at once).
-            reserve = not previous - {org}
-            stored = await self.hub.k("apply", request(reserve))
-            applied[org] = (reserve, request)
-            answer = stored.get("status") or {}
+            answer = stored[org].get("status") or {}
             approvals.append(ObservedApproval(org, Decision(answer.get("decision") or "Pending"),
                                               answer.get("message") or "", answer.get("decidedHash"),
                                               _time(answer.get("decidedAt"))))
         rejecting = {a.org for a in approvals if a.decision == Decision.REJECTED and a.decided_hash == digest}
-        for org, (reserve, request) in applied.items():
-            if reserve != (not rejecting - {org}):  # a rejection seen in this pass: tell the others now
-                await self.hub.k("apply", request(not reserve))
+        # A rejection seen in this pass: tell the others now.
+        changed = [org for org in seated if reserve[org] != (not rejecting - {org})]
+        await self.hub.apply_all([request(org, not reserve[org]) for org in changed])
         compute_status = compute_obj.get("status") or {}
         compute_phase = compute_status.get("phase")
         why = next((c.get("message") for c in compute_status.get("conditions") or []

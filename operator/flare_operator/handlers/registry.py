@@ -24,6 +24,7 @@ from ..api.kinds import GROUP, VERSION
 from ..builders.requests import LABEL_REQUEST_KIND
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
+from ..status.requests import answer_settled
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
@@ -346,16 +347,26 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
             await RequestAnswer(site, fresh).reconcile()
+            site.answered[fresh["metadata"]["uid"]] = time.monotonic()
 
     kopf.on.resume(*requests, registry=hub_registry)(answer)
     kopf.on.create(*requests, registry=hub_registry)(answer)
     kopf.on.update(*requests, registry=hub_registry, field="spec")(answer)
-    kopf.timer(*requests, registry=hub_registry, interval=site.config.resync_seconds, initial_delay=1)(answer)
+
+    async def resync(body: kopf.Body, **_) -> None:
+        """The timer: a settled answer (status/requests.py) only every settledResyncSeconds."""
+        last = site.answered.get(body["metadata"]["uid"])
+        if last is not None and answer_settled(body) and time.monotonic() - last < site.config.settled_resync_seconds:
+            return
+        await answer(body=body)
+
+    kopf.timer(*requests, registry=hub_registry, interval=site.config.resync_seconds, initial_delay=1)(resync)
 
     @kopf.on.delete(*requests, registry=hub_registry)
     async def request_deleted(body: kopf.Body, **_) -> None:
         async with site.lock(body["metadata"]["uid"]):
             await RequestAnswer(site, dict(body)).release()
+        site.answered.pop(body["metadata"]["uid"], None)
 
     @kopf.on.startup(registry=hub_registry)
     async def start_heartbeat(memo: kopf.Memo, **_) -> None:

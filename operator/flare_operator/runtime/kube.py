@@ -116,18 +116,22 @@ class Kube:
         self._refused: dict[tuple[str, str, str], str] = {}
 
     @classmethod
-    def from_kubeconfig(cls, path: Path | None = None) -> Kube:
-        from kubernetes import config
+    def from_kubeconfig(cls, path: Path | None = None, *, connections: int | None = None) -> Kube:
+        """A client from ``path`` (None: in-cluster, else the default kubeconfig) keeping up to
+        ``connections`` connections open (None: the client's default, 5 per CPU) — as many as threads
+        may call it at once, or the extra connections are opened and dropped on every call."""
+        from kubernetes import client, config
 
+        configuration = client.Configuration()
+        if connections:
+            configuration.connection_pool_maxsize = connections
         if path is None:
             try:
-                config.load_incluster_config()
-                from kubernetes import client
-
-                return cls(client.ApiClient())
+                config.load_incluster_config(client_configuration=configuration)
+                return cls(client.ApiClient(configuration))
             except config.ConfigException:
-                return cls(config.new_client_from_config())
-        return cls(config.new_client_from_config(config_file=str(path)))
+                return cls(config.new_client_from_config(client_configuration=configuration))
+        return cls(config.new_client_from_config(config_file=str(path), client_configuration=configuration))
 
     @property
     def requests_made(self) -> int:
