@@ -22,9 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q -e '.[operator,flare,train,dev,s3,sdk,datagen]'
 	touch $@
 
-## test: every tier (unit, schema, charts, integration, fuzz, node, e2e) - the README's test command and CI's
+## test: every tier (unit, schema, charts, integration, fuzz, chaos, node, e2e) - the README's test command and CI's
 test: install controlplane images chart-tools
-	$(PYTEST) tests/unit tests/schema tests/charts tests/integration tests/fuzz tests/node tests/e2e
+	$(PYTEST) tests/unit tests/schema tests/charts tests/integration tests/fuzz tests/chaos tests/node tests/e2e
 
 ## test-unit: pure code only (seconds, no control plane)
 test-unit: install
@@ -54,7 +54,7 @@ test-integration: install controlplane
 test-fuzz: install controlplane
 	$(PYTEST) tests/fuzz
 
-## test-chaos: 30 FederatedJob lifecycles while the operator and NVFlare processes are SIGKILLed at random (CHAOS_SEED=random|n, CHAOS_LIFECYCLES=n); ≈ 15 min, not yet in `make test` (docs/robustness.md)
+## test-chaos: 30 FederatedJob lifecycles while the operator and NVFlare processes are SIGKILLed at random (CHAOS_SEED=random|n, CHAOS_LIFECYCLES=n); ≈ 12-15 min on 2 cores (docs/robustness.md)
 test-chaos: install controlplane
 	$(PYTEST) tests/chaos
 

@@ -51,7 +51,7 @@ def test_a_job_survives_an_operator_restart_a_server_crash_and_a_client_crash(co
     cp = control_plane
     with automatic_federation(cp, e2e_data, tmp_path) as fed:
         m, ops, config, port = fed.modeller, fed.operators, fed.config, fed.metrics_port
-        apply(cp, job(m, "long", 8, backoffLimit=2, ttlSecondsAfterFinished=5))
+        apply(cp, job(m, "long", 8, backoffLimit=3, ttlSecondsAfterFinished=5))
         first = wait_status(cp, m, "long", lambda s: s.get("phase") == "Running" and s.get("currentRound", 0) >= 1,
                             "running, a round done")
         job_id = first["nvflareJobId"]
@@ -91,15 +91,34 @@ def test_a_job_survives_an_operator_restart_a_server_crash_and_a_client_crash(co
         events = cp.kubectl("get", "events", "-n", m, "--field-selector", "reason=SiteLostJob", "-o", "json").stdout
         assert "its client restarted mid-job" in events, events
 
+        # The NVFlare job is aborted by nothing the job's spec asks for: what an operator killed
+        # between aborting an attempt a site lost and recording it leaves behind (found by the chaos
+        # suite; it ended such jobs Aborted), or someone at the FLARE admin console. The spec still
+        # says run: resubmitted from the checkpoint, a server failure.
+        running = wait_status(cp, m, "long", lambda s: s.get("currentRound", 0) > third["checkpoint"]["completedRounds"],
+                              "the third attempt made a round")
+        from flare_operator.nvflare.admin import FlareAdmin
+
+        project = get(cp, "computespec", m, "esm2")["status"]["project"]
+        console = FlareAdmin(tmp_path / "flare" / project / "admin@flareop.io", timeout=10.0)
+        try:
+            assert console.abort(running["nvflareJobId"])
+        finally:
+            console.close()
+        fourth = wait_status(cp, m, "long", lambda s: s.get("attempts") == 4 and s.get("nvflareJobId"),
+                             "resubmitted after an abort nothing asked for", timeout=120)
+        assert fourth["serverFailures"] == 2 and fourth["siteFailures"] == 1
+        assert fourth["checkpoint"]["fromJobId"] == running["nvflareJobId"]
+
         done = wait_phase(cp, "federatedjob", m, "long", "Succeeded", timeout=300)["status"]
-        assert done["progress"] == "8/8" and done["attempts"] == 3
+        assert done["progress"] == "8/8" and done["attempts"] == 4
         results = Path(done["results"]["location"])
         metrics = json.loads((results / "metrics.json").read_text())
-        resumed_at = third["checkpoint"]["completedRounds"]
+        resumed_at = fourth["checkpoint"]["completedRounds"]
         assert metrics["resumed_from"]["round"] == resumed_at
-        assert metrics["job"]["metadata"]["attempt"] == 3
+        assert metrics["job"]["metadata"]["attempt"] == 4
         assert len(metrics["history"]) == 8 - resumed_at
-        for lost in (job_id, second["nvflareJobId"]):
+        for lost in (job_id, second["nvflareJobId"], running["nvflareJobId"]):
             assert (results / "attempts" / f"metrics-{lost}.json").exists(), "the lost attempts' metrics are kept"
         logs = {f["name"] for f in done["results"]["files"] if f["name"].startswith("logs/")}
         assert {"logs/server-log.txt", f"logs/{fed.orgs[0]}-log.txt"} <= logs, logs
@@ -108,11 +127,11 @@ def test_a_job_survives_an_operator_restart_a_server_crash_and_a_client_crash(co
 
         # /metrics of the restarted operator: what it saw move.
         seen = scrape(port)
-        assert seen['flareop_job_submissions_total{reason="resubmit"}'] == 2
+        assert seen['flareop_job_submissions_total{reason="resubmit"}'] == 3
         assert seen["flareop_job_rounds_completed_total"] >= 8 - first["currentRound"] - 1
         assert seen['flareop_jobs_finished_total{phase="Succeeded"}'] == 1
         assert seen['flareop_computespecs{phase="Ready"}'] == 1
-        assert seen["flareop_job_submit_seconds_count"] == 2
+        assert seen["flareop_job_submit_seconds_count"] == 3
 
         # ttlSecondsAfterFinished: the finished job goes away, its results stay.
         wait_for(lambda: get(cp, "federatedjob", m, "long") is None, timeout=60, message="job garbage-collected")

@@ -183,8 +183,11 @@ class Run(ObjectView):
         updates = await self._progress(admin, job_id, record)
         if self.spec.active_deadline_seconds and self.status.submitted_at:
             elapsed = (_now() - self.status.submitted_at).total_seconds()
-            if elapsed > self.spec.active_deadline_seconds and not state.startswith("FINISHED"):
-                await asyncio.to_thread(admin.abort, job_id)
+            # FINISHED:ABORTED past the deadline: this operator's deadline abort, not recorded before a restart.
+            finished = state.startswith("FINISHED")
+            if elapsed > self.spec.active_deadline_seconds and (not finished or state == "FINISHED:ABORTED"):
+                if not finished:
+                    await asyncio.to_thread(admin.abort, job_id)
                 return self._with(JobPhase.TIMED_OUT, Reason.DEADLINE_EXCEEDED,
                                   f"aborted after {elapsed:.0f}s (activeDeadlineSeconds "
                                   f"{self.spec.active_deadline_seconds})", completion_time=_now(),
@@ -210,6 +213,14 @@ class Run(ObjectView):
             withdrawn = [] if phase == JobPhase.SUCCEEDED else self._withdrawn(await self._current_approvals())
             if withdrawn:  # it ended because an org stopped it at its site: say so
                 return await self._revoke(server, admin, withdrawn)
+            if phase == JobPhase.ABORTED:
+                # Nothing in the job's spec asked for this abort (a suspend, a deactivation or a
+                # revocation is handled before this pass follows the job, a deadline above): an
+                # operator killed between aborting an attempt a site lost and recording it (found by
+                # the chaos suite), or someone at the FLARE admin console. The spec still says run:
+                # resubmit, within backoffLimit.
+                return await self._recover(server, admin, f"ended {state}, which nothing in the job's spec asked "
+                                           "for", updates)
             if phase != JobPhase.SUCCEEDED:
                 return self._with(phase, Reason.ABORTED if phase == JobPhase.ABORTED else Reason.JOB_FAILED,
                                   f"NVFlare job {job_id} ended {state}", completion_time=_now(),
