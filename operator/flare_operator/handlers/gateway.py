@@ -426,22 +426,25 @@ class RequestAnswer(ObjectView):
         its resourceVersion. When another answer wrote the ledger meanwhile (several jobs end or start
         at once on one grant), the change is applied again to the fresh ledger; a change that no longer
         holds on it (a reservation the budget cannot take any more) raises Conflict itself, for its
-        caller to decide again."""
-        for attempt in range(MAX_LEDGER_ATTEMPTS):
-            obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
-            if obj is None:
-                return
-            current = DatasetGrantStatus.model_validate(DatasetGrantStatus.own_fields(obj.get("status")))
-            updated = change(DatasetGrantSpec.model_validate(obj["spec"]), current)
-            if updated == current:
-                return
-            obj["status"] = {**(obj.get("status") or {}), **updated.to_wire()}
-            try:
-                await self.site.site("replace_status", obj)
-                return
-            except Conflict:  # the resourceVersion moved
-                log.info("ledger of grant %s changed meanwhile (write %d): applying %s's change again",
-                         grant_name, attempt + 1, self.name)
+        caller to decide again. This gateway's own answers write one grant's ledger one at a time (at
+        scale, ten jobs reserving on one grant at once exhausted the retries: docs/benchmarks.md §7);
+        the resourceVersion guards against every other writer."""
+        async with self.site.lock(f"ledger/{grant_name}"):
+            for attempt in range(MAX_LEDGER_ATTEMPTS):
+                obj = await self.site.site("get", "DatasetGrant", self.site.settings.namespace, grant_name)
+                if obj is None:
+                    return
+                current = DatasetGrantStatus.model_validate(DatasetGrantStatus.own_fields(obj.get("status")))
+                updated = change(DatasetGrantSpec.model_validate(obj["spec"]), current)
+                if updated == current:
+                    return
+                obj["status"] = {**(obj.get("status") or {}), **updated.to_wire()}
+                try:
+                    await self.site.site("replace_status", obj)
+                    return
+                except Conflict:  # the resourceVersion moved
+                    log.info("ledger of grant %s changed meanwhile (write %d): applying %s's change again",
+                             grant_name, attempt + 1, self.name)
         raise kopf_retry(f"the ledger of grant {grant_name} kept changing; will write again")
 
     async def _converge_client(self, ev: Evaluation, grants: list[GrantView]) -> tuple[bool, str | None]:

@@ -85,7 +85,8 @@ class Admission(ObjectView):
         # An org holds epsilon for the job only while no other org rejects it (7: a job rejected
         # anywhere releases its reservations everywhere at once).
         reserve = {org: not previous - {org} for org in seated}
-        stored = dict(zip(seated, await self.hub.apply_all([request(org, reserve[org]) for org in seated]),
+        listed = await self.hub.k("list", "AccessRequest", None, labels=self._request_labels())
+        stored = dict(zip(seated, await self.hub.apply_changed([request(org, reserve[org]) for org in seated], listed),
                           strict=True))
         approvals = []
         for org in orgs:
@@ -99,7 +100,7 @@ class Admission(ObjectView):
         rejecting = {a.org for a in approvals if a.decision == Decision.REJECTED and a.decided_hash == digest}
         # A rejection seen in this pass: tell the others now.
         changed = [org for org in seated if reserve[org] != (not rejecting - {org})]
-        await self.hub.apply_all([request(org, not reserve[org]) for org in changed])
+        await self.hub.apply_changed([request(org, not reserve[org]) for org in changed], list(stored.values()))
         compute_status = compute_obj.get("status") or {}
         compute_phase = compute_status.get("phase")
         why = next((c.get("message") for c in compute_status.get("conditions") or []
