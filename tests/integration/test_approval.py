@@ -69,10 +69,15 @@ def test_automatic_and_manual_approval_bound_to_the_hash(control_plane, consorti
     a, b, m = c.org("org-a"), c.org("org-b"), c.modeller
     apply(cp, job(m, "run1"))
     waiting = wait_job(cp, m, "run1", "AwaitingApproval")
+    def approved_condition() -> str:
+        return next(x for x in get(cp, "federatedjob", m, "run1")["status"]["conditions"]
+                    if x["type"] == "Approved")["message"]
+
     assert wait_for(lambda: decisions(get(cp, "federatedjob", m, "run1")) == {a: "Approved", b: "Pending"},
                     timeout=30, message="org-a approved, org-b pending")
-    approved_cond = next(x for x in get(cp, "federatedjob", m, "run1")["status"]["conditions"] if x["type"] == "Approved")
-    assert f"waiting for {b}" in approved_cond["message"] and "create a JobApproval" in approved_cond["message"]
+    # org-b's own answer (Pending until a person decides), not the hub's placeholder before it answered.
+    wait_for(lambda: "create a JobApproval" in approved_condition(), timeout=30, message="org-b says how to decide")
+    assert f"waiting for {b}" in approved_condition()
     content_hash = waiting["status"]["contentHash"]
 
     # org-b's admin approves this exact content at org-b's site.

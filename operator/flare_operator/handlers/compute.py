@@ -38,7 +38,7 @@ from ..status.compute import ObservedCompute, ObservedSite, compute_status
 from ..status.conditions import get_condition
 from ..status.gateway import OrgSeats, org_seats_of
 from ..status.job import SiteWatch
-from .objects import ObjectView
+from .objects import ObjectView, Passes
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,14 @@ class Hub:
     kube: Kube
     runtime: WorkloadRuntime
     results_store: Any = None  # store.results.ResultsStore: where finished jobs' results go
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    passes: Passes = field(default_factory=Passes)  # each object's passes take turns (handlers/objects.py)
     port_base: int = 18000
     site_watches: dict[str, SiteWatch] = field(default_factory=dict)  # NVFlare job id -> its sites without it
     # (namespace, name) -> (digest of the object applied, its uid and generation then): see apply_changed
     applied: dict[tuple[str, str], tuple[str, str, int]] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
-        return self.locks.setdefault(uid, asyncio.Lock())
+        return self.passes.lock(uid)
 
     async def k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)

@@ -54,7 +54,7 @@ from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
 from ..status.conditions import Conditions
 from .compute import KIT_KEY, secret_bytes
-from .objects import ObjectView
+from .objects import ObjectView, Passes
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Site:
     site_kube: Kube
     hub_kube: Kube
     runtime: WorkloadRuntime
-    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    passes: Passes = field(default_factory=Passes)  # each object's passes take turns (handlers/objects.py)
     # The key the site's admission webhook signs decider records with (handlers/admission.py); None
     # without a webhook: then no JobApproval counts (who decided could not have been recorded).
     decider_key: bytes | None = None
@@ -87,7 +87,7 @@ class Site:
     answered: dict[str, float] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
-        return self.locks.setdefault(uid, asyncio.Lock())
+        return self.passes.lock(uid)
 
     async def site(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.site_kube, method), *args, **kwargs)

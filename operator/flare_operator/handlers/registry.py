@@ -211,7 +211,9 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
 
     @measured("ComputeSpec")
     async def reconcile(body: kopf.Body, **_) -> None:
-        async with hub.lock(body["metadata"]["uid"]):
+        async with hub.passes.turn(body["metadata"]["uid"]) as mine:
+            if not mine:
+                return  # a pass already waits: it reads the object fresh
             fresh = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], body["metadata"]["name"])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
@@ -236,7 +238,9 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
 
     @measured("FederatedJob")
     async def reconcile_job(body: kopf.Body, **_) -> None:
-        async with hub.lock(body["metadata"]["uid"]):
+        async with hub.passes.turn(body["metadata"]["uid"]) as mine:
+            if not mine:
+                return  # a full pass already waits: it reads the job fresh
             fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
@@ -264,22 +268,26 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
     async def follow_in_flight(body: kopf.Body, **_) -> None:
         """Between full passes: only the NVFlare side (submit, progress, finish) of a job whose
         admission a full pass already settled — no AccessRequests written, few API calls."""
-        async with hub.lock(body["metadata"]["uid"]):
-            fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-                return
-            previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
-            if previous.phase not in IN_FLIGHT or (fresh["spec"].get("suspend") and not previous.nvflare_job_id):
-                return  # the full pass decides (suspend before submission, anything else)
-            compute = await hub.k("get", "ComputeSpec", fresh["metadata"]["namespace"],
-                                  fresh["spec"]["computeSpecRef"]["name"])
-            if compute is None:
-                return
-            status = await Run(hub, fresh, previous, compute).step()
-            await write_job_status(hub, fresh, status)
-            JOB_PHASES.observe(fresh["metadata"]["uid"], status.phase)
-            if status.phase in FINISHED_PHASES:
-                await Admission(hub, fresh).record_outcome(status)
+        uid = body["metadata"]["uid"]
+        async with hub.passes.turn(f"follow/{uid}") as mine:
+            if not mine:
+                return  # a follow already waits
+            async with hub.lock(uid):
+                fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
+                if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                    return
+                previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
+                if previous.phase not in IN_FLIGHT or (fresh["spec"].get("suspend") and not previous.nvflare_job_id):
+                    return  # the full pass decides (suspend before submission, anything else)
+                compute = await hub.k("get", "ComputeSpec", fresh["metadata"]["namespace"],
+                                      fresh["spec"]["computeSpecRef"]["name"])
+                if compute is None:
+                    return
+                status = await Run(hub, fresh, previous, compute).step()
+                await write_job_status(hub, fresh, status)
+                JOB_PHASES.observe(fresh["metadata"]["uid"], status.phase)
+                if status.phase in FINISHED_PHASES:
+                    await Admission(hub, fresh).record_outcome(status)
 
     kopf.timer(*jobs, registry=registry, interval=hub.config.active_job_poll_seconds, when=_in_flight,
                initial_delay=hub.config.active_job_poll_seconds)(follow_in_flight)
@@ -342,7 +350,9 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     @measured("AccessRequest")
     async def answer(body: kopf.Body, **_) -> None:
-        async with site.lock(body["metadata"]["uid"]):
+        async with site.passes.turn(body["metadata"]["uid"]) as mine:
+            if not mine:
+                return  # an answer already waits: it reads the request fresh
             fresh = await site.hub("get", "AccessRequest", body["metadata"]["namespace"], body["metadata"]["name"])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
@@ -382,11 +392,16 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
     site_registry = kopf.OperatorRegistry()
     kopf.on.login(registry=site_registry)(login_from(site_kubeconfig))
 
-    # A change to the owner's objects nudges every request at once instead of waiting for the timer.
+    # A change to the owner's objects nudges every request at once instead of waiting for the timer
+    # (concurrently: each answer holds its own request's turn, and one already waiting absorbs it).
     async def inputs_changed(**_) -> None:
-        for request in await site.hub("list", "AccessRequest", site.settings.hub_namespace):
-            if not request["metadata"].get("deletionTimestamp"):
-                await answer(body=request)
+        requests = [r for r in await site.hub("list", "AccessRequest", site.settings.hub_namespace)
+                    if not r["metadata"].get("deletionTimestamp")]
+        for request, outcome in zip(requests, await asyncio.gather(*(answer(body=r) for r in requests),
+                                                                   return_exceptions=True), strict=True):
+            if isinstance(outcome, Exception):  # the request's own handlers and timer answer it again
+                log.info("answering %s after a change at %s: %s", request["metadata"]["name"], site.settings.site,
+                         outcome)
 
     for plural in ("datasetgrants", "orgpolicies", "jobapprovals"):
         kopf.on.event(GROUP, VERSION, plural, registry=site_registry)(inputs_changed)
