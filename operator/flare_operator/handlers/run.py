@@ -221,8 +221,8 @@ class Run(ObjectView):
                 # resubmit, within backoffLimit.
                 return await self._recover(server, admin, f"ended {state}, which nothing in the job's spec asked "
                                            "for", updates)
-            if phase != JobPhase.SUCCEEDED:
-                return self._with(phase, Reason.ABORTED if phase == JobPhase.ABORTED else Reason.JOB_FAILED,
+            if phase != JobPhase.SUCCEEDED:  # FAILED: an aborted one was resubmitted just above
+                return self._with(JobPhase.FAILED, Reason.JOB_FAILED,
                                   f"NVFlare job {job_id} ended {state}", completion_time=_now(),
                                   results=await self._logs_only(admin, job_id), **updates)
             results, final = await self._fetch_results(admin, job_id)
