@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flare_operator.status.requests import answer_settled
+from flare_operator.status.requests import answer_settled, grant_inputs, moved_by_ledger
 
 
 def request(kind: str = "Compute", *, generation: int = 3, observed: int | None = 3, decision: str | None = "Approved",
@@ -36,3 +36,44 @@ def request(kind: str = "Compute", *, generation: int = 3, observed: int | None 
 ])
 def test_answer_settled(body: dict, settled: bool):
     assert answer_settled(body) is settled
+
+
+def grant_obj(ledger: list[dict] | None = None, *, dataset: str = "scl", conditions: list[dict] | None = None,
+              generation: int = 1) -> dict:
+    return {"kind": "DatasetGrant", "metadata": {"uid": "g1", "generation": generation, "labels": {"a": "b"}},
+            "spec": {"dataset": {"id": dataset}, "consumers": ["m"]},
+            "status": {"ledger": ledger or [], "conditions": conditions or [{"type": "Valid", "status": "True"}]}}
+
+
+def job_request(decision: str | None = "Approved", *, uid: str = "j1", reserved: float | None = 2.0,
+                datasets: tuple[str, ...] = ("scl",), outcome: dict | None = None) -> dict:
+    spec = {"source": {"kind": "Job", "uid": uid}, "datasets": list(datasets), "contentHash": "h"}
+    if outcome:
+        spec["outcome"] = outcome
+    status = {k: v for k, v in {"decision": decision, "epsilonReserved": reserved}.items() if v is not None}
+    return {"metadata": {"generation": 1}, "spec": spec, "status": status}
+
+
+def test_grant_inputs_ignore_the_ledger_but_not_the_spec_or_the_conditions():
+    base = grant_inputs(grant_obj())
+    assert grant_inputs(grant_obj([{"uid": "j1", "epsilon": 2, "spent": False}])) == base
+    assert grant_inputs(grant_obj(conditions=[{"type": "Valid", "status": "False"}])) != base
+    assert grant_inputs(grant_obj(dataset="other", generation=2)) != base
+
+
+HOLDING = [{"uid": "j1", "epsilon": 2, "spent": False}]
+
+
+@pytest.mark.parametrize(("request_", "ledger", "moved"), [
+    (job_request(), HOLDING, False),  # approved and holding here: the rest of the ledger cannot move it
+    (job_request(), [], True),  # approved, reserved, but its entry is gone here (wounded): answer again
+    (job_request(reserved=None), [], False),  # approved without DP: holds nothing anywhere
+    (job_request("Pending", reserved=None), HOLDING, True),  # budget taken or freed decides it
+    (job_request("Rejected", reserved=None), [], True),
+    (job_request("Rejected", reserved=None, datasets=("other",)), [], False),  # another dataset's grant
+    (job_request("Pending", outcome={"phase": "Succeeded"}), [], False),  # over: its own answer spends
+    ({"metadata": {}, "spec": {"source": {"kind": "Compute"}, "datasets": ["scl"]},
+      "status": {"decision": "Pending"}}, [], False),  # a Compute request never reads the ledger
+])
+def test_moved_by_ledger(request_: dict, ledger: list[dict], moved: bool):
+    assert moved_by_ledger(request_, grant_obj(ledger)) is moved

@@ -85,6 +85,10 @@ class Site:
     # When each AccessRequest (by uid) was last answered (time.monotonic): the resync timer skips a
     # settled answer younger than settledResyncSeconds.
     answered: dict[str, float] = field(default_factory=dict)
+    # What of each DatasetGrant (by uid) other than its ledger the answers read, as last seen by
+    # the site's grant events: an event that changes only the ledger re-answers only the requests
+    # it can move (handlers/registry.py inputs_changed).
+    grant_inputs: dict[str, tuple] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.passes.lock(uid)

@@ -24,7 +24,7 @@ from ..api.kinds import GROUP, VERSION
 from ..builders.requests import LABEL_REQUEST_KIND
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
-from ..status.requests import answer_settled
+from ..status.requests import answer_settled, grant_inputs, moved_by_ledger
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
@@ -394,9 +394,17 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     # A change to the owner's objects nudges every request at once instead of waiting for the timer
     # (concurrently: each answer holds its own request's turn, and one already waiting absorbs it).
-    async def inputs_changed(**_) -> None:
+    async def inputs_changed(event: dict | None = None, **_) -> None:
         requests = [r for r in await site.hub("list", "AccessRequest", site.settings.hub_namespace)
                     if not r["metadata"].get("deletionTimestamp")]
+        grant = (event or {}).get("object") or {}
+        if grant.get("kind") == "DatasetGrant" and (event or {}).get("type") != "DELETED":
+            uid, inputs = grant["metadata"].get("uid"), grant_inputs(grant)
+            if site.grant_inputs.get(uid) == inputs:
+                # Only the ledger moved (a job reserved, spent or released epsilon): re-answer only the
+                # requests a ledger can change, not every request of the site (status/requests.py).
+                requests = [r for r in requests if moved_by_ledger(r, grant)]
+            site.grant_inputs[uid] = inputs
         for request, outcome in zip(requests, await asyncio.gather(*(answer(body=r) for r in requests),
                                                                    return_exceptions=True), strict=True):
             if isinstance(outcome, Exception):  # the request's own handlers and timer answer it again

@@ -11,6 +11,8 @@ thirds of the operator's API requests).
 
 from __future__ import annotations
 
+import json
+
 from ..api.access_request import RequestKind
 from ..api.common import Decision
 
@@ -30,3 +32,37 @@ def answer_settled(body: dict) -> bool:
         return False
     compute = (spec.get("source") or {}).get("kind") == RequestKind.COMPUTE
     return not (compute and spec.get("active", True) and spec.get("outcome") is None and not status.get("clientReady"))
+
+
+def grant_inputs(grant: dict) -> tuple:
+    """What of a DatasetGrant, other than its ledger, a site's answers read: spec, labels and its
+    conditions (validity). Two events of a grant with the same inputs differ in the ledger (or in
+    metadata no answer reads)."""
+    meta, status = grant.get("metadata") or {}, grant.get("status") or {}
+    conditions = sorted((c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""))
+                        for c in status.get("conditions") or [])
+    return (meta.get("generation"), json.dumps(grant.get("spec") or {}, sort_keys=True),
+            json.dumps(meta.get("labels") or {}, sort_keys=True), tuple(conditions))
+
+
+def moved_by_ledger(request: dict, grant: dict) -> bool:
+    """Whether a change of this grant's ledger alone can change the site's answer to ``request``: a
+    job request on the grant's dataset that is not over and either not approved (budget freed or
+    taken decides it) or approved holding epsilon but with no reservation left on this grant (an
+    older job wounded it). An approved job that holds its reservation here decides the same whatever
+    else the ledger holds (its own entry is excluded from the budget it is checked against; the
+    'epsilon left' in its rule message is refreshed at the settled resync); a Compute request never
+    reads the ledger."""
+    spec, status = request.get("spec") or {}, request.get("status") or {}
+    if (spec.get("source") or {}).get("kind") != RequestKind.JOB or spec.get("outcome") is not None:
+        return False
+    dataset = ((grant.get("spec") or {}).get("dataset") or {}).get("id")
+    if dataset not in (spec.get("datasets") or []):
+        return False
+    if status.get("decision") != Decision.APPROVED:
+        return True
+    if not status.get("epsilonReserved"):
+        return False
+    uid = (spec.get("source") or {}).get("uid")
+    ledger = (grant.get("status") or {}).get("ledger") or []
+    return not any(e.get("uid") == uid and not e.get("spent") for e in ledger)
