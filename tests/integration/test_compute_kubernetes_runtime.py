@@ -161,3 +161,36 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
         raise
     finally:
         op.stop()
+
+
+def test_the_sites_start_their_clients_when_their_kits_are_written_not_at_a_resync(control_plane, consortium, tmp_path):
+    """Every step from a ComputeSpec to its client StatefulSets is event-driven: the sites answer
+    their requests on create, the hub reconciles on their answers (AnswerWatch), provisions, and
+    marks each request with its kit's digest (builders/requests.py ANNOTATION_KIT), on which each
+    site converges its client. With a 600 s resync, a site that waited for its timer to find its kit
+    would not start its client within this test's timeout. Not timed: the resync is what it tells apart."""
+    cp, c = control_plane, consortium
+    org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.org("modeller")
+    sites = []
+    for org in (org_a, org_b):
+        apply(cp, _dataset_claim(org), _kube_grant(org, f"scl-{org}", modeller))
+        sites.append(dict(gateway_config(org, org), runtime="kubernetes", storageClass=None, workspaceSize="1Gi"))
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "image": "registry.example/flare-runtime:test",
+              "resyncSeconds": 600, "heartbeatSeconds": 5, "gateways": sites, "namespaces": [modeller]}
+    op = OperatorProcess(cp, tmp_path, config).start()
+    try:
+        wait_for(lambda: "orchestrator (AccessRequest answers)" in op.log_path.read_text(), timeout=60,
+                 message="the operator is up")
+        apply(cp, compute(modeller, "esm2", [(org_a, f"scl-{org_a}"), (org_b, f"scl-{org_b}")]))
+        project = wait_for(lambda: ((get(cp, "computespec", modeller, "esm2") or {}).get("status") or {}).get("project"),
+                           timeout=60, message="provisioned")
+        for org in (org_a, org_b):
+            wait_for(lambda org=org: get(cp, "statefulset", org, f"{project}-{org}"), timeout=120,
+                     message=f"{org}'s client StatefulSet (resync 600 s)")
+            request = get(cp, "accessrequest", org, f"compute-{modeller}-esm2")
+            assert request["metadata"]["annotations"].get("flareop.io/kit"), request["metadata"]
+    except BaseException:
+        print(op.tail(80))
+        raise
+    finally:
+        op.stop()

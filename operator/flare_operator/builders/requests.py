@@ -15,6 +15,9 @@ LABEL_FEDERATION = "flareop.io/federation"
 LABEL_SOURCE_NAMESPACE = "flareop.io/source-namespace"
 LABEL_SOURCE_NAME = "flareop.io/source-name"
 LABEL_REQUEST_KIND = "flareop.io/request-kind"
+# On a Compute AccessRequest: a digest of the client kit the hub wrote for it (the site answers when
+# it changes instead of finding the kit at its next resync).
+ANNOTATION_KIT = "flareop.io/kit"
 
 
 def _short(name: str, limit: int = 63) -> str:

@@ -23,6 +23,7 @@ from ..api.kinds import API_VERSION
 from ..builders import naming
 from ..builders.federation import ADMIN_IDENTITY, FederationPlan, client_name
 from ..builders.requests import (
+    ANNOTATION_KIT,
     LABEL_FEDERATION,
     compute_access_request,
     datasets_by_org,
@@ -308,6 +309,10 @@ class Federation(ObjectView):
                 meta = request["metadata"]
                 await self.hub.k("apply", secret(kit_secret_name(meta["name"]), meta["namespace"],
                                                  {KIT_KEY: result.kits[name]}, labels=self.labels, owner=None))
+                # Tell the site now (handlers/registry.py kit_written), not at its next resync.
+                digest = hashlib.sha256(result.kits[name]).hexdigest()[:16]
+                await self.hub.k("merge_patch", "AccessRequest", meta["namespace"], meta["name"],
+                                 {"metadata": {"annotations": {ANNOTATION_KIT: digest}}})
             if not stored_plan:
                 await self.hub.k("event", self.body, reason="Provisioned",
                                  note=f"NVFlare project {self.fed}: server, admin and {len(clients)} client kits")

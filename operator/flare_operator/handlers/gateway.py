@@ -89,6 +89,8 @@ class Site:
     # the site's grant events: an event that changes only the ledger re-answers only the requests
     # it can move (handlers/registry.py inputs_changed).
     grant_inputs: dict[str, tuple] = field(default_factory=dict)
+    # The kit annotation (builders/requests.py ANNOTATION_KIT) last seen on each request (by uid).
+    kits_seen: dict[str, str] = field(default_factory=dict)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.passes.lock(uid)

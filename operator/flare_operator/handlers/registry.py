@@ -21,7 +21,7 @@ import kopf
 
 from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
-from ..builders.requests import LABEL_REQUEST_KIND
+from ..builders.requests import ANNOTATION_KIT, LABEL_REQUEST_KIND
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
 from ..status.requests import answer_settled, grant_inputs, moved_by_ledger
@@ -371,6 +371,24 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
         await answer(body=body)
 
     kopf.timer(*requests, registry=hub_registry, interval=site.config.resync_seconds, initial_delay=1)(resync)
+
+    @kopf.on.event(*requests, registry=hub_registry)
+    async def kit_written(event: dict, **_) -> None:
+        """The hub wrote this request's client kit (a new annotation): answer now, so the client
+        starts without waiting for the resync. The first event of each request (a listing, at
+        start) only records what it carries; its resume handler answers it."""
+        obj = event.get("object") or {}
+        uid = (obj.get("metadata") or {}).get("uid")
+        if not uid:
+            return
+        if event.get("type") == "DELETED":
+            site.kits_seen.pop(uid, None)
+            return
+        kit = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_KIT, "")
+        before = site.kits_seen.get(uid)
+        site.kits_seen[uid] = kit
+        if before is not None and kit and kit != before:
+            await answer(body=obj)
 
     @kopf.on.delete(*requests, registry=hub_registry)
     async def request_deleted(body: kopf.Body, **_) -> None:
