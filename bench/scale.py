@@ -76,6 +76,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")]))
 
 from flare_operator.builders import naming  # noqa: E402
+from flare_operator.builders.requests import ANNOTATION_KIT  # noqa: E402
 from flare_operator.config import LABEL_ORG  # noqa: E402
 from tests.operator_harness import (  # noqa: E402
     OperatorProcess,
@@ -239,6 +240,7 @@ class Observed:
         self.ar_kind: dict[str, str] = {}
         self.ar_source: dict[str, str] = {}
         self.ar_decision: dict[str, str] = {}
+        self.ar_kit: dict[str, float] = {}  # when the hub's kit annotation (ANNOTATION_KIT) was first seen
         self.compute_ready: dict[str, float] = {}
         self.job_approved: dict[str, float] = {}
         self.job_submit_pass: dict[str, float] = {}
@@ -255,6 +257,8 @@ class Observed:
         self.ar_seen.setdefault(key, now)
         self.ar_kind[key] = (spec.get("source") or {}).get("kind", "?")
         self.ar_source[key] = (spec.get("source") or {}).get("name", "?")
+        if (meta.get("annotations") or {}).get(ANNOTATION_KIT):
+            self.ar_kit.setdefault(key, now)
         if status.get("decision") in ("Approved", "Rejected") and status.get("decidedHash") == spec.get("contentHash"):
             self.ar_decided.setdefault(key, now)
             self.ar_decision[key] = status["decision"]
@@ -307,18 +311,26 @@ def _slope_mib_per_min(rows: list[tuple], start: float) -> float | None:
     return round(60 * sum((t - mt) * (r - mr) for t, r in points) / den, 2) if den else None
 
 
-def _apiserver_flareop(cp) -> Counter:
-    """apiserver_request_total on flareop.io resources, by verb (every client: the operator, Kopf, this bench)."""
+def _apiserver_flareop(cp) -> tuple[Counter, Counter]:
+    """(apiserver_request_total on flareop.io resources, by verb (every client: the operator, Kopf, this
+    bench); apiserver_request_duration_seconds' sum and count on them, by verb — what the server itself
+    took, to set beside the operators' own view of a request's time, which includes their queueing)."""
     text = cp.kubectl("get", "--raw", "/metrics", timeout=60).stdout
     out: Counter = Counter()
+    took: Counter = Counter()
     for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"apiserver_request_duration_seconds_{part}{{") and 'group="flareop.io"' in line:
+                labels, _, value = line.rpartition(" ")
+                verb = labels.split('verb="', 1)[1].split('"', 1)[0]
+                took[f"{part} {verb}"] += float(value)
         if line.startswith("apiserver_request_total{") and 'group="flareop.io"' in line:
             labels, _, value = line.rpartition(" ")
             verb = labels.split('verb="', 1)[1].split('"', 1)[0]
             resource = labels.split('resource="', 1)[1].split('"', 1)[0]
             sub = labels.split('subresource="', 1)[1].split('"', 1)[0] if 'subresource="' in labels else ""
             out[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(value)
-    return out
+    return out, took
 
 
 def scrape_or_empty(port: int, tries: int = 3) -> dict:
@@ -369,6 +381,10 @@ def _operator_delta(before: dict, after: dict, seconds: float) -> dict | str:
                                  for v in ("GET", "PATCH", "PUT", "POST", "DELETE") if d("flareop_api_requests_total", verb=v)},
         "API requests per reconcile": round(requests / max(total_passes, 1), 2),
         "API requests per s": round(requests / max(seconds, 1e-9), 1),
+        "mean API request s by verb": {
+            v: round(d("flareop_api_request_duration_seconds_sum", verb=v)
+                     / d("flareop_api_request_duration_seconds_count", verb=v), 3)
+            for v in ("GET", "PATCH", "PUT", "POST", "DELETE") if d("flareop_api_request_duration_seconds_count", verb=v)},
         "status writes": int(d("flareop_status_writes_total")),
     }
 
@@ -485,7 +501,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             raise TimeoutError(f"gateways registered: {len(gateways)}/{n}, hub metrics answering: {hub_up}\n"
                                + "\n".join(f"--- {op.log_path.name}\n{op.tail(30)}" for op in procs.values()))
         metrics0 = {who: scrape_or_empty(port) for who, port in ports.items()}
-        apiserver0, t_batch = _apiserver_flareop(cp), time.monotonic()
+        (apiserver0, took0), t_batch = _apiserver_flareop(cp), time.monotonic()
         for who in procs:  # --tracemalloc: allocation growth is counted from here
             Path(f"{stacks(work, n, who)}.mark").touch()
 
@@ -537,6 +553,22 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             "done": f"{len(done)}/{len(plans)}", "StatefulSets": f"{sum(len(w & seen.sts.keys()) for w in wanted.values())}"
                                                              f"/{sum(len(w) for w in wanted.values())}",
             "p50 s": _p50(op_values), "p95 s": _pct(op_values, 0.95), "max s": _pct(op_values, 1.0)}
+        # Where a ComputeSpec's time to its StatefulSets goes, stage by stage (p50 over the ComputeSpecs
+        # that got through each): every org's Compute answer, every client kit written (the hub's kit
+        # annotation: provisioned), the server's StatefulSet, the last client's.
+        compute_ars = {cs: [k for k, v in kinds.items() if v == "Compute" and seen.ar_source.get(k) == cs]
+                       for cs in wanted}
+
+        def stage(times: dict[str, list[float | None]]) -> float | None:
+            return _p50([max(ts) - started[cs] for cs, ts in times.items() if ts and None not in ts])
+
+        server_sts = {cs: next(s for s in w if s.startswith(f"{MODELLER}/")) for cs, w in wanted.items()}
+        rows["ComputeSpec apply -> all StatefulSets, by stage (p50 s from the apply)"] = {
+            "every org answered": stage({cs: [decided.get(k) for k in ks] for cs, ks in compute_ars.items()}),
+            "every client kit written": stage({cs: [seen.ar_kit.get(k) for k in ks] for cs, ks in compute_ars.items()}),
+            "server StatefulSet": stage({cs: [seen.sts.get(server_sts[cs])] for cs in wanted}),
+            "every client StatefulSet": stage({cs: [seen.sts.get(s) for s in w - {server_sts[cs]}]
+                                               for cs, w in wanted.items()})}
         rows["ComputeSpec apply -> Ready"] = {"done": f"{len(ready_values)}/{len(plans)}",
                                               "p50 s": _p50(ready_values), "p95 s": _pct(ready_values, 0.95)}
         # A job can be submitted once every org approved it and its ComputeSpec is Ready: the later of
@@ -569,11 +601,13 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             rows[f"{label} during the batch"] = _operator_delta(
                 *(metrics[who] if who else _summed(*metrics.values()) for metrics in (metrics0, metrics2)),
                 t_batch_end - t_batch)
-        apiserver2 = _apiserver_flareop(cp)
-        batch = apiserver2 - apiserver0
+        apiserver2, took2 = _apiserver_flareop(cp)
+        batch, took = apiserver2 - apiserver0, took2 - took0
         rows["API server: flareop.io requests during the batch"] = {
             "total": int(sum(batch.values())), "per s": round(sum(batch.values()) / max(t_batch_end - t_batch, 1e-9), 1),
-            "top": {k: int(v) for k, v in batch.most_common(10)}}
+            "top": {k: int(v) for k, v in batch.most_common(10)},
+            "mean s the server took, by verb": {v: round(took[f"sum {v}"] / took[f"count {v}"], 3)
+                                                for v in sorted({k.split()[1] for k in took}) if took[f"count {v}"]}}
 
         # -- settle: no new input; what the operators cost once the batch is (or is not yet) through ---
         t_settle = time.monotonic()
@@ -583,7 +617,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         phase = settle_phase(finished)
         if settled:
             metrics3 = {who: scrape_or_empty(port) for who, port in ports.items()}
-            apiserver3 = _apiserver_flareop(cp)
+            apiserver3, _ = _apiserver_flareop(cp)
             for who, label in deltas_of(n).items():
                 rows[f"{label} {phase}"] = _operator_delta(
                     *(metrics[who] if who else _summed(*metrics.values()) for metrics in (metrics2, metrics3)),

@@ -72,8 +72,8 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
                     storageClass=None, workspaceSize="2Gi")
         sites.append(site)
     config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "image": "registry.example/flare-runtime:test",
-              "resyncSeconds": 2, "heartbeatSeconds": 5, "workspaceSize": "3Gi", "gateways": sites,
-              "metricsPort": free_port(), "namespaces": [modeller]}
+              "resyncSeconds": 2, "settledResyncSeconds": 10, "heartbeatSeconds": 5, "workspaceSize": "3Gi",
+              "gateways": sites, "metricsPort": free_port(), "namespaces": [modeller]}
     # kwok's nodes carry no custom label: give one GPU node the label org-b's site schedules onto.
     nodes = json.loads(cp.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     cp.kubectl("label", "node", nodes[-1]["metadata"]["name"], "flareop.io/gpu=true", "--overwrite")
@@ -149,6 +149,17 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
         assert _list(cp, "persistentvolumeclaims", modeller), "the server's workspace survives scale to zero"
         cp.kubectl("patch", "computespec", "esm2", "-n", modeller, "--type=merge", "-p", '{"spec":{"active":true}}')
         wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=180)
+
+        # A workload deleted behind the operator's back comes back, though each side applies an
+        # unchanged workload only every settledResyncSeconds: the pass that finds it gone applies it.
+        gone = {modeller: f"{fed}-server", org_a: f"{fed}-{org_a}"}
+        uids = {ns: get(cp, "statefulset", ns, name)["metadata"]["uid"] for ns, name in gone.items()}
+        for ns, name in gone.items():
+            cp.kubectl("delete", "statefulset", name, "-n", ns, "--wait=true")
+        for ns, name in gone.items():
+            wait_for(lambda ns=ns, name=name: (get(cp, "statefulset", ns, name) or {}).get("metadata", {}).get("uid")
+                     not in (None, uids[ns]), timeout=90, message=f"{name} applied again")
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
 
         # Delete: nothing the ComputeSpec created is left anywhere.
         cp.kubectl("delete", "computespec", "esm2", "-n", modeller, "--timeout=120s")

@@ -20,6 +20,11 @@ LABEL_REQUEST_KIND = "flareop.io/request-kind"
 ANNOTATION_KIT = "flareop.io/kit"
 
 
+def kit_digest(kit: bytes) -> str:
+    """The ANNOTATION_KIT value of a client kit."""
+    return hashlib.sha256(kit).hexdigest()[:16]
+
+
 def _short(name: str, limit: int = 63) -> str:
     if len(name) <= limit:
         return name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -148,13 +149,30 @@ def _fmt_path(err) -> str:
     return getattr(err, "json_path", None) or "$" + "".join(f"[{p!r}]" for p in err.absolute_path)
 
 
+# Parsed and checked apps by app.yaml path: (sha256 of its bytes, the App). Every FederatedJob pass
+# and every site's answer loads its app; parsing and schema-checking app.yaml each time was a third
+# of the hub's event-loop time at scale (docs/benchmarks.md §7). Keyed by content, so an edited
+# app.yaml is loaded anew; callers get their own copy.
+_LOADED: dict[Path, tuple[str, App]] = {}
+
+
 def load_app_dir(path: str | os.PathLike) -> App:
     p = Path(path)
     f = p / APP_FILE
-    if not f.is_file():
-        raise CatalogError(f"{p}: no {APP_FILE}")
     try:
-        raw = yaml.safe_load(f.read_text())
+        data = f.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise CatalogError(f"{p}: no {APP_FILE}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    cached = _LOADED.get(f)
+    if cached is None or cached[0] != digest:
+        cached = _LOADED[f] = (digest, _parse_app(p, f, data))
+    return copy.deepcopy(cached[1])
+
+
+def _parse_app(p: Path, f: Path, data: bytes) -> App:
+    try:
+        raw = yaml.safe_load(data.decode())
     except yaml.YAMLError as e:
         raise CatalogError(f"{f}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):

@@ -40,7 +40,13 @@ from ..api.org_policy import ORG_POLICY_NAME, OrgPolicySpec
 from ..builders.federation import client_name
 from ..builders.naming import enforcement_configmap_name
 from ..builders.nvflare_job import app_code_digest, build_from_api, job_name_for, site_app_files
-from ..builders.requests import LABEL_FEDERATION, job_access_request, kit_secret_name
+from ..builders.requests import (
+    ANNOTATION_KIT,
+    LABEL_FEDERATION,
+    job_access_request,
+    kit_digest,
+    kit_secret_name,
+)
 from ..catalog import loader as catalog
 from ..config import OperatorConfig, SiteSettings
 from ..policy import decider, ledger
@@ -54,7 +60,7 @@ from ..runtime.metrics import STATUS_WRITES
 from ..runtime.workloads import ClientWorkload, DatasetLocation, WorkloadRuntime
 from ..status.conditions import Conditions
 from .compute import KIT_KEY, secret_bytes
-from .objects import ObjectView, Passes
+from .objects import Listings, ObjectView, Passes
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +97,26 @@ class Site:
     grant_inputs: dict[str, tuple] = field(default_factory=dict)
     # The kit annotation (builders/requests.py ANNOTATION_KIT) last seen on each request (by uid).
     kits_seen: dict[str, str] = field(default_factory=dict)
+    # Client kits read from the hub, by request uid: (kit_digest, the kit). Used while the request's
+    # kit annotation names the same digest (the hub writes the annotation after the kit).
+    kits: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    # The site's DatasetGrants, JobApprovals and OrgPolicies as recently listed (handlers/objects.py):
+    # the site registry's watch of each kind, and this process's own writes, mark them changed.
+    listings: Listings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.listings = Listings(lambda kind: self.site("list", kind, self.settings.namespace),
+                                 max_age=self.config.resync_seconds)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.passes.lock(uid)
 
     async def site(self, method: str, *args, **kwargs) -> Any:
-        return await asyncio.to_thread(getattr(self.site_kube, method), *args, **kwargs)
+        try:
+            return await asyncio.to_thread(getattr(self.site_kube, method), *args, **kwargs)
+        finally:
+            if method not in ("get", "list", "event") and args:  # a write: a list it may be in is stale now
+                self.listings.changed(args[0] if isinstance(args[0], str) else args[0].get("kind", ""))
 
     async def hub(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.hub_kube, method), *args, **kwargs)
@@ -133,13 +153,13 @@ async def read_grants(site: Site) -> list[GrantView]:
 
 
 async def read_policy(site: Site) -> OrgPolicySpec | None:
-    obj = await site.site("get", "OrgPolicy", site.settings.namespace, ORG_POLICY_NAME)
+    obj = next((o for o in await site.listings.list("OrgPolicy") if o["metadata"]["name"] == ORG_POLICY_NAME), None)
     return OrgPolicySpec.model_validate(obj["spec"]) if obj else None
 
 
 async def read_approvals(site: Site) -> list[ApprovalView]:
     views = []
-    for obj in await site.site("list", "JobApproval", site.settings.namespace):
+    for obj in await site.listings.list("JobApproval"):
         meta = obj["metadata"]
         spec = JobApprovalSpec.model_validate(obj["spec"])
         recorded = (meta.get("annotations") or {}).get(DECIDED_BY)
@@ -459,14 +479,26 @@ class RequestAnswer(ObjectView):
         if ev.decision != Decision.APPROVED:
             await self.site.runtime.remove_client(self.federation, self.site.settings, self._client_name)
             return False, None
-        kit_secret = await self.site.hub("get", "Secret", self.hub_namespace, kit_secret_name(self.name))
-        kit = secret_bytes(kit_secret, KIT_KEY)
+        kit = await self._kit()
         if kit is None:
             return False, None  # the orchestrator provisions once every org approved
         workload = self._workload(kit, ev, grants)
         await self.site.runtime.ensure_client(workload)
         running = self.spec.active and await self.site.runtime.client_running(workload)
         return running, await self.site.runtime.client_problem(workload)
+
+    async def _kit(self) -> bytes | None:
+        """The client kit the hub wrote for this request: read again only when the request's kit
+        annotation names another kit than the one this site holds."""
+        held = self.site.kits.get(self.uid)
+        if held is not None and held[0] == self.annotations.get(ANNOTATION_KIT):
+            return held[1]
+        kit = secret_bytes(await self.site.hub("get", "Secret", self.hub_namespace, kit_secret_name(self.name)), KIT_KEY)
+        if kit is None:
+            self.site.kits.pop(self.uid, None)
+        else:
+            self.site.kits[self.uid] = (kit_digest(kit), kit)
+        return kit
 
     @property
     def _client_name(self) -> str:

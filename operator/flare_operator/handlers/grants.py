@@ -113,7 +113,7 @@ async def checked_grants(site: Site) -> CheckedGrants:
     """Read the site's grants (and, for volume grants under the kubernetes runtime, its claims) and check them."""
     settings = site.settings
     data = site_data(settings, str(site.config.runtime))
-    objects = await site.site("list", "DatasetGrant", settings.namespace)
+    objects = await site.listings.list("DatasetGrant")
     claims: set[str] | None = None
     if data.runtime == KUBERNETES and any(((o.get("spec") or {}).get("dataset") or {}).get("persistentVolumeClaim")
                                           for o in objects):

@@ -395,6 +395,7 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
         async with site.lock(body["metadata"]["uid"]):
             await RequestAnswer(site, dict(body)).release()
         site.answered.pop(body["metadata"]["uid"], None)
+        site.kits.pop(body["metadata"]["uid"], None)
 
     @kopf.on.startup(registry=hub_registry)
     async def start_heartbeat(memo: kopf.Memo, **_) -> None:
@@ -412,11 +413,12 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     # A change to the owner's objects nudges every request at once instead of waiting for the timer
     # (concurrently: each answer holds its own request's turn, and one already waiting absorbs it).
-    async def inputs_changed(event: dict | None = None, **_) -> None:
+    async def inputs_changed(event: dict, **_) -> None:
+        grant = event.get("object") or {}
+        site.listings.changed(grant.get("kind", ""))  # the answers below read this kind anew
         requests = [r for r in await site.hub("list", "AccessRequest", site.settings.hub_namespace)
                     if not r["metadata"].get("deletionTimestamp")]
-        grant = (event or {}).get("object") or {}
-        if grant.get("kind") == "DatasetGrant" and (event or {}).get("type") != "DELETED":
+        if grant.get("kind") == "DatasetGrant" and event.get("type") != "DELETED":
             uid, inputs = grant["metadata"].get("uid"), grant_inputs(grant)
             if site.grant_inputs.get(uid) == inputs:
                 # Only the ledger moved (a job reserved, spent or released epsilon): re-answer only the
@@ -440,6 +442,7 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     @kopf.on.event(GROUP, VERSION, "datasetgrants", registry=site_registry)
     async def grant_changed(**_) -> None:
+        site.listings.changed("DatasetGrant")
         grant_watch.nudge()
 
     @kopf.on.startup(registry=site_registry)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api.kinds import API_VERSION, KINDS
 from ..config import FIELD_MANAGER
-from .metrics import API_REQUESTS
+from .metrics import API_REQUEST_SECONDS, API_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,9 @@ class Kube:
         payload = wire_bytes(body) if content_type == APPLY_PATCH and isinstance(body, dict) else body
         request = self.api.param_serialize(method=method, resource_path=path, query_params=query or None,
                                            header_params=headers, body=payload, auth_settings=["BearerToken"])
-        response = self.api.call_api(*request)
-        response.read()
+        with API_REQUEST_SECONDS.labels(method).time():
+            response = self.api.call_api(*request)
+            response.read()
         if response.status == 404:
             raise NotFound(path)
         if response.status == 409:

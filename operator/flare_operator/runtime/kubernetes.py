@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +145,28 @@ class KubernetesRuntime:
         self.kube = kube
         self._approved_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._admins = AdminSessions()
+        # Workloads this process applied: key -> (digest of their manifests, when). See _wanted.
+        self._applied: dict[tuple[str, ...], tuple[str, float]] = {}
 
     async def _k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
+
+    def _wanted(self, key: tuple[str, ...], manifests: list[dict]) -> str | None:
+        """The digest of one workload's manifests, to apply them and then record it in `_applied` —
+        or None when this process applied the very same ones less than settledResyncSeconds ago
+        (at scale every answer and every ComputeSpec pass re-applied its whole workload, five to
+        eight requests: docs/benchmarks.md §7). A workload found missing is forgotten (`_forget`)
+        and applied by the next pass; anything else changed behind our back is put right within
+        settledResyncSeconds."""
+        wanted = digest(json.dumps(manifests, sort_keys=True, default=str).encode())
+        held = self._applied.get(key)
+        if held is not None and held[0] == wanted and time.monotonic() - held[1] < self.config.settled_resync_seconds:
+            return None
+        return wanted
+
+    def _forget(self, *key: str) -> None:
+        for known in [k for k in self._applied if k[:len(key)] == key]:
+            del self._applied[known]
 
     # --- server -----------------------------------------------------------------------------
 
@@ -155,9 +175,8 @@ class KubernetesRuntime:
         startup, local = split_kit(w.kit)
         startup_secret = naming.kit_secret_name(w.federation, "server")
         local_config = f"{startup_secret}-local"
-        await self._k("apply", _secret(startup_secret, w.namespace, startup, labels, w.owner))
-        await self._k("apply", _configmap(local_config, w.namespace, local, labels, w.owner))
-        for manifest in server_manifests(
+        manifests = [_secret(startup_secret, w.namespace, startup, labels, w.owner),
+                     _configmap(local_config, w.namespace, local, labels, w.owner), *server_manifests(
             fed=w.federation, namespace=w.namespace, spec=w.spec, image=self.config.image,
             image_pull_policy=self.config.image_pull_policy, command=self.config.server_command,
             kit_secret=startup_secret, storage_class=self.config.storage_class, workspace_size=self.config.workspace_size,
@@ -165,8 +184,14 @@ class KubernetesRuntime:
             allow_external_clients=True, operator_namespace=self.config.operator_namespace, local_config=local_config,
             workspace_retention=self.config.workspace_retention,
             **self._external(),
-        ):
+        )]
+        key = ("server", w.namespace, w.federation)
+        wanted = self._wanted(key, manifests)
+        if wanted is None:
+            return
+        for manifest in manifests:
             await self._k("apply", manifest)
+        self._applied[key] = (wanted, time.monotonic())
 
     def _external(self) -> dict:
         ext = self.config.external_server
@@ -191,7 +216,10 @@ class KubernetesRuntime:
         return int(port)
 
     async def server_ready(self, w: ServerWorkload) -> bool:
-        return _ready(await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation)))
+        sts = await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation))
+        if sts is None:
+            self._forget("server", w.namespace, w.federation)
+        return _ready(sts)
 
     async def server_problem(self, w: ServerWorkload) -> str | None:
         if not w.spec.active:
@@ -252,6 +280,7 @@ class KubernetesRuntime:
 
     async def remove_server(self, federation: str, namespace: str) -> None:
         self._admins.drop(federation)
+        self._forget("server", namespace, federation)
         await self._remove(namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "server"})
 
     async def _remove(self, namespace: str, labels: dict) -> None:
@@ -272,24 +301,34 @@ class KubernetesRuntime:
             enforcement_resources(f"{ENFORCEMENT_DIR}/{APPROVED_FILE}", site.org), indent=1)
         startup_secret = naming.kit_secret_name(w.federation, w.client_name)
         local_config = f"{startup_secret}-local"
-        await self._k("apply", _secret(startup_secret, site.namespace, startup, labels, None))
-        await self._k("apply", _configmap(local_config, site.namespace, local, labels, None))
-        # Created empty if absent, never overwritten here: its content is the gateway's decisions.
-        await self.update_approved_jobs(w.federation, site, w.client_name,
-                                        lambda text: readable_or_empty(text, site.org))
         host, port = server_target(startup)
-        for manifest in client_manifests(
+        files = [_secret(startup_secret, site.namespace, startup, labels, None),
+                 _configmap(local_config, site.namespace, local, labels, None)]
+        workload = list(client_manifests(
             fed=w.federation, site=site, spec=w.spec, image=self.config.image,
             image_pull_policy=self.config.image_pull_policy, command=self.config.client_command,
             kit_secret=startup_secret, dataset_mounts=mounts, enforcement_configmap=w.enforcement_configmap, server_host=host,
             fl_port=int(port), owner=None, participant=w.client_name, local_config=local_config,
             workspace_retention=site.workspace_retention,
-        ):
+        ))
+        key = ("client", site.namespace, w.federation, w.client_name)
+        wanted = self._wanted(key, files + workload)
+        if wanted is None:
+            return
+        for manifest in files:
             await self._k("apply", manifest)
+        # Created empty if absent, never overwritten here: its content is the gateway's decisions.
+        await self.update_approved_jobs(w.federation, site, w.client_name,
+                                        lambda text: readable_or_empty(text, site.org))
+        for manifest in workload:
+            await self._k("apply", manifest)
+        self._applied[key] = (wanted, time.monotonic())
 
     async def client_running(self, w: ClientWorkload) -> bool:
-        return _ready(await self._k("get", "StatefulSet", w.site.namespace,
-                                    naming.client_name(w.federation, w.site.site)))
+        sts = await self._k("get", "StatefulSet", w.site.namespace, naming.client_name(w.federation, w.site.site))
+        if sts is None:
+            self._forget("client", w.site.namespace, w.federation, w.client_name)
+        return _ready(sts)
 
     async def client_problem(self, w: ClientWorkload) -> str | None:
         """The client Pod's state, else whether the server endpoint in its kit resolves: an external
@@ -308,6 +347,7 @@ class KubernetesRuntime:
         return await asyncio.to_thread(_unresolvable, host, port)
 
     async def remove_client(self, federation: str, site: SiteSettings, client_name: str) -> None:
+        self._forget("client", site.namespace, federation, client_name)
         await self._remove(site.namespace, {LABEL_FEDERATION: federation, "app.kubernetes.io/component": "client"})
 
     async def update_approved_jobs(self, federation: str, site: SiteSettings, client_name: str,

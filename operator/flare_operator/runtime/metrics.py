@@ -12,6 +12,9 @@ RECONCILE_SECONDS = Histogram("flareop_reconcile_duration_seconds", "Time one re
                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 API_REQUESTS = Counter("flareop_api_requests_total", "Requests the operator made to Kubernetes API servers",
                        ["verb"])
+API_REQUEST_SECONDS = Histogram("flareop_api_request_duration_seconds",
+                                "Time one Kubernetes API request takes, queueing for a connection included",
+                                ["verb"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 STATUS_WRITES = Counter("flareop_status_writes_total", "Status patches (only written when something changed)",
                         ["kind"])
 
