@@ -36,7 +36,8 @@ Printed per N (YAML, like compute_reconcile.py), from watches (no polling) and /
   ServerUnreachable: handlers/run.py `Run.step` found the job admitted and the federation
   provisioned and asked `runtime.admin()` for the FLARE API session — the submission itself is
   the only step missing. That is what "submitted" means here;
-- for each of the two processes, its RSS and CPU every second (/proc/<pid>/status, /proc/<pid>/stat):
+- for each of the two processes, its RSS and CPU every second (its child processes included: the hub
+  operator's provisioner process, main.py) (/proc/<pid>/status, /proc/<pid>/stat):
   at gateways registered, peak, after the batch, a slope over the last part (the settle window: 20 s
   with no new input) and a flat/growing verdict, threads and sockets; for the gateways process also
   RSS per gateway (RSS / N, the process's base included, and the batch's growth / N); the control
@@ -75,8 +76,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")]))
 
+from flare_operator.api.access_request import ANNOTATION_KIT  # noqa: E402
 from flare_operator.builders import naming  # noqa: E402
-from flare_operator.builders.requests import ANNOTATION_KIT  # noqa: E402
 from flare_operator.config import LABEL_ORG  # noqa: E402
 from tests.operator_harness import (  # noqa: E402
     OperatorProcess,
@@ -158,8 +159,23 @@ def _threads_sockets(pid: int) -> tuple[int, int]:
     return threads, sockets
 
 
+def _tree(pid: int) -> list[int]:
+    """A process and its descendants (the hub operator's provisioner process: main.py)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                pass
+    return found
+
+
 class ProcSampler(threading.Thread):
-    """Every second: one operator process's RSS and CPU seconds, the control plane's and this process's CPU."""
+    """Every second: one operator process's RSS and CPU seconds (its child processes included), the
+    control plane's and this process's CPU."""
 
     def __init__(self, op_pid: int, cp_pids: list[int], t0: float):
         super().__init__(daemon=True, name="proc-sampler")
@@ -172,6 +188,9 @@ class ProcSampler(threading.Thread):
         rss, cpu = _rss_mib(self.op_pid), _cpu_seconds(self.op_pid)
         if rss is None or cpu is None:
             return
+        for child in _tree(self.op_pid)[1:]:
+            rss += _rss_mib(child) or 0.0
+            cpu += _cpu_seconds(child) or 0.0
         cp = sum(c for c in (_cpu_seconds(p) for p in self.cp_pids) if c is not None)
         own = _cpu_seconds(os.getpid()) or 0.0
         self.rows.append((time.monotonic() - self.t0, rss, cpu, cp, own, os.getloadavg()[0], *_threads_sockets(self.op_pid)))

@@ -171,7 +171,9 @@ class OperatorConfig(_Config):
     # A site re-answers a settled AccessRequest (decided for its current content, and a Compute
     # request's client reported running: status/requests.py) this often instead of every
     # resync_seconds; changes to the request or to the site's grants, policy and approvals still
-    # answer it at once.
+    # answer it at once. Also how often an unchanged workload (server, client: StatefulSet, Service,
+    # NetworkPolicy, kit Secret, ConfigMaps) is applied again, which puts right what someone changed
+    # behind the operator's back; one found missing is applied at once (runtime/kubernetes.py).
     settled_resync_seconds: float = Field(60.0, gt=0)
     # Threads that carry the operator's Kubernetes calls (the client blocks; handlers await it in
     # this pool), and connections kept open per API server. asyncio's default pool has

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import signal
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from .config import OperatorConfig, OperatorMode
@@ -51,10 +52,13 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     # name, registry, namespaces, Kopf settings
     operators: list[tuple[str, kopf.OperatorRegistry, list[str], kopf.OperatorSettings]] = []
     webhook_certs: list[Path] = []
+    provisioner: ProcessPoolExecutor | None = None
     if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
         from .store.results import store_from_config
 
-        hub = Hub(config=config, kube=kube, runtime=runtime,
+        # One process of its own provisions the NVFlare projects (handlers/compute.py Hub.provisioner).
+        provisioner = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        hub = Hub(config=config, kube=kube, runtime=runtime, provisioner=provisioner,
                   results_store=store_from_config(config.results_store, config.workdir))
         registry, answers = orchestrator_registry(hub, kubeconfig)
         operators.append(("orchestrator", registry, list(config.namespaces), operator_settings(config)))
@@ -101,6 +105,8 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
         stop_flag.set_result(None)
     await asyncio.gather(*tasks, return_exceptions=True)
     await runtime.close()
+    if provisioner is not None:
+        provisioner.shutdown(wait=False, cancel_futures=True)
     waiter.cancel()
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from flare_operator.api.access_request import ANNOTATION_KIT
 from flare_operator.status.requests import answer_settled, grant_inputs, moved_by_ledger
 
 
 def request(kind: str = "Compute", *, generation: int = 3, observed: int | None = 3, decision: str | None = "Approved",
             decided: str | None = "h1", content: str = "h1", client_ready: bool | None = True, active: bool = True,
-            outcome: dict | None = None) -> dict:
+            outcome: dict | None = None, kit: str | None = "0123abcd") -> dict:
     spec = {"source": {"kind": kind}, "contentHash": content, "active": active}
     if outcome is not None:
         spec["outcome"] = outcome
     status = {"observedGeneration": observed, "decision": decision, "decidedHash": decided, "clientReady": client_ready}
-    return {"metadata": {"generation": generation}, "spec": spec,
+    meta = {"generation": generation, **({"annotations": {ANNOTATION_KIT: kit}} if kit else {})}
+    return {"metadata": meta, "spec": spec,
             "status": {k: v for k, v in status.items() if v is not None}}
 
 
@@ -22,6 +24,7 @@ def request(kind: str = "Compute", *, generation: int = 3, observed: int | None 
     (request(), True),  # approved, client running
     (request(client_ready=False), False),  # the client has yet to start: keep looking
     (request(client_ready=None), False),
+    (request(client_ready=False, kit=None), True),  # no kit yet: the hub's kit annotation will answer it
     (request(client_ready=False, active=False), True),  # scaled to zero, as asked
     (request(decision="Rejected", client_ready=None), True),
     (request(decision="Pending"), False),  # waiting for a person or a budget

@@ -29,6 +29,10 @@ from .common import (
 from .compute import ComputeSpecSpec
 from .job import Aggregation, DifferentialPrivacy, FederatedJobSpec
 
+# On a Compute AccessRequest: a digest of the client kit the hub wrote for it (builders/requests.py
+# kit_digest); the site answers when it changes instead of finding the kit at its next resync.
+ANNOTATION_KIT = "flareop.io/kit"
+
 
 class RequestKind(StrEnum):
     COMPUTE = "Compute"

@@ -15,13 +15,10 @@ LABEL_FEDERATION = "flareop.io/federation"
 LABEL_SOURCE_NAMESPACE = "flareop.io/source-namespace"
 LABEL_SOURCE_NAME = "flareop.io/source-name"
 LABEL_REQUEST_KIND = "flareop.io/request-kind"
-# On a Compute AccessRequest: a digest of the client kit the hub wrote for it (the site answers when
-# it changes instead of finding the kit at its next resync).
-ANNOTATION_KIT = "flareop.io/kit"
 
 
 def kit_digest(kit: bytes) -> str:
-    """The ANNOTATION_KIT value of a client kit."""
+    """The value of a client kit's annotation on its request (api/access_request.py ANNOTATION_KIT)."""
     return hashlib.sha256(kit).hexdigest()[:16]
 
 

@@ -12,10 +12,12 @@ import base64
 import hashlib
 import json
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from ..api.access_request import ANNOTATION_KIT
 from ..api.common import Decision
 from ..api.compute import ComputeSpecSpec, ComputeSpecStatus
 from ..api.conditions import ConditionType, Reason
@@ -23,7 +25,6 @@ from ..api.kinds import API_VERSION
 from ..builders import naming
 from ..builders.federation import ADMIN_IDENTITY, FederationPlan, client_name
 from ..builders.requests import (
-    ANNOTATION_KIT,
     LABEL_FEDERATION,
     compute_access_request,
     datasets_by_org,
@@ -67,6 +68,10 @@ class Hub:
     site_watches: dict[str, SiteWatch] = field(default_factory=dict)  # NVFlare job id -> its sites without it
     # (namespace, name) -> (digest of the object applied, its uid and generation then): see apply_changed
     applied: dict[tuple[str, str], tuple[str, str, int]] = field(default_factory=dict)
+    # Where NVFlare projects are provisioned: main.py gives a process of its own (RSA key generation
+    # holds the GIL: in a thread it stalled every other pass of the hub, docs/benchmarks.md §7);
+    # None: the default thread pool.
+    provisioner: Executor | None = None
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.passes.lock(uid)
@@ -295,7 +300,8 @@ class Federation(ObjectView):
         admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])
         if wanted != plan or not stored_plan or server_kit is None or admin_kit is None:
             log.info("provisioning %s with clients %s", self.fed, sorted(clients))
-            result = await asyncio.to_thread(provision, wanted, secret_bytes(ca, CA_KEY))
+            result = await asyncio.get_running_loop().run_in_executor(self.hub.provisioner, provision, wanted,
+                                                                      secret_bytes(ca, CA_KEY))
             plan_json = _plan_to_json(wanted).encode()
             await self.hub.k("apply", secret(names["ca"], self.namespace, {CA_KEY: result.ca_state, PLAN_KEY: plan_json},
                                              labels=self.labels, owner=self.owner))

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import __version__
 from ..api.access_request import (
+    ANNOTATION_KIT,
     AccessRequestSpec,
     AccessRequestStatus,
     RequestKind,
@@ -41,7 +42,6 @@ from ..builders.federation import client_name
 from ..builders.naming import enforcement_configmap_name
 from ..builders.nvflare_job import app_code_digest, build_from_api, job_name_for, site_app_files
 from ..builders.requests import (
-    ANNOTATION_KIT,
     LABEL_FEDERATION,
     job_access_request,
     kit_digest,

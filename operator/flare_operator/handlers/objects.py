@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..api.base import ApiModel
 
@@ -26,6 +26,22 @@ class ObjectView:
         self.annotations = meta.get("annotations") or {}
         self.spec = self.spec_model.model_validate(body["spec"])
         self.previous = self.status_model.model_validate(self.status_model.own_fields(body.get("status")))
+
+
+def seen_change(seen: dict[str, Any], event: dict, value: Callable[[dict], Any]) -> dict | None:
+    """The event's object when ``value`` of it differs from what the previous event of the same
+    object (by uid) carried, else None; ``seen`` keeps the values by uid. The first event of an
+    object (a listing, at start) only records; a DELETED event forgets."""
+    obj = event.get("object") or {}
+    uid = (obj.get("metadata") or {}).get("uid")
+    if not uid:
+        return None
+    if event.get("type") == "DELETED":
+        seen.pop(uid, None)
+        return None
+    now, before = value(obj), seen.get(uid)
+    seen[uid] = now
+    return obj if before is not None and before != now else None
 
 
 class Passes:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import kopf
 
+from ..api.access_request import ANNOTATION_KIT
 from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
-from ..builders.requests import ANNOTATION_KIT, LABEL_REQUEST_KIND
+from ..builders.requests import LABEL_REQUEST_KIND
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
 from ..status.requests import answer_settled, grant_inputs, moved_by_ledger
@@ -29,6 +30,7 @@ from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
 from .liveness import SeatsCache, check_gateway
+from .objects import seen_change
 from .run import Run, abort_if_running, expire_if_due
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,10 @@ def _answer(request: dict) -> tuple:
             status.get("clientMessage"))
 
 
+def _kit_of(request: dict) -> str:
+    return ((request.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_KIT, "")
+
+
 class AnswerWatch:
     """Reconciles a FederatedJob or ComputeSpec as soon as one of its AccessRequests changes
     answer, instead of at the next resync: the last approval → submission path (issue 18).
@@ -175,16 +181,8 @@ class AnswerWatch:
         self.nudges = 0
 
     async def event(self, event: dict, **_) -> None:
-        request = event.get("object") or {}
-        uid = (request.get("metadata") or {}).get("uid")
-        if not uid:
-            return
-        if event.get("type") == "DELETED":
-            self.seen.pop(uid, None)
-            return
-        answer, before = _answer(request), self.seen.get(uid)
-        self.seen[uid] = answer
-        if before is None or before == answer:
+        request = seen_change(self.seen, event, _answer)
+        if request is None:
             return
         source = (request.get("spec") or {}).get("source") or {}
         kind, reconcile = self.sources.get(source.get("kind", ""), (None, None))
@@ -195,7 +193,7 @@ class AnswerWatch:
         if obj is None or obj["metadata"].get("uid") != source.get("uid"):
             return  # the source is gone, or this request is for an earlier object of that name
         log.debug("%s %s/%s: %s answered %s; reconciling now", kind, source["namespace"], source["name"],
-                  request["metadata"]["namespace"], answer[0])
+                  request["metadata"]["namespace"], _answer(request)[0])
         self.nudges += 1
         await reconcile(body=obj)
 
@@ -377,17 +375,8 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
         """The hub wrote this request's client kit (a new annotation): answer now, so the client
         starts without waiting for the resync. The first event of each request (a listing, at
         start) only records what it carries; its resume handler answers it."""
-        obj = event.get("object") or {}
-        uid = (obj.get("metadata") or {}).get("uid")
-        if not uid:
-            return
-        if event.get("type") == "DELETED":
-            site.kits_seen.pop(uid, None)
-            return
-        kit = ((obj.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_KIT, "")
-        before = site.kits_seen.get(uid)
-        site.kits_seen[uid] = kit
-        if before is not None and kit and kit != before:
+        obj = seen_change(site.kits_seen, event, _kit_of)
+        if obj is not None and _kit_of(obj):
             await answer(body=obj)
 
     @kopf.on.delete(*requests, registry=hub_registry)

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 
-from ..api.access_request import RequestKind
+from ..api.access_request import ANNOTATION_KIT, RequestKind
 from ..api.common import Decision
 
 
 def answer_settled(body: dict) -> bool:
     """The site answered this generation and content, with a final decision, and (a Compute request
-    it approved while active) reported its client running."""
+    it approved while active) reported its client running — or has no client kit yet: the hub's kit
+    annotation (ANNOTATION_KIT) is an event that answers it, so waiting for provisioning needs no
+    resync."""
     meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
     if status.get("observedGeneration") != meta.get("generation"):
         return False
@@ -31,7 +33,9 @@ def answer_settled(body: dict) -> bool:
     if decision != Decision.APPROVED:
         return False
     compute = (spec.get("source") or {}).get("kind") == RequestKind.COMPUTE
-    return not (compute and spec.get("active", True) and spec.get("outcome") is None and not status.get("clientReady"))
+    kit = ANNOTATION_KIT in (meta.get("annotations") or {})
+    return not (compute and spec.get("active", True) and spec.get("outcome") is None and kit
+                and not status.get("clientReady"))
 
 
 def grant_inputs(grant: dict) -> tuple:
