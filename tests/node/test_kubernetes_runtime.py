@@ -335,10 +335,12 @@ def test_bad_input_ends_in_a_condition_and_an_event_that_name_the_cause(real_nod
         # The image does not exist: the server's and both clients' Pods cannot start; the status and a
         # Warning Event say so, and a job waits in Pending with that reason.
         apply(cp, compute_obj("esm2", [(a, "scl-a"), (b, "scl-b")]))
+        # Wait for all three Pods' failures: each side reports its own as it finds it, and a Pod's first
+        # problem may pass (its workspace claim not bound yet).
         cond = wait_for(lambda: (c := ready_condition(cp, m, "esm2")).get("reason") == "WorkloadFailing"
-                        and "server: " in c["message"] and a in c["message"] and b in c["message"] and c,
+                        and "server: " in c["message"] and a in c["message"] and b in c["message"]
+                        and c["message"].count("ErrImageNeverPull") == 3 and c,
                         timeout=240, message="the ComputeSpec names the failing server and clients")
-        assert cond["message"].count("ErrImageNeverPull") == 3, cond["message"]
         assert "runtime:does-not-exist" in cond["message"]
         wait_for(lambda: "WorkloadFailing: " in warning_events(cp, m, "esm2") and "ErrImageNeverPull" in warning_events(cp, m, "esm2"),
                  timeout=60, message="a Warning Event on the ComputeSpec names the cause")
