@@ -403,16 +403,17 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
     # A change to the owner's objects nudges every request at once instead of waiting for the timer
     # (concurrently: each answer holds its own request's turn, and one already waiting absorbs it).
     async def inputs_changed(event: dict, **_) -> None:
-        grant = event.get("object") or {}
-        site.listings.changed(grant.get("kind", ""))  # the answers below read this kind anew
+        obj = event.get("object") or {}
+        # The answers below read this kind anew (for grants, also the grant checks: GrantWatch).
+        site.listings.changed(obj.get("kind", ""))
         requests = [r for r in await site.hub("list", "AccessRequest", site.settings.hub_namespace)
                     if not r["metadata"].get("deletionTimestamp")]
-        if grant.get("kind") == "DatasetGrant" and event.get("type") != "DELETED":
-            uid, inputs = grant["metadata"].get("uid"), grant_inputs(grant)
+        if obj.get("kind") == "DatasetGrant" and event.get("type") != "DELETED":
+            uid, inputs = obj["metadata"].get("uid"), grant_inputs(obj)
             if site.grant_inputs.get(uid) == inputs:
                 # Only the ledger moved (a job reserved, spent or released epsilon): re-answer only the
                 # requests a ledger can change, not every request of the site (status/requests.py).
-                requests = [r for r in requests if moved_by_ledger(r, grant)]
+                requests = [r for r in requests if moved_by_ledger(r, obj)]
             site.grant_inputs[uid] = inputs
         for request, outcome in zip(requests, await asyncio.gather(*(answer(body=r) for r in requests),
                                                                    return_exceptions=True), strict=True):
@@ -431,7 +432,6 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     @kopf.on.event(GROUP, VERSION, "datasetgrants", registry=site_registry)
     async def grant_changed(**_) -> None:
-        site.listings.changed("DatasetGrant")
         grant_watch.nudge()
 
     @kopf.on.startup(registry=site_registry)
