@@ -71,7 +71,7 @@ from flare_operator.builders.nvflare_job import (  # noqa: E402
     sites_for,
     write_job,
 )
-from flare_operator.builders.requests import datasets_by_org  # noqa: E402
+from flare_operator.builders.requests import LABEL_REQUEST_KIND, LABEL_SOURCE_NAME, datasets_by_org  # noqa: E402
 from flare_operator.catalog import load_app  # noqa: E402
 from tests.e2e.conftest import BASE_PARAMS, DATA_ARGS  # noqa: E402
 from tests.operator_harness import (  # noqa: E402
@@ -267,11 +267,26 @@ class Bench:
                     seen.setdefault("end", now)
                     w.stop()
 
+        approvals: dict[str, float] = {}  # AccessRequest -> when the watch first saw it Approved for its content
+
+        def follow_approvals() -> None:  # each org's answer to this job, as the operator's watch would see it
+            w = kwatch.Watch()
+            for event in w.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, "accessrequests",
+                                  label_selector=f"{LABEL_SOURCE_NAME}={name},{LABEL_REQUEST_KIND}=Job",
+                                  timeout_seconds=int(timeout)):
+                obj, now = event["object"], time.time()
+                status, spec = obj.get("status") or {}, obj.get("spec") or {}
+                if status.get("decision") == "Approved" and status.get("decidedHash") == spec.get("contentHash"):
+                    approvals.setdefault(obj["metadata"]["namespace"], now)
+                if "end" in seen:
+                    w.stop()
+
         files = self.approval_files() if self.approval_files else []
         in_file: dict[Path, float] = {}  # kubernetes: when each client Pod's approved-jobs file listed the job
         load, (op0, cp0), log0 = os.getloadavg()[0], self.cpu(), self.op_log_size()
         thread = threading.Thread(target=follow, daemon=True)
         thread.start()
+        threading.Thread(target=follow_approvals, daemon=True).start()
         time.sleep(0.5)  # the watch is open before the job exists
         t0 = time.time()
         uid = self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "federatedjobs", body)["metadata"]["uid"]
@@ -302,6 +317,9 @@ class Bench:
         done = seen["end"] - t0
         row = {"arm": "a", "name": name, "job_id": job_id, "content_hash": status.get("contentHash"),
                "to_server_accepted": float(meta["submit_time"]) - t0, "submitted_seen": seen["job_id"] - t0,
+               # the issue's "approval -> submission": the last org's approval (as a watch saw it) -> NVFlare accepted
+               "approval_to_accepted": (float(meta["submit_time"]) - max(approvals.values())
+                                        if len(approvals) == len(ORGS) else None),
                "started": self._started(meta, t0),
                "first_round": seen.get("round>=1", seen["end"]) - t0, "first_round_server": watch.round0,
                "flare_finished": watch.finished, "done": done, "operator_cpu": op1 - op0,
@@ -431,6 +449,7 @@ def report(rows: list[dict], args, load: tuple[float, float]) -> None:
         line("first round, as seen: currentRound>=1 | metrics.json", "first_round")
         line("first round in the server's metrics.json (round 0)", "first_round_server")
     line("NVFlare accepted the job (meta submit_time)", "to_server_accepted")
+    line("(a) last org's approval (watch) -> NVFlare accepted", "approval_to_accepted")
     if kubernetes:
         line("  accepted -> started at the sites (meta start_time)", "to_started")
         line("(a) create -> approval in both client Pods' files", "in_pod_files")

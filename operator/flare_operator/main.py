@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import signal
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .config import OperatorConfig, OperatorMode
 from .runtime.kube import Kube
+from .runtime.worker import OnDemandProcess
 from .runtime.workloads import ProcessRuntime, WorkloadRuntime
 
 log = logging.getLogger("flare_operator")
+PROVISIONER_IDLE_SECONDS = 60.0  # the provisioner process stops this long after its last task
 
 
 def make_runtime(config: OperatorConfig, kube: Kube) -> WorkloadRuntime:
@@ -52,12 +53,13 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     # name, registry, namespaces, Kopf settings
     operators: list[tuple[str, kopf.OperatorRegistry, list[str], kopf.OperatorSettings]] = []
     webhook_certs: list[Path] = []
-    provisioner: ProcessPoolExecutor | None = None
+    provisioner: OnDemandProcess | None = None
     if config.mode in (OperatorMode.ORCHESTRATOR, OperatorMode.ALL):
         from .store.results import store_from_config
 
-        # One process of its own provisions the NVFlare projects (handlers/compute.py Hub.provisioner).
-        provisioner = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        # A process of its own provisions the NVFlare projects (handlers/compute.py Hub.provisioner),
+        # there only while it has work: ≈ 60 MiB the orchestrator does not hold between batches.
+        provisioner = OnDemandProcess(idle_seconds=PROVISIONER_IDLE_SECONDS)
         hub = Hub(config=config, kube=kube, runtime=runtime, provisioner=provisioner,
                   results_store=store_from_config(config.results_store, config.workdir))
         registry, answers = orchestrator_registry(hub, kubeconfig)
