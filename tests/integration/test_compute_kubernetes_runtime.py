@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from flare_operator.api.access_request import ANNOTATION_KIT
+from flare_operator.builders.requests import kit_secret_name
 from tests.operator_harness import (
     Consortium,
     OperatorProcess,
@@ -161,6 +163,16 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
                      not in (None, uids[ns]), timeout=90, message=f"{name} applied again")
         wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
 
+        # A kit the hub never handed over (no kit annotation on its request: a pass that failed or was
+        # killed between the CA state and the kits) is handed over on the next pass.
+        request = f"compute-{modeller}-esm2"
+        cp.kubectl("annotate", "accessrequest", request, "-n", org_a, f"{ANNOTATION_KIT}-")
+        cp.kubectl("delete", "secret", kit_secret_name(request), "-n", org_a)
+        wait_for(lambda: get(cp, "secret", org_a, kit_secret_name(request)) is not None
+                 and (get(cp, "accessrequest", org_a, request)["metadata"].get("annotations") or {}).get(ANNOTATION_KIT),
+                 timeout=60, message="the kit handed over again")
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
+
         # Delete: nothing the ComputeSpec created is left anywhere.
         cp.kubectl("delete", "computespec", "esm2", "-n", modeller, "--timeout=120s")
         for ns in (modeller, org_a, org_b):
@@ -178,8 +190,9 @@ def test_the_sites_start_their_clients_when_their_kits_are_written_not_at_a_resy
     """Every step from a ComputeSpec to its client StatefulSets is event-driven: the sites answer
     their requests on create, the hub reconciles on their answers (AnswerWatch), provisions, and
     marks each request with its kit's digest (builders/requests.py ANNOTATION_KIT), on which each
-    site converges its client. With a 600 s resync, a site that waited for its timer to find its kit
-    would not start its client within this test's timeout. Not timed: the resync is what it tells apart."""
+    site converges its client; its client's StatefulSet and Pod events report it running. With a
+    600 s resync, a site that waited for its timer to find its kit or its client's readiness would
+    not get there within this test's timeouts. Not timed: the resync is what it tells apart."""
     cp, c = control_plane, consortium
     org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.org("modeller")
     sites = []
@@ -200,6 +213,11 @@ def test_the_sites_start_their_clients_when_their_kits_are_written_not_at_a_resy
                      message=f"{org}'s client StatefulSet (resync 600 s)")
             request = get(cp, "accessrequest", org, f"compute-{modeller}-esm2")
             assert request["metadata"]["annotations"].get("flareop.io/kit"), request["metadata"]
+        # Each client's StatefulSet and Pod becoming ready are events at its site, which reports the
+        # client running at once; the hub sees every client running and the ComputeSpec is Ready.
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
+        for org in (org_a, org_b):
+            assert get(cp, "accessrequest", org, f"compute-{modeller}-esm2")["status"]["clientReady"] is True
     except BaseException:
         print(op.tail(80))
         raise

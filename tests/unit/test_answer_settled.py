@@ -10,11 +10,12 @@ from flare_operator.status.requests import answer_settled, grant_inputs, moved_b
 
 def request(kind: str = "Compute", *, generation: int = 3, observed: int | None = 3, decision: str | None = "Approved",
             decided: str | None = "h1", content: str = "h1", client_ready: bool | None = True, active: bool = True,
-            outcome: dict | None = None, kit: str | None = "0123abcd") -> dict:
+            outcome: dict | None = None, kit: str | None = "0123abcd", client_message: str | None = None) -> dict:
     spec = {"source": {"kind": kind}, "contentHash": content, "active": active}
     if outcome is not None:
         spec["outcome"] = outcome
-    status = {"observedGeneration": observed, "decision": decision, "decidedHash": decided, "clientReady": client_ready}
+    status = {"observedGeneration": observed, "decision": decision, "decidedHash": decided, "clientReady": client_ready,
+              "clientMessage": client_message}
     meta = {"generation": generation, **({"annotations": {ANNOTATION_KIT: kit}} if kit else {})}
     return {"metadata": meta, "spec": spec,
             "status": {k: v for k, v in status.items() if v is not None}}
@@ -39,6 +40,17 @@ def request(kind: str = "Compute", *, generation: int = 3, observed: int | None 
 ])
 def test_answer_settled(body: dict, settled: bool):
     assert answer_settled(body) is settled
+
+
+@pytest.mark.parametrize(("body", "settled"), [
+    (request(client_ready=False), True),  # starting: its StatefulSet's and Pod's events answer it
+    (request(client_ready=False, client_message="Pod org-a/c-0 cannot be scheduled"), False),  # look again
+    (request(client_ready=False, kit=None), True),
+    (request(), True),
+    (request(decision="Pending"), False),
+])
+def test_answer_settled_where_the_site_answers_on_its_clients_events(body: dict, settled: bool):
+    assert answer_settled(body, client_events=True) is settled
 
 
 def grant_obj(ledger: list[dict] | None = None, *, dataset: str = "scl", conditions: list[dict] | None = None,

@@ -150,8 +150,8 @@ def _fmt_path(err) -> str:
 
 
 # Parsed and checked apps by app.yaml path: (sha256 of its bytes, the App). Every FederatedJob pass
-# and every site's answer loads its app; parsing and schema-checking app.yaml each time was a third
-# of the hub's event-loop time at scale (docs/benchmarks.md §7). Keyed by content, so an edited
+# and every site's answer loads its app; parsing and schema-checking app.yaml each time was half of
+# the hub's event-loop samples at scale (docs/benchmarks.md §7). Keyed by content, so an edited
 # app.yaml is loaded anew; callers get their own copy.
 _LOADED: dict[Path, tuple[str, App]] = {}
 

@@ -298,8 +298,14 @@ class Federation(ObjectView):
         wanted = plan.with_clients(clients, await self._connect_to(plan, set(requests) & remote))
         server_kit = await self.hub.k("get", "Secret", self.namespace, names["server"])
         admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])
-        if wanted != plan or not stored_plan or server_kit is None or admin_kit is None:
-            log.info("provisioning %s with clients %s", self.fed, sorted(clients))
+        # A request without its kit annotation never got its kit (the annotation is written after the
+        # kit: a pass that failed or was killed in between, or a request from before the annotation).
+        # Provisioning again from the stored CA state re-keys nothing and writes every kit.
+        unmarked = sorted(org for org, r in requests.items()
+                          if not (r["metadata"].get("annotations") or {}).get(ANNOTATION_KIT))
+        if wanted != plan or not stored_plan or server_kit is None or admin_kit is None or unmarked:
+            log.info("provisioning %s with clients %s%s", self.fed, sorted(clients),
+                     f" (no kit handed to {', '.join(unmarked)} yet)" if stored_plan and unmarked else "")
             result = await asyncio.get_running_loop().run_in_executor(self.hub.provisioner, provision, wanted,
                                                                       secret_bytes(ca, CA_KEY))
             plan_json = _plan_to_json(wanted).encode()

@@ -97,6 +97,8 @@ class Site:
     grant_inputs: dict[str, tuple] = field(default_factory=dict)
     # The kit annotation (builders/requests.py ANNOTATION_KIT) last seen on each request (by uid).
     kits_seen: dict[str, str] = field(default_factory=dict)
+    # The state of each client StatefulSet and Pod (by uid) as last seen (kubernetes runtime).
+    clients_seen: dict[str, tuple] = field(default_factory=dict)
     # Client kits read from the hub, by request uid: (kit_digest, the kit). Used while the request's
     # kit annotation names the same digest (the hub writes the annotation after the kit).
     kits: dict[str, tuple[str, bytes]] = field(default_factory=dict)

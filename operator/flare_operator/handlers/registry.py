@@ -20,11 +20,13 @@ from pathlib import Path
 import kopf
 
 from ..api.access_request import ANNOTATION_KIT
+from ..api.gateway import RuntimeKind
 from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
-from ..builders.requests import LABEL_REQUEST_KIND
+from ..builders.requests import LABEL_FEDERATION, LABEL_REQUEST_KIND
 from ..config import FINALIZER, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
+from ..status.pods import pod_problem, statefulset_ready
 from ..status.requests import answer_settled, grant_inputs, moved_by_ledger
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
@@ -158,6 +160,15 @@ def _answer(request: dict) -> tuple:
     status = request.get("status") or {}
     return (status.get("decision") or "Pending", status.get("decidedHash"), status.get("clientReady"),
             status.get("clientMessage"))
+
+
+def _client_state(obj: dict) -> tuple:
+    """What of a client's StatefulSet or Pod its Compute request's answer reads: ready, or failing."""
+    if obj.get("kind") == "Pod":
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (obj.get("status") or {}).get("conditions") or [])
+        return ready, pod_problem(obj)
+    return (statefulset_ready(obj),)
 
 
 def _kit_of(request: dict) -> str:
@@ -367,7 +378,8 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
     async def resync(body: kopf.Body, **_) -> None:
         """The timer: a settled answer (status/requests.py) only every settledResyncSeconds."""
         last = site.answered.get(body["metadata"]["uid"])
-        if last is not None and answer_settled(body) and time.monotonic() - last < site.config.settled_resync_seconds:
+        settled = answer_settled(body, client_events=site.settings.runtime == RuntimeKind.KUBERNETES)
+        if last is not None and settled and time.monotonic() - last < site.config.settled_resync_seconds:
             return
         await answer(body=body)
 
@@ -426,6 +438,22 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
 
     for plural in ("datasetgrants", "orgpolicies", "jobapprovals"):
         kopf.on.event(GROUP, VERSION, plural, registry=site_registry)(inputs_changed)
+
+    if site.settings.runtime == RuntimeKind.KUBERNETES:
+        # The site's clients (StatefulSet ready, Pod ready or failing) answer their Compute requests
+        # at once: waiting for a client to start needs no resync (status/requests.py answer_settled).
+        async def client_changed(event: dict, **_) -> None:
+            obj = seen_change(site.clients_seen, event, _client_state)
+            if obj is None:
+                return
+            federation = obj["metadata"]["labels"][LABEL_FEDERATION]
+            requests = await site.hub("list", "AccessRequest", site.settings.hub_namespace,
+                                      labels={LABEL_FEDERATION: federation, LABEL_REQUEST_KIND: "Compute"})
+            await asyncio.gather(*(answer(body=r) for r in requests if not r["metadata"].get("deletionTimestamp")))
+
+        client_labels = {"app.kubernetes.io/component": "client", LABEL_FEDERATION: kopf.PRESENT}
+        kopf.on.event("apps", "v1", "statefulsets", registry=site_registry, labels=client_labels)(client_changed)
+        kopf.on.event("v1", "pods", registry=site_registry, labels=client_labels)(client_changed)
 
     # Each DatasetGrant's Valid/Ready conditions (handlers/grants.py): a loop per site, woken by any
     # grant event — not a Kopf timer, which would put the operator's finalizer on the owner's grants.

@@ -35,7 +35,7 @@ from ..config import OperatorConfig, SiteSettings
 from ..nvflare.admin import FlareAdmin, FlareUnavailable
 from ..nvflare.provisioning import unpack_kit
 from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
-from ..status.pods import pod_problem
+from ..status.pods import pod_problem, statefulset_ready
 from .admin_route import LocalRelay, admin_port, dial_direct, dial_port_forward, route_kit_through
 from .kube import Kube, NotFound
 from .workloads import (
@@ -132,13 +132,6 @@ def _configmap(name: str, namespace: str, files: dict[str, str], labels: dict, o
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": files}
 
 
-def _ready(sts: dict | None) -> bool:
-    if not sts:
-        return False
-    wanted = sts["spec"].get("replicas", 1)
-    return wanted > 0 and (sts.get("status") or {}).get("readyReplicas", 0) >= wanted
-
-
 class KubernetesRuntime:
     def __init__(self, config: OperatorConfig, kube: Kube):
         self.config = config
@@ -219,7 +212,7 @@ class KubernetesRuntime:
         sts = await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation))
         if sts is None:
             self._forget("server", w.namespace, w.federation)
-        return _ready(sts)
+        return statefulset_ready(sts)
 
     async def server_problem(self, w: ServerWorkload) -> str | None:
         if not w.spec.active:
@@ -328,7 +321,7 @@ class KubernetesRuntime:
         sts = await self._k("get", "StatefulSet", w.site.namespace, naming.client_name(w.federation, w.site.site))
         if sts is None:
             self._forget("client", w.site.namespace, w.federation, w.client_name)
-        return _ready(sts)
+        return statefulset_ready(sts)
 
     async def client_problem(self, w: ClientWorkload) -> str | None:
         """The client Pod's state, else whether the server endpoint in its kit resolves: an external
@@ -399,7 +392,7 @@ class KubernetesRuntime:
     async def clients_running(self, site: SiteSettings) -> int:
         items = await self._k("list", "StatefulSet", site.namespace,
                               labels={"app.kubernetes.io/component": "client", "flareop.io/org": site.org})
-        return sum(1 for sts in items if _ready(sts))
+        return sum(1 for sts in items if statefulset_ready(sts))
 
     async def close(self) -> None:
         self._admins.close()

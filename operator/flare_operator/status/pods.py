@@ -33,5 +33,13 @@ def pod_problem(pod: dict | None) -> str | None:
     return None
 
 
+def statefulset_ready(sts: dict | None) -> bool:
+    """Every replica it wants ready (and it wants at least one)."""
+    if not sts:
+        return False
+    wanted = sts["spec"].get("replicas", 1)
+    return wanted > 0 and (sts.get("status") or {}).get("readyReplicas", 0) >= wanted
+
+
 def _cut(text: str) -> str:
     return text if len(text) <= MESSAGE_MAX else text[: MESSAGE_MAX - 1] + "…"

@@ -17,11 +17,14 @@ from ..api.access_request import ANNOTATION_KIT, RequestKind
 from ..api.common import Decision
 
 
-def answer_settled(body: dict) -> bool:
+def answer_settled(body: dict, *, client_events: bool = False) -> bool:
     """The site answered this generation and content, with a final decision, and (a Compute request
     it approved while active) reported its client running — or has no client kit yet: the hub's kit
     annotation (ANNOTATION_KIT) is an event that answers it, so waiting for provisioning needs no
-    resync."""
+    resync. ``client_events``: the site also answers on its client's events (the kubernetes runtime:
+    its StatefulSet and Pod), so a client that is starting, with no problem reported, is waited for
+    without a resync too; a reported problem (a Pod that cannot run, a server name that does not
+    resolve) is looked at again each resync."""
     meta, spec, status = body.get("metadata") or {}, body.get("spec") or {}, body.get("status") or {}
     if status.get("observedGeneration") != meta.get("generation"):
         return False
@@ -34,8 +37,9 @@ def answer_settled(body: dict) -> bool:
         return False
     compute = (spec.get("source") or {}).get("kind") == RequestKind.COMPUTE
     kit = ANNOTATION_KIT in (meta.get("annotations") or {})
+    starting = client_events and not status.get("clientMessage")
     return not (compute and spec.get("active", True) and spec.get("outcome") is None and kit
-                and not status.get("clientReady"))
+                and not status.get("clientReady") and not starting)
 
 
 def grant_inputs(grant: dict) -> tuple:
