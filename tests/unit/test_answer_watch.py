@@ -10,15 +10,13 @@ from flare_operator.handlers.registry import AnswerWatch
 
 
 class Objects:
-    """The hub's objects by (kind, namespace, name), as `Hub.k("get", ...)` reads them."""
+    """The hub as the watch uses it: its configuration only (the watch reads no objects)."""
 
     def __init__(self, *objs: dict):
-        self.objs = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs}
         self.config = SimpleNamespace(namespaces=[])
 
-    async def k(self, method: str, kind: str, namespace: str, name: str) -> dict | None:
-        assert method == "get"
-        return self.objs.get((kind, namespace, name))
+    async def k(self, *args) -> None:
+        raise AssertionError(f"the answer watch read {args}: the pass reads the object itself")
 
 
 def job(uid: str = "job-uid") -> dict:
@@ -73,11 +71,28 @@ def test_a_new_hash_a_revocation_or_a_client_coming_up_each_count():
     assert len(reconciled) == 3
 
 
-def test_no_reconcile_for_a_recreated_source_another_namespace_or_a_deleted_request():
-    watch, reconciled = watch_with(job(uid="new-uid"))
-    feed(watch, ("ADDED", request(None)), ("MODIFIED", request("Approved")))
-    assert reconciled == [], "the request was made for an earlier job of that name"
+def test_the_pass_is_for_the_request_s_source_by_uid_and_skips_a_recreated_one():
+    # The watch reads nothing: it names the source (namespace, name, uid) and the pass, which reads the
+    # object itself, does nothing for a later object of that name (handlers/registry.py _same_live).
+    from flare_operator.handlers.registry import _same_live
 
+    bodies: list[dict] = []
+
+    async def reconcile(body: dict) -> None:
+        bodies.append(body)
+
+    watch = AnswerWatch(Objects(), {"Job": ("FederatedJob", reconcile)})
+    feed(watch, ("ADDED", request(None)), ("MODIFIED", request("Approved")))
+    assert bodies == [{"metadata": {"namespace": "modeller", "name": "run1", "uid": "job-uid"}}]
+    assert _same_live(job(), bodies[0])
+    assert not _same_live(job(uid="new-uid"), bodies[0]), "the request was made for an earlier job of that name"
+    assert not _same_live(None, bodies[0]), "the job is gone"
+    deleting = job()
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-05T00:00:00Z"
+    assert not _same_live(deleting, bodies[0]), "the job is being deleted"
+
+
+def test_no_reconcile_for_another_namespace_or_a_deleted_request():
     watch, reconciled = watch_with(job(), namespaces=("other",))
     feed(watch, ("ADDED", request(None)), ("MODIFIED", request("Approved")))
     assert reconciled == [], "the orchestrator does not serve the job's namespace"

@@ -108,3 +108,43 @@ def test_a_failed_request_fails_its_readers_and_is_not_kept():
         return await listings.list("Grant"), calls
 
     assert asyncio.run(go()) == (["ok"], 2)
+
+
+def test_seat_watch_lists_again_only_when_a_seat_can_move():
+    """The hub's Gateway and Namespace lists (handlers/registry.py SeatWatch): a heartbeat (status
+    only) keeps them; a new or deleted Gateway, a changed org or sameClusterAsHub, or a namespace's
+    org label drops them."""
+    from flare_operator.handlers.registry import SeatWatch, _gateway_seat, _namespace_seat
+
+    def gateway(uid: str, org: str, same: bool | None = None, status: dict | None = None) -> dict:
+        spec = {"org": org} if same is None else {"org": org, "sameClusterAsHub": same}
+        return {"metadata": {"uid": uid, "namespace": "ns", "name": "gw"}, "spec": spec, "status": status or {}}
+
+    def namespace(uid: str, org: str | None) -> dict:
+        return {"metadata": {"uid": uid, "name": "ns", "labels": {"flareop.io/org": org} if org else {}}}
+
+    async def go() -> list[bool]:
+        server = Server()
+        listings = Listings(server.fetch, max_age=60)
+        seats = SeatWatch(listings)
+        on_gateway, on_namespace = seats.watching("Gateway", _gateway_seat), seats.watching("Namespace", _namespace_seat)
+        relisted = []
+
+        async def after(handler, event_type: str, obj: dict) -> None:
+            before = server.calls
+            await handler(event={"type": event_type, "object": obj})
+            await listings.list("Gateway")
+            await listings.list("Namespace")
+            relisted.append(server.calls > before)
+
+        await after(on_gateway, None, gateway("g1", "org-a"))  # first seen (the watch's listing)
+        await after(on_gateway, "MODIFIED", gateway("g1", "org-a", status={"conditions": [1]}))  # heartbeat
+        await after(on_gateway, "MODIFIED", gateway("g1", "org-b"))  # claims another org
+        await after(on_gateway, "MODIFIED", gateway("g1", "org-b", same=False))  # now on another cluster
+        await after(on_namespace, "ADDED", namespace("n1", None))
+        await after(on_namespace, "MODIFIED", namespace("n1", None))  # another label, not the org's
+        await after(on_namespace, "MODIFIED", namespace("n1", "org-b"))  # labelled with an org
+        await after(on_gateway, "DELETED", gateway("g1", "org-b", same=False))
+        return relisted
+
+    assert asyncio.run(go()) == [True, False, True, True, True, False, True, True]

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ from ..status.compute import ObservedCompute, ObservedSite, compute_status
 from ..status.conditions import get_condition
 from ..status.gateway import OrgSeats, org_seats_of
 from ..status.job import SiteWatch
-from .objects import ObjectView, Passes
+from .objects import Listings, ObjectView, Passes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ DIGEST_ANNOTATION = "flareop.io/kit-digest"
 
 class SpecError(Exception):
     """The spec cannot be acted on; reported as a condition, not retried."""
+
+
+@dataclass(frozen=True)
+class HeldKits:
+    plan: FederationPlan
+    server_kit: bytes
+    admin_kit: bytes
+    at: float  # time.monotonic() when provisioned or read
 
 
 @dataclass
@@ -72,6 +81,17 @@ class Hub:
     # holds the GIL: in a thread it stalled every other pass of the hub, docs/benchmarks.md §7);
     # None: the default thread pool.
     provisioner: Executor | None = None
+    # The Gateways and Namespaces that place each org's seat (org_hub_namespaces), as recently listed:
+    # listed again after an event that can move a seat (handlers/registry.py SeatWatch), at the latest
+    # after resyncSeconds. Every ComputeSpec and job pass listed both (100 orgs: two LISTs of ~100
+    # objects per pass, docs/benchmarks.md §7).
+    listings: Listings = field(init=False)
+    # ComputeSpec uid -> its plan and server/admin kits as this process last provisioned or read them
+    # (Federation._provision): three Secret reads per pass saved while they are recent.
+    provisioned: dict[str, HeldKits] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.listings = Listings(lambda kind: self.k("list", kind), max_age=self.config.resync_seconds)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.passes.lock(uid)
@@ -113,7 +133,8 @@ def owner_reference(body: dict) -> dict:
 
 
 async def org_of_namespace(hub: Hub, namespace: str) -> str:
-    ns = await hub.k("get", "Namespace", None, namespace)
+    """The consumer's org: its namespace's org label, from the Namespaces as the seats see them."""
+    ns = next((n for n in await hub.listings.list("Namespace") if n["metadata"]["name"] == namespace), None)
     org = ((ns or {}).get("metadata", {}).get("labels") or {}).get(LABEL_ORG)
     if not org:
         raise SpecError(f"namespace {namespace} has no {LABEL_ORG} label: ask the cluster admin to label it "
@@ -131,11 +152,10 @@ async def org_hub_namespaces(hub: Hub) -> OrgSeats:
     the cluster admin labels namespaces. Everything the hub writes for X, and every answer it reads
     back as X's (the AccessRequests' status), is in the namespace returned here, so it is X's by
     construction. `.get(org)` is the namespace or None; `.missing_message(org)` says why there is
-    none. Two API requests: the Gateways and the Namespaces.
+    none. From the Gateways and Namespaces as listed after the last event that could move a seat
+    (`Hub.listings`): the same picture a fresh list would give, less the watch's delay.
     """
-    gateways = await hub.k("list", "Gateway")
-    namespaces = await hub.k("list", "Namespace")
-    return org_seats_of(gateways, namespaces)
+    return org_seats_of(await hub.listings.list("Gateway"), await hub.listings.list("Namespace"))
 
 
 def secret(name: str, namespace: str, data: dict[str, bytes], *, labels: dict, owner: dict | None,
@@ -286,8 +306,18 @@ class Federation(ObjectView):
                          ) -> tuple[ServerWorkload, FederationPlan]:
         """Ensure the NVFlare project has exactly these clients; re-provision only when that changes."""
         names = self._names()
-        ca = await self.hub.k("get", "Secret", self.namespace, names["ca"])
         clients = {client_name(org): org for org in requests}
+        # A request without its kit annotation never got its kit (the annotation is written after the
+        # kit: a pass that failed or was killed in between, or a request from before the annotation).
+        # Provisioning again from the stored CA state re-keys nothing and writes every kit.
+        unmarked = sorted(org for org, r in requests.items()
+                          if not (r["metadata"].get("annotations") or {}).get(ANNOTATION_KIT))
+        held = self.hub.provisioned.get(self.uid)
+        if held is not None and not unmarked and time.monotonic() - held.at < self.hub.config.settled_resync_seconds:
+            # As this process provisioned or read it less than settledResyncSeconds ago: no reads.
+            if held.plan.with_clients(clients, await self._connect_to(held.plan, set(requests) & remote)) == held.plan:
+                return self._server_workload(held), held.plan
+        ca = await self.hub.k("get", "Secret", self.namespace, names["ca"])
         stored_plan = secret_bytes(ca, PLAN_KEY)
         if stored_plan:
             plan = _plan_from_json(stored_plan.decode())
@@ -298,11 +328,6 @@ class Federation(ObjectView):
         wanted = plan.with_clients(clients, await self._connect_to(plan, set(requests) & remote))
         server_kit = await self.hub.k("get", "Secret", self.namespace, names["server"])
         admin_kit = await self.hub.k("get", "Secret", self.namespace, names["admin"])
-        # A request without its kit annotation never got its kit (the annotation is written after the
-        # kit: a pass that failed or was killed in between, or a request from before the annotation).
-        # Provisioning again from the stored CA state re-keys nothing and writes every kit.
-        unmarked = sorted(org for org, r in requests.items()
-                          if not (r["metadata"].get("annotations") or {}).get(ANNOTATION_KIT))
         if wanted != plan or not stored_plan or server_kit is None or admin_kit is None or unmarked:
             log.info("provisioning %s with clients %s%s", self.fed, sorted(clients),
                      f" (no kit handed to {', '.join(unmarked)} yet)" if stored_plan and unmarked else "")
@@ -332,10 +357,15 @@ class Federation(ObjectView):
                 await self.hub.k("event", self.body, reason="Provisioned",
                                  note=f"NVFlare project {self.fed}: server, admin and {len(clients)} client kits")
             plan = wanted
-        return ServerWorkload(federation=self.fed, namespace=self.namespace, server_name=plan.server_host,
-                              spec=self.spec, kit=secret_bytes(server_kit, KIT_KEY) or b"",
-                              admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"", kit_secret=names["server"],
-                              owner=self.owner), plan
+        held = HeldKits(plan=plan, server_kit=secret_bytes(server_kit, KIT_KEY) or b"",
+                        admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"", at=time.monotonic())
+        self.hub.provisioned[self.uid] = held
+        return self._server_workload(held), plan
+
+    def _server_workload(self, held: HeldKits) -> ServerWorkload:
+        return ServerWorkload(federation=self.fed, namespace=self.namespace, server_name=held.plan.server_host,
+                              spec=self.spec, kit=held.server_kit, admin_kit=held.admin_kit,
+                              kit_secret=self._names()["server"], owner=self.owner)
 
     def _ports(self) -> tuple[int, int]:
         if self.hub.config.runtime != "process":
@@ -354,6 +384,7 @@ class Federation(ObjectView):
 
     async def delete(self) -> bool:
         """Remove everything this ComputeSpec created; True when the sites have let go of it too."""
+        self.hub.provisioned.pop(self.uid, None)
         await self.hub.runtime.remove_server(self.fed, self.namespace)
         remaining = 0
         for request in await self.hub.k("list", "AccessRequest", None, labels=self.labels):

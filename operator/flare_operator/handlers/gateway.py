@@ -108,7 +108,7 @@ class Site:
 
     def __post_init__(self) -> None:
         self.listings = Listings(lambda kind: self.site("list", kind, self.settings.namespace),
-                                 max_age=self.config.resync_seconds)
+                                 max_age=self.config.settled_resync_seconds)
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.passes.lock(uid)

@@ -20,41 +20,19 @@ object, so the hub never rolls a heartbeat back.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 from ..api.conditions import ConditionType as T
 from ..api.gateway import GatewayStatus
 from ..runtime.kube import Conflict, NotFound
 from ..status.conditions import get_condition
-from ..status.gateway import GatewayClaim, OrgSeats, flag_if_stale, verify_org
+from ..status.gateway import GatewayClaim, flag_if_stale, verify_org
 from .compute import Hub, _now, org_hub_namespaces
 
 log = logging.getLogger(__name__)
 
 
-class SeatsCache:
-    """The org seats, shared by every Gateway's pass: read (2 API lists) at most once per
-    ``max_age`` seconds, and again at once when a Gateway shows up that the last read did not see
-    (a new Gateway, or one whose spec.org changed), so none is judged on a picture without it."""
-
-    def __init__(self, max_age: float):
-        self.max_age = max_age
-        self._seats: OrgSeats | None = None
-        self._read_at = 0.0
-        self._lock = asyncio.Lock()
-
-    async def get(self, hub: Hub, claim: GatewayClaim) -> OrgSeats:
-        async with self._lock:
-            stale = time.monotonic() - self._read_at > self.max_age
-            if self._seats is None or stale or claim not in self._seats.claims:
-                self._seats = await org_hub_namespaces(hub)
-                self._read_at = time.monotonic()
-            return self._seats
-
-
-async def check_gateway(hub: Hub, body: dict, seats: SeatsCache) -> None:
+async def check_gateway(hub: Hub, body: dict) -> None:
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     org = (body.get("spec") or {}).get("org") or ""
@@ -67,7 +45,11 @@ async def check_gateway(hub: Hub, body: dict, seats: SeatsCache) -> None:
         status = stale
         warnings.append(("HeartbeatMissed", get_condition(status.conditions, T.CONNECTED).message))
 
-    current = await seats.get(hub, GatewayClaim(namespace, name, org))
+    claim = GatewayClaim(namespace, name, org)
+    current = await org_hub_namespaces(hub)
+    if claim not in current.claims:  # judged on a picture with it: list again if the seat watch lags
+        hub.listings.changed("Gateway")
+        current = await org_hub_namespaces(hub)
     refusal = current.refusal(namespace, name)
     verified = verify_org(status, refusal, org=org, namespace=namespace, generation=generation, now=now)
     if verified is not None:

@@ -82,7 +82,8 @@ class Listings:
 
     A list is fetched once and reused until (a) an event of that kind arrives (the caller's watch
     handlers call `changed`; a write of this process does too), or (b) it is `max_age` seconds old —
-    the bound on a change whose event a watch restart lost. Passes that ask while a list is being
+    the bound on a change whose event never came (a restarted watch re-lists, and Kopf delivers what
+    it lists as events, so this is for a stream that hangs without failing: settledResyncSeconds). Passes that ask while a list is being
     fetched share that request, unless a change came after it started: then they fetch anew. At
     scale every site's answer listed its grants and approvals and read its policy, three requests
     of ten (docs/benchmarks.md §7); an answer's inputs are the state as of the last event, which the

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import kopf
 
@@ -24,15 +25,15 @@ from ..api.gateway import RuntimeKind
 from ..api.job import FINISHED_PHASES, FederatedJobStatus, JobPhase
 from ..api.kinds import GROUP, VERSION
 from ..builders.requests import LABEL_FEDERATION, LABEL_REQUEST_KIND
-from ..config import FINALIZER, OperatorConfig, SiteSettings
+from ..config import FINALIZER, LABEL_ORG, OperatorConfig, SiteSettings
 from ..runtime.metrics import COMPUTE_PHASES, JOB_PHASES, RECONCILE_SECONDS, RECONCILES
 from ..status.pods import pod_problem, statefulset_ready
 from ..status.requests import answer_settled, grant_inputs, moved_by_ledger
 from .compute import Federation, Hub, write_status
 from .gateway import RequestAnswer, Site, heartbeat
 from .job import Admission, write_job_status
-from .liveness import SeatsCache, check_gateway
-from .objects import seen_change
+from .liveness import check_gateway
+from .objects import Listings, seen_change
 from .run import Run, abort_if_running, expire_if_due
 
 log = logging.getLogger(__name__)
@@ -200,13 +201,20 @@ class AnswerWatch:
         namespaces = self.hub.config.namespaces
         if reconcile is None or (namespaces and source.get("namespace") not in namespaces):
             return
-        obj = await self.hub.k("get", kind, source["namespace"], source.get("name", ""))
-        if obj is None or obj["metadata"].get("uid") != source.get("uid"):
-            return  # the source is gone, or this request is for an earlier object of that name
-        log.debug("%s %s/%s: %s answered %s; reconciling now", kind, source["namespace"], source["name"],
+        log.debug("%s %s/%s: %s answered %s; reconciling now", kind, source["namespace"], source.get("name"),
                   request["metadata"]["namespace"], _answer(request)[0])
         self.nudges += 1
-        await reconcile(body=obj)
+        # The pass reads the object itself (and does nothing if it is gone, or is a later object of that
+        # name than the request's source): no read here, and none at all when a pass already waits.
+        await reconcile(body={"metadata": {"namespace": source["namespace"], "name": source.get("name", ""),
+                                           "uid": source.get("uid")}})
+
+
+def _same_live(fresh: dict | None, body: dict) -> bool:
+    """The object a pass was started for, as just read: still there, not being deleted, the same
+    uid (not a later object of that name)."""
+    return (fresh is not None and not fresh["metadata"].get("deletionTimestamp")
+            and fresh["metadata"].get("uid") == body["metadata"].get("uid"))
 
 
 def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:
@@ -224,7 +232,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
             if not mine:
                 return  # a pass already waits: it reads the object fresh
             fresh = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], body["metadata"]["name"])
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            if not _same_live(fresh, body):
                 return
             status = await Federation(hub, fresh).reconcile()
             await write_status(hub, fresh, status)
@@ -251,7 +259,7 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
             if not mine:
                 return  # a full pass already waits: it reads the job fresh
             fresh = await hub.k("get", "FederatedJob", body["metadata"]["namespace"], body["metadata"]["name"])
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            if not _same_live(fresh, body):
                 return
             previous = FederatedJobStatus.model_validate(FederatedJobStatus.own_fields(fresh.get("status")))
             admission = Admission(hub, fresh)
@@ -318,12 +326,11 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
     # gatewayStaleSeconds (60): a pass per heartbeat is enough (100 orgs: 10 passes/s at a 10 s heartbeat,
     # 20 at the 5 s resync). A new Gateway is checked 1 s after it appears (initial_delay).
     gateway_interval = max(hub.config.resync_seconds, hub.config.heartbeat_seconds, 5.0)
-    seats = SeatsCache(max_age=gateway_interval)  # one read of the org seats per interval, not per Gateway
 
     @measured("Gateway")
     async def gateway_liveness(body: kopf.Body, **_) -> None:
         """Flag a silent site (Connected=False) and a Gateway that counts for no org (OrgVerified=False)."""
-        await check_gateway(hub, dict(body), seats)
+        await check_gateway(hub, dict(body))
 
     kopf.timer(*gateways, registry=registry, interval=gateway_interval, initial_delay=1)(gateway_liveness)
 
@@ -351,7 +358,47 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
     # stay the orchestrator's and the gateways' objects, unchanged by this watch.
     kopf.on.event(GROUP, VERSION, "accessrequests", registry=answers,
                   labels={LABEL_REQUEST_KIND: kopf.PRESENT})(watch.event)
+    # Where each org's seat is (compute.py org_hub_namespaces): watched cluster-wide, like the answers.
+    seats = SeatWatch(hub.listings)
+    kopf.on.event(GROUP, VERSION, "gateways", registry=answers)(seats.watching("Gateway", _gateway_seat))
+    kopf.on.event("v1", "namespaces", registry=answers)(seats.watching("Namespace", _namespace_seat))
     return registry, answers
+
+
+def _gateway_seat(obj: dict) -> tuple:
+    spec = obj.get("spec") or {}
+    return spec.get("org"), spec.get("sameClusterAsHub")
+
+
+def _namespace_seat(obj: dict) -> str | None:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_ORG)
+
+
+class SeatWatch:
+    """Marks the hub's Gateway or Namespace list changed when an event can move an org's seat: an
+    object added or deleted, a Gateway's org (or sameClusterAsHub), a namespace's org label. A
+    heartbeat (a Gateway status write, every few seconds per site) moves no seat and lists nothing."""
+
+    def __init__(self, listings: Listings):
+        self.listings = listings
+        self.seen: dict[str, Any] = {}  # uid -> the seat fields last seen
+
+    def watching(self, kind: str, seat: Callable[[dict], Any]) -> Callable[..., Awaitable[None]]:
+        async def on_event(event: dict, **_) -> None:
+            obj = event.get("object") or {}
+            uid = (obj.get("metadata") or {}).get("uid")
+            if not uid:
+                return
+            if event.get("type") == "DELETED":
+                self.seen.pop(uid, None)
+                self.listings.changed(kind)
+                return
+            now = seat(obj)
+            if uid not in self.seen or self.seen[uid] != now:
+                self.seen[uid] = now
+                self.listings.changed(kind)
+
+        return on_event
 
 
 def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.OperatorRegistry, kopf.OperatorRegistry]:

@@ -16,6 +16,7 @@ import logging
 import os
 import tarfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,14 @@ class KubernetesRuntime:
             return None
         return wanted
 
+    async def _apply_workload(self, manifests: list[dict], *before: Awaitable[None]) -> None:
+        """One workload in two round trips instead of one per object: what its Pod needs (kit Secret,
+        ConfigMaps, NetworkPolicy, Service, and ``before``) at once, then the StatefulSet — so the Pod
+        never starts without its NetworkPolicy or its files."""
+        first = [m for m in manifests if m["kind"] != "StatefulSet"]
+        await asyncio.gather(*(self._k("apply", m) for m in first), *before)
+        await asyncio.gather(*(self._k("apply", m) for m in manifests if m["kind"] == "StatefulSet"))
+
     def _forget(self, *key: str) -> None:
         for known in [k for k in self._applied if k[:len(key)] == key]:
             del self._applied[known]
@@ -182,8 +191,7 @@ class KubernetesRuntime:
         wanted = self._wanted(key, manifests)
         if wanted is None:
             return
-        for manifest in manifests:
-            await self._k("apply", manifest)
+        await self._apply_workload(manifests)
         self._applied[key] = (wanted, time.monotonic())
 
     def _external(self) -> dict:
@@ -308,13 +316,10 @@ class KubernetesRuntime:
         wanted = self._wanted(key, files + workload)
         if wanted is None:
             return
-        for manifest in files:
-            await self._k("apply", manifest)
-        # Created empty if absent, never overwritten here: its content is the gateway's decisions.
-        await self.update_approved_jobs(w.federation, site, w.client_name,
-                                        lambda text: readable_or_empty(text, site.org))
-        for manifest in workload:
-            await self._k("apply", manifest)
+        # The approved-jobs file is created empty if absent, never overwritten here: its content is the
+        # gateway's decisions.
+        await self._apply_workload(files + workload, self.update_approved_jobs(
+            w.federation, site, w.client_name, lambda text: readable_or_empty(text, site.org)))
         self._applied[key] = (wanted, time.monotonic())
 
     async def client_running(self, w: ClientWorkload) -> bool:
