@@ -99,6 +99,9 @@ class Site:
     kits_seen: dict[str, str] = field(default_factory=dict)
     # The state of each client StatefulSet and Pod (by uid) as last seen (kubernetes runtime).
     clients_seen: dict[str, tuple] = field(default_factory=dict)
+    # Federation -> its Compute request here (namespace, name, uid), as last answered: a client's event
+    # answers it without listing the requests (kubernetes runtime).
+    compute_requests: dict[str, dict] = field(default_factory=dict)
     # Client kits read from the hub, by request uid: (kit_digest, the kit). Used while the request's
     # kit annotation names the same digest (the hub writes the annotation after the kit).
     kits: dict[str, tuple[str, bytes]] = field(default_factory=dict)

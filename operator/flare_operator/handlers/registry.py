@@ -163,8 +163,8 @@ def _answer(request: dict) -> tuple:
             status.get("clientMessage"))
 
 
-def _client_state(obj: dict) -> tuple:
-    """What of a client's StatefulSet or Pod its Compute request's answer reads: ready, or failing."""
+def _workload_state(obj: dict) -> tuple:
+    """What of a workload's StatefulSet or Pod its passes read: ready, or failing."""
     if obj.get("kind") == "Pod":
         ready = any(c.get("type") == "Ready" and c.get("status") == "True"
                     for c in (obj.get("status") or {}).get("conditions") or [])
@@ -242,6 +242,24 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
     kopf.on.create(*resource, registry=registry)(reconcile)
     kopf.on.update(*resource, registry=registry, field="spec")(reconcile)
     kopf.timer(*resource, registry=registry, interval=hub.config.resync_seconds, initial_delay=1)(reconcile)
+
+    if hub.config.runtime == "kubernetes":
+        # The servers' StatefulSets and Pods: kept for the passes (no reads), and a server that turns
+        # ready, or failing, or back, reconciles its ComputeSpec (the StatefulSet's owner) at once.
+        servers_seen: dict[str, tuple] = {}
+
+        async def server_changed(event: dict, **_) -> None:
+            hub.runtime.observe(event)
+            obj = seen_change(servers_seen, event, _workload_state)
+            owner = next((o for o in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+                          if o.get("kind") == "ComputeSpec"), None)
+            if obj is not None and owner is not None:
+                await reconcile(body={"metadata": {"namespace": obj["metadata"]["namespace"], "name": owner["name"],
+                                                   "uid": owner["uid"]}})
+
+        server_labels = {"app.kubernetes.io/component": "server", LABEL_FEDERATION: kopf.PRESENT}
+        kopf.on.event("apps", "v1", "statefulsets", registry=registry, labels=server_labels)(server_changed)
+        kopf.on.event("v1", "pods", registry=registry, labels=server_labels)(server_changed)
 
     @kopf.on.delete(*resource, registry=registry)
     async def compute_deleted(body: kopf.Body, retry: int, **_) -> None:
@@ -417,6 +435,10 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
                 return
             await RequestAnswer(site, fresh).reconcile()
             site.answered[fresh["metadata"]["uid"]] = time.monotonic()
+            labels = fresh["metadata"].get("labels") or {}
+            if labels.get(LABEL_REQUEST_KIND) == "Compute" and labels.get(LABEL_FEDERATION):
+                site.compute_requests[labels[LABEL_FEDERATION]] = {
+                    "metadata": {k: fresh["metadata"][k] for k in ("namespace", "name", "uid")}}
 
     kopf.on.resume(*requests, registry=hub_registry)(answer)
     kopf.on.create(*requests, registry=hub_registry)(answer)
@@ -447,6 +469,9 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
             await RequestAnswer(site, dict(body)).release()
         site.answered.pop(body["metadata"]["uid"], None)
         site.kits.pop(body["metadata"]["uid"], None)
+        federation = (body["metadata"].get("labels") or {}).get(LABEL_FEDERATION)
+        if (site.compute_requests.get(federation) or {}).get("metadata", {}).get("uid") == body["metadata"]["uid"]:
+            del site.compute_requests[federation]
 
     @kopf.on.startup(registry=hub_registry)
     async def start_heartbeat(memo: kopf.Memo, **_) -> None:
@@ -490,12 +515,15 @@ def gateway_registries(site: Site, site_kubeconfig: Path | None) -> tuple[kopf.O
         # The site's clients (StatefulSet ready, Pod ready or failing) answer their Compute requests
         # at once: waiting for a client to start needs no resync (status/requests.py answer_settled).
         async def client_changed(event: dict, **_) -> None:
-            obj = seen_change(site.clients_seen, event, _client_state)
+            site.runtime.observe(event)  # the passes read the client's state from here, not the API
+            obj = seen_change(site.clients_seen, event, _workload_state)
             if obj is None:
                 return
             federation = obj["metadata"]["labels"][LABEL_FEDERATION]
-            requests = await site.hub("list", "AccessRequest", site.settings.hub_namespace,
-                                      labels={LABEL_FEDERATION: federation, LABEL_REQUEST_KIND: "Compute"})
+            known = site.compute_requests.get(federation)  # the request a pass answered (the pass reads it)
+            requests = [known] if known else await site.hub(
+                "list", "AccessRequest", site.settings.hub_namespace,
+                labels={LABEL_FEDERATION: federation, LABEL_REQUEST_KIND: "Compute"})
             await asyncio.gather(*(answer(body=r) for r in requests if not r["metadata"].get("deletionTimestamp")))
 
         client_labels = {"app.kubernetes.io/component": "client", LABEL_FEDERATION: kopf.PRESENT}

@@ -141,6 +141,10 @@ class KubernetesRuntime:
         self._admins = AdminSessions()
         # Workloads this process applied: key -> (digest of their manifests, when). See _wanted.
         self._applied: dict[tuple[str, ...], tuple[str, float]] = {}
+        # Workload StatefulSets and Pods as the watches of the sites (clients) and the hub (servers) last
+        # saw them: `observe`. Not there (not seen yet, or deleted): read from the API.
+        self._ready: dict[tuple[str, str], bool] = {}  # StatefulSet (namespace, name) -> every replica ready
+        self._problems: dict[tuple[str, str], str | None] = {}  # Pod (namespace, name) -> pod_problem
 
     async def _k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
@@ -217,7 +221,10 @@ class KubernetesRuntime:
         return int(port)
 
     async def server_ready(self, w: ServerWorkload) -> bool:
-        sts = await self._k("get", "StatefulSet", w.namespace, naming.server_name(w.federation))
+        name = naming.server_name(w.federation)
+        if (w.namespace, name) in self._ready:
+            return self._ready[(w.namespace, name)]
+        sts = await self._k("get", "StatefulSet", w.namespace, name)
         if sts is None:
             self._forget("server", w.namespace, w.federation)
         return statefulset_ready(sts)
@@ -225,7 +232,12 @@ class KubernetesRuntime:
     async def server_problem(self, w: ServerWorkload) -> str | None:
         if not w.spec.active:
             return None
-        return pod_problem(await self._k("get", "Pod", w.namespace, f"{naming.server_name(w.federation)}-0"))
+        return await self._pod_problem(w.namespace, f"{naming.server_name(w.federation)}-0")
+
+    async def _pod_problem(self, namespace: str, pod: str) -> str | None:
+        if (namespace, pod) in self._problems:
+            return self._problems[(namespace, pod)]
+        return pod_problem(await self._k("get", "Pod", namespace, pod))
 
     async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
         if self._route() == "none":
@@ -322,8 +334,27 @@ class KubernetesRuntime:
             w.federation, site, w.client_name, lambda text: readable_or_empty(text, site.org)))
         self._applied[key] = (wanted, time.monotonic())
 
+    def observe(self, event: dict) -> None:
+        obj = event.get("object") or {}
+        meta, kind = obj.get("metadata") or {}, obj.get("kind")
+        if not meta.get("name"):
+            return
+        key = (meta.get("namespace", ""), meta["name"])
+        deleted = event.get("type") == "DELETED"
+        if kind == "StatefulSet" and deleted:
+            self._ready.pop(key, None)
+        elif kind == "StatefulSet":
+            self._ready[key] = statefulset_ready(obj)
+        elif kind == "Pod" and deleted:
+            self._problems.pop(key, None)
+        elif kind == "Pod":
+            self._problems[key] = pod_problem(obj)
+
     async def client_running(self, w: ClientWorkload) -> bool:
-        sts = await self._k("get", "StatefulSet", w.site.namespace, naming.client_name(w.federation, w.site.site))
+        name = naming.client_name(w.federation, w.site.site)
+        if (w.site.namespace, name) in self._ready:
+            return self._ready[(w.site.namespace, name)]
+        sts = await self._k("get", "StatefulSet", w.site.namespace, name)
         if sts is None:
             self._forget("client", w.site.namespace, w.federation, w.client_name)
         return statefulset_ready(sts)
@@ -335,8 +366,7 @@ class KubernetesRuntime:
         cluster DNS's business (the Pod's own resolver), not checked here."""
         if not w.spec.active:
             return None
-        problem = pod_problem(await self._k("get", "Pod", w.site.namespace,
-                                            f"{naming.client_name(w.federation, w.site.site)}-0"))
+        problem = await self._pod_problem(w.site.namespace, f"{naming.client_name(w.federation, w.site.site)}-0")
         if problem:
             return problem
         host, port = server_target(split_kit(w.kit)[0])

@@ -122,6 +122,9 @@ class WorkloadRuntime(Protocol):
     async def external_port(self, federation: str, namespace: str, owner: dict | None) -> int:
         """The port sites on other clusters dial the federation's server at (kubernetes runtime)."""
     async def clients_running(self, site: SiteSettings) -> int: ...
+    def observe(self, event: dict) -> None:
+        """A watch event of a workload's StatefulSet or Pod (kubernetes runtime: the sites watch their
+        clients', the hub its servers'): kept, so that the readiness and problem checks need not read them."""
     async def update_approved_jobs(self, federation: str, site: SiteSettings, client_name: str,
                                    change: ApprovedChange) -> None:
         """Read-modify-write the site's approved-jobs document for its client in ``federation``
@@ -248,6 +251,9 @@ class ProcessRuntime:
         prefix = f"{_client_federation('', site.org)}"
         return sum(1 for key in self.supervisor.participants if key.startswith(prefix) and
                    self.supervisor.participants[key].pid)
+
+    def observe(self, event: dict) -> None:
+        """Nothing to keep: the workloads are this process's own children."""
 
     async def close(self) -> None:
         self._admins.close()
