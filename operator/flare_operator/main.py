@@ -63,7 +63,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
         hub = Hub(config=config, kube=kube, runtime=runtime, provisioner=provisioner,
                   results_store=store_from_config(config.results_store, config.workdir))
         registry, answers = orchestrator_registry(hub, kubeconfig)
-        operators.append(("orchestrator", registry, list(config.namespaces), operator_settings(config)))
+        operators.append(("orchestrator", registry, list(config.namespaces), operator_settings(config, workloads="server")))
         operators.append(("orchestrator (AccessRequest answers)", answers, [], answer_watch_settings(config)))
     if config.mode in (OperatorMode.GATEWAY, OperatorMode.ALL):
         for site_cfg in config.gateways:
@@ -76,7 +76,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
             # chart, its own ServiceAccount): Kopf's scanning stays off on both sides.
             operators.append((f"gateway {site_cfg.site} (hub side)", hub_registry, [site_cfg.hub_namespace],
                               operator_settings(config, scanning=False)))
-            site_settings = operator_settings(config, scanning=False)
+            site_settings = operator_settings(config, scanning=False, workloads="client")
             if site_cfg.webhook_port:
                 webhook_certs.append(webhook_settings(site_settings, site_cfg, config.workdir))
             operators.append((f"gateway {site_cfg.site} (site side)", site_registry, [site_cfg.namespace],

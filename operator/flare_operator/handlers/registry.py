@@ -100,10 +100,18 @@ def probe_webhook_certificates(registry: kopf.OperatorRegistry, certs: list[Path
         return "ok"
 
 
-def operator_settings(config: OperatorConfig, *, scanning: bool = True) -> kopf.OperatorSettings:
+def operator_settings(config: OperatorConfig, *, scanning: bool = True,
+                      workloads: str | None = None) -> kopf.OperatorSettings:
     """scanning=False for credentials scoped to one namespace (a site's hub credential): Kopf then
-    neither lists namespaces nor CRDs cluster-wide, which such a credential may not do."""
+    neither lists namespaces nor CRDs cluster-wide, which such a credential may not do.
+    ``workloads``: the component (server, client) whose StatefulSets and Pods this operator watches —
+    selected by the API server, so that no other Pod of the cluster or namespace is sent to it (Kopf
+    filters handlers' labels only on its side)."""
     settings = kopf.OperatorSettings()
+    if workloads:
+        selector = f"app.kubernetes.io/component={workloads},{LABEL_FEDERATION}"
+        settings.watching.label_selectors["apps", "v1", "statefulsets"] = selector
+        settings.watching.label_selectors["v1", "pods"] = selector
     settings.scanning.disabled = not scanning
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=STORAGE_PREFIX)
@@ -114,7 +122,7 @@ def operator_settings(config: OperatorConfig, *, scanning: bool = True) -> kopf.
     settings.watching.client_timeout = 90
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
-    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    settings.queueing.error_delays = [1, 2, 5, 10, 30]
     # A deletion waits until the object's timers have exited; a timer still in its invocation (e.g.
     # the resync pass that deleted a finished job for ttlSecondsAfterFinished) is polled, by default
     # every 60 s, which held the finalizer that long. Our timer passes take well under a second.
