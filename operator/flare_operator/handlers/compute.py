@@ -280,10 +280,9 @@ class Federation(ObjectView):
         plan = secret_bytes(ca, PLAN_KEY)
         if not (server_kit and admin_kit and plan):
             return None
-        return ServerWorkload(federation=self.fed, namespace=self.namespace,
-                              server_name=_plan_from_json(plan.decode()).server_host, spec=self.spec,
-                              kit=secret_bytes(server_kit, KIT_KEY) or b"", admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"",
-                              kit_secret=names["server"], owner=self.owner)
+        return self._server_workload(HeldKits(plan=_plan_from_json(plan.decode()),
+                                              server_kit=secret_bytes(server_kit, KIT_KEY) or b"",
+                                              admin_kit=secret_bytes(admin_kit, KIT_KEY) or b"", at=time.monotonic()))
 
     async def _connect_to(self, plan: FederationPlan, orgs: set[str]) -> dict[str, tuple[str, int]]:
         """Where the clients of ``orgs`` (sites on other clusters) dial the server: the external endpoint."""
