@@ -159,6 +159,42 @@ def _threads_sockets(pid: int) -> tuple[int, int]:
     return threads, sockets
 
 
+def _cpu_by_name(pids: list[int]) -> Counter:
+    """CPU seconds per process name: the control plane's components apart (each is `flarecp
+    <component>`, hack/controlplane: named by that argument)."""
+    out: Counter = Counter()
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        name = Path(argv[0]).name
+        if name == "flarecp" and len(argv) > 1:
+            name = argv[1]
+        out[name] += _cpu_seconds(pid) or 0.0
+    return out
+
+
+def object_sizes(api_client) -> dict:
+    """Mean JSON bytes of the operator's objects and the parts the API server decodes and encodes on
+    every write besides the spec: managedFields, annotations (Kopf's last-handled-configuration), status."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi(api_client)
+    out = {}
+    for plural in ("accessrequests", "computespecs", "federatedjobs"):
+        items = custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+        if not items:
+            continue
+        size = lambda part: round(sum(len(json.dumps(part(o), separators=(",", ":"))) for o in items)  # noqa: E731
+                                  / len(items))
+        out[plural] = {"objects": len(items), "bytes": size(lambda o: o),
+                       "managedFields": size(lambda o: o["metadata"].get("managedFields") or []),
+                       "annotations": size(lambda o: o["metadata"].get("annotations") or {}),
+                       "status": size(lambda o: o.get("status") or {})}
+    return out
+
+
 def _tree(pid: int) -> list[int]:
     """A process and its descendants (the hub operator's provisioner process: main.py)."""
     found, todo = [], [pid]
@@ -521,6 +557,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
                                + "\n".join(f"--- {op.log_path.name}\n{op.tail(30)}" for op in procs.values()))
         metrics0 = {who: scrape_or_empty(port) for who, port in ports.items()}
         (apiserver0, took0), t_batch = _apiserver_flareop(cp), time.monotonic()
+        cp_cpu0 = _cpu_by_name(cp_pids)
         for who in procs:  # --tracemalloc: allocation growth is counted from here
             Path(f"{stacks(work, n, who)}.mark").touch()
 
@@ -546,6 +583,8 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         finished = _wait(lambda: all(nm in seen.job_submit_pass for nm in names),
                          timeout=max(10.0, deadline - time.monotonic() - reserve), interval=0.5)
         t_batch_end = time.monotonic()
+        cp_cpu1 = _cpu_by_name(cp_pids)
+        rows["object sizes after the batch (mean JSON bytes)"] = object_sizes(api)
         rows["batch (apply -> every job at its submission pass) s"] = (
             round(t_batch_end - t_batch, 1) if finished else f"not finished: cut at {t_batch_end - t_batch:.0f} s")
 
@@ -685,6 +724,9 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         hub = samplers[HUB]
         start_row, batch_row = hub.at(marks["batch"]), hub.at(marks["batch end"])
         rows["control plane CPU cores used: batch"] = _cpu_share(start_row, batch_row, 3)
+        rows["control plane CPU cores used in the batch, by component"] = {
+            name: round((cp_cpu1[name] - cp_cpu0[name]) / max(t_batch_end - t_batch, 1e-9), 2)
+            for name in sorted(cp_cpu1, key=lambda k: cp_cpu0[k] - cp_cpu1[k])}
         rows["control plane CPU cores used: settle"] = _cpu_share(
             hub.at(marks["settle"]), hub.at(marks["settle end"]), 3) if settled else None
         rows["bench's own CPU cores used: batch"] = _cpu_share(start_row, batch_row, 4)

@@ -46,3 +46,29 @@ def test_not_stopped_while_a_task_runs():
         assert _wait(lambda: not worker.running)
     finally:
         worker.shutdown()
+
+
+def _loaded(*names: str) -> list[str]:
+    import sys
+
+    return [name for name in names if name in sys.modules]
+
+
+def test_provisioner_process_imports_provisioning_only():
+    """main.py's provisioner process: NVFlare's package __init__ (FedJob, the simulator, gRPC) is
+    not run there, and its kits are byte-identical to those provisioned in a fully imported NVFlare."""
+    from flare_operator.builders.federation import FederationPlan
+    from flare_operator.nvflare.provisioning import lean_import, provision
+
+    plan = FederationPlan(project="fed-lean", server_host="fed-lean-server", fl_port=8002, admin_port=8003,
+                          clients=(("org-a", "org-a"), ("org-b", "org-b")), extra_host_names=())
+    here = provision(plan)
+    assert _loaded("grpc", "nvflare.job_config.api")  # this process: nvflare/__init__ ran
+    worker = OnDemandProcess(idle_seconds=30, initializer=lean_import)
+    try:
+        there = worker.submit(provision, plan, here.ca_state).result(timeout=120)
+        assert there.kits == here.kits and there.ca_state == here.ca_state
+        assert worker.submit(_loaded, "grpc", "nvflare.job_config.api", "nvflare.lighter.provisioner").result(
+            timeout=60) == ["nvflare.lighter.provisioner"]
+    finally:
+        worker.shutdown()

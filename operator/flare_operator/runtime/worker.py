@@ -19,8 +19,9 @@ from typing import Any
 class OnDemandProcess(Executor):
     """An Executor over one spawned worker process that exists only while there is work."""
 
-    def __init__(self, idle_seconds: float):
+    def __init__(self, idle_seconds: float, initializer: Callable[[], None] | None = None):
         self.idle_seconds = idle_seconds
+        self.initializer = initializer  # run first in each worker process it starts
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._busy = 0
@@ -41,7 +42,8 @@ class OnDemandProcess(Executor):
                 self._timer.cancel()
                 self._timer = None
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=self.initializer)
                 self.started += 1
             self._busy += 1
             future = self._pool.submit(fn, *args, **kwargs)
