@@ -186,8 +186,9 @@ def object_sizes(api_client) -> dict:
         items = custom.list_cluster_custom_object(GROUP, VERSION, plural)["items"]
         if not items:
             continue
-        size = lambda part: round(sum(len(json.dumps(part(o), separators=(",", ":"))) for o in items)  # noqa: E731
-                                  / len(items))
+        def size(part, items=items) -> int:
+            return round(sum(len(json.dumps(part(o), separators=(",", ":"))) for o in items) / len(items))
+
         out[plural] = {"objects": len(items), "bytes": size(lambda o: o),
                        "managedFields": size(lambda o: o["metadata"].get("managedFields") or []),
                        "annotations": size(lambda o: o["metadata"].get("annotations") or {}),
@@ -366,14 +367,23 @@ def _slope_mib_per_min(rows: list[tuple], start: float) -> float | None:
     return round(60 * sum((t - mt) * (r - mr) for t, r in points) / den, 2) if den else None
 
 
-def _apiserver_flareop(cp) -> tuple[Counter, Counter]:
+def _apiserver_flareop(cp) -> tuple[Counter, Counter, Counter]:
     """(apiserver_request_total on flareop.io resources, by verb (every client: the operator, Kopf, this
     bench); apiserver_request_duration_seconds' sum and count on them, by verb — what the server itself
-    took, to set beside the operators' own view of a request's time, which includes their queueing)."""
+    took, to set beside the operators' own view of a request's time, which includes their queueing;
+    every write the server took, any group, by verb and resource — writes are most of its CPU)."""
     text = cp.kubectl("get", "--raw", "/metrics", timeout=60).stdout
     out: Counter = Counter()
     took: Counter = Counter()
+    writes: Counter = Counter()
     for line in text.splitlines():
+        if line.startswith("apiserver_request_total{") and not any(
+                f'verb="{v}"' in line for v in ("GET", "LIST", "WATCH", "CONNECT")):
+            labels, _, value = line.rpartition(" ")
+            verb = labels.split('verb="', 1)[1].split('"', 1)[0]
+            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
+            sub = labels.split('subresource="', 1)[1].split('"', 1)[0] if 'subresource="' in labels else ""
+            writes[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(value)
         for part in ("sum", "count"):
             if line.startswith(f"apiserver_request_duration_seconds_{part}{{") and 'group="flareop.io"' in line:
                 labels, _, value = line.rpartition(" ")
@@ -385,7 +395,7 @@ def _apiserver_flareop(cp) -> tuple[Counter, Counter]:
             resource = labels.split('resource="', 1)[1].split('"', 1)[0]
             sub = labels.split('subresource="', 1)[1].split('"', 1)[0] if 'subresource="' in labels else ""
             out[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(value)
-    return out, took
+    return out, took, writes
 
 
 def scrape_or_empty(port: int, tries: int = 3) -> dict:
@@ -556,7 +566,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             raise TimeoutError(f"gateways registered: {len(gateways)}/{n}, hub metrics answering: {hub_up}\n"
                                + "\n".join(f"--- {op.log_path.name}\n{op.tail(30)}" for op in procs.values()))
         metrics0 = {who: scrape_or_empty(port) for who, port in ports.items()}
-        (apiserver0, took0), t_batch = _apiserver_flareop(cp), time.monotonic()
+        (apiserver0, took0, writes0), t_batch = _apiserver_flareop(cp), time.monotonic()
         cp_cpu0 = _cpu_by_name(cp_pids)
         for who in procs:  # --tracemalloc: allocation growth is counted from here
             Path(f"{stacks(work, n, who)}.mark").touch()
@@ -659,13 +669,15 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
             rows[f"{label} during the batch"] = _operator_delta(
                 *(metrics[who] if who else _summed(*metrics.values()) for metrics in (metrics0, metrics2)),
                 t_batch_end - t_batch)
-        apiserver2, took2 = _apiserver_flareop(cp)
-        batch, took = apiserver2 - apiserver0, took2 - took0
+        apiserver2, took2, writes2 = _apiserver_flareop(cp)
+        batch, took, writes = apiserver2 - apiserver0, took2 - took0, writes2 - writes0
         rows["API server: flareop.io requests during the batch"] = {
             "total": int(sum(batch.values())), "per s": round(sum(batch.values()) / max(t_batch_end - t_batch, 1e-9), 1),
             "top": {k: int(v) for k, v in batch.most_common(10)},
             "mean s the server took, by verb": {v: round(took[f"sum {v}"] / took[f"count {v}"], 3)
                                                 for v in sorted({k.split()[1] for k in took}) if took[f"count {v}"]}}
+        rows["API server: every write during the batch (any group)"] = {
+            "total": int(sum(writes.values())), "top": {k: int(v) for k, v in writes.most_common(14)}}
 
         # -- settle: no new input; what the operators cost once the batch is (or is not yet) through ---
         t_settle = time.monotonic()
@@ -675,7 +687,7 @@ def run_size(n: int, args, work: Path, deadline: float) -> dict:
         phase = settle_phase(finished)
         if settled:
             metrics3 = {who: scrape_or_empty(port) for who, port in ports.items()}
-            apiserver3, _ = _apiserver_flareop(cp)
+            apiserver3, _, _ = _apiserver_flareop(cp)
             for who, label in deltas_of(n).items():
                 rows[f"{label} {phase}"] = _operator_delta(
                     *(metrics[who] if who else _summed(*metrics.values()) for metrics in (metrics2, metrics3)),
