@@ -6,6 +6,7 @@ restart that duplicates nothing, and deletion that leaves no orphans on the hub 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -22,6 +23,8 @@ from tests.operator_harness import (
     get,
     grant,
     install_crds,
+    job,
+    policy,
     reconciles,
     remove_namespaces,
     wait_phase,
@@ -186,6 +189,25 @@ def test_kubernetes_runtime_objects_scale_restart_and_delete(control_plane, cons
         op.stop()
 
 
+SLOW_RESYNC = 600
+
+
+def _slow_resync_operator(cp, c: Consortium, tmp_path) -> OperatorProcess:
+    """org-a and org-b with a dataset each (Automatic policies) and one operator (mode all, kubernetes
+    runtime) whose passes run on events only within a test's timeouts: resyncSeconds 600."""
+    org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.org("modeller")
+    sites = []
+    for org in (org_a, org_b):
+        apply(cp, _dataset_claim(org), _kube_grant(org, f"scl-{org}", modeller), policy(org, "Automatic"))
+        sites.append(dict(gateway_config(org, org), runtime="kubernetes", storageClass=None, workspaceSize="1Gi"))
+    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "image": "registry.example/flare-runtime:test",
+              "resyncSeconds": SLOW_RESYNC, "heartbeatSeconds": 5, "gateways": sites, "namespaces": [modeller]}
+    op = OperatorProcess(cp, tmp_path, config).start()
+    wait_for(lambda: "orchestrator (AccessRequest answers)" in op.log_path.read_text(), timeout=60,
+             message="the operator is up")
+    return op
+
+
 def test_the_sites_start_their_clients_when_their_kits_are_written_not_at_a_resync(control_plane, consortium, tmp_path):
     """Every step from a ComputeSpec to its client StatefulSets is event-driven: the sites answer
     their requests on create, the hub reconciles on their answers (AnswerWatch), provisions, and
@@ -195,16 +217,8 @@ def test_the_sites_start_their_clients_when_their_kits_are_written_not_at_a_resy
     not get there within this test's timeouts. Not timed: the resync is what it tells apart."""
     cp, c = control_plane, consortium
     org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.org("modeller")
-    sites = []
-    for org in (org_a, org_b):
-        apply(cp, _dataset_claim(org), _kube_grant(org, f"scl-{org}", modeller))
-        sites.append(dict(gateway_config(org, org), runtime="kubernetes", storageClass=None, workspaceSize="1Gi"))
-    config = {"mode": "all", "runtime": "kubernetes", "adminRoute": "none", "image": "registry.example/flare-runtime:test",
-              "resyncSeconds": 600, "heartbeatSeconds": 5, "gateways": sites, "namespaces": [modeller]}
-    op = OperatorProcess(cp, tmp_path, config).start()
+    op = _slow_resync_operator(cp, c, tmp_path)
     try:
-        wait_for(lambda: "orchestrator (AccessRequest answers)" in op.log_path.read_text(), timeout=60,
-                 message="the operator is up")
         apply(cp, compute(modeller, "esm2", [(org_a, f"scl-{org_a}"), (org_b, f"scl-{org_b}")]))
         project = wait_for(lambda: ((get(cp, "computespec", modeller, "esm2") or {}).get("status") or {}).get("project"),
                            timeout=60, message="provisioned")
@@ -223,3 +237,41 @@ def test_the_sites_start_their_clients_when_their_kits_are_written_not_at_a_resy
         raise
     finally:
         op.stop()
+
+
+def test_a_job_applied_before_its_computespec_is_reconciled_when_the_computespec_changes_phase(
+        control_plane, consortium, tmp_path):
+    """An apply of a whole folder may create the FederatedJob before its ComputeSpec: the job's first
+    pass finds no ComputeSpec, asks nobody and waits in Pending (it used to fail). Each phase change of the ComputeSpec reconciles the jobs
+    that run on it (handlers/registry.py jobs_of_compute_changed): the job's AccessRequests are written
+    as soon as the ComputeSpec exists, and the job reaches its submission pass once the federation is
+    Ready (adminRoute none: Queued, ServerUnreachable — the FLARE API session is the only step left).
+    With a 600 s resync nothing else would reconcile the job within this test. Not timed."""
+    cp, c = control_plane, consortium
+    org_a, org_b, modeller = c.org("org-a"), c.org("org-b"), c.org("modeller")
+    op = _slow_resync_operator(cp, c, tmp_path)
+    try:
+        apply(cp, job(modeller, "run1", epsilon=None))
+        waiting = wait_phase(cp, "federatedjob", modeller, "run1", "Pending", timeout=60)  # not Failed
+        assert "does not exist" in _ready_message(waiting), waiting["status"]
+        time.sleep(3)  # past the job's first timer pass (initial delay 1 s): the next one is SLOW_RESYNC away
+        apply(cp, compute(modeller, "esm2", [(org_a, f"scl-{org_a}"), (org_b, f"scl-{org_b}")]))
+        for org in (org_a, org_b):
+            wait_for(lambda org=org: get(cp, "accessrequest", org, f"job-{modeller}-run1"), timeout=60,
+                     message=f"the job's AccessRequest to {org}, written when the ComputeSpec changed phase")
+        wait_phase(cp, "computespec", modeller, "esm2", "Ready", timeout=120)
+        queued = wait_phase(cp, "federatedjob", modeller, "run1", "Queued", timeout=60)
+        assert {a["org"]: a["decision"] for a in queued["status"]["approvals"]} == {org_a: "Approved", org_b: "Approved"}
+        assert "ServerUnreachable" in str(queued["status"]["conditions"]), queued["status"]
+    except BaseException:
+        print(op.tail(80))
+        for kind, name in (("federatedjob", "run1"), ("computespec", "esm2")):
+            print(kind, json.dumps((get(cp, kind, modeller, name) or {}).get("status"), indent=1))
+        raise
+    finally:
+        op.stop()
+
+
+def _ready_message(obj: dict | None) -> str:
+    return next((c.get("message") or "" for c in ((obj or {}).get("status") or {}).get("conditions") or []
+                 if c.get("type") == "Ready"), "")

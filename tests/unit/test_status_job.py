@@ -32,6 +32,9 @@ BASE = ObservedAdmission(generation=2, content_hash=H, approvals=(A, B), compute
         (replace(BASE, suspended=True), "Suspended", "True", "approved by"),
         (replace(BASE, invalid="invalid parameters for esm2-finetune: batchSize: -1 is less than 1"), "Failed",
          "False", "batchSize"),
+        # its ComputeSpec not created yet (an apply of a whole folder): it waits, it does not fail
+        (replace(BASE, compute_missing="ComputeSpec esm2 does not exist in modeller: the job waits for it"),
+         "Pending", "False", "the job waits for it"),
     ],
 )
 def test_admission_phase(observed, phase, approved, message_part):

@@ -52,9 +52,17 @@ class Admission(ObjectView):
         compute_obj = await self.hub.k("get", "ComputeSpec", self.namespace, self.spec.compute_spec_ref.name)
         self.compute = compute_obj
         if compute_obj is None:
+            name = self.spec.compute_spec_ref.name
+            if self.previous.attempts or self.previous.nvflare_job_id:  # its federation went away under it
+                return admission_status(self._observed(
+                    content_hash=None, approvals=(), compute_ready=False,
+                    invalid=f"ComputeSpec {name} does not exist in {self.namespace} any more"), _now())
+            # Not yet, maybe: an apply of a whole folder may create the job first. It waits, and the
+            # ComputeSpec's first status reconciles it (handlers/registry.py jobs_of_compute_changed).
             return admission_status(self._observed(
                 content_hash=None, approvals=(), compute_ready=False,
-                invalid=f"ComputeSpec {self.spec.compute_spec_ref.name} does not exist in {self.namespace}"), _now())
+                compute_missing=f"ComputeSpec {name} does not exist in {self.namespace}: the job waits for it "
+                                "and asks the orgs once it exists"), _now())
         compute = ComputeSpecSpec.model_validate(compute_obj["spec"])
         try:
             consumer_org = await org_of_namespace(self.hub, self.namespace)

@@ -242,9 +242,24 @@ def orchestrator_registry(hub: Hub, kubeconfig: Path | None) -> tuple[kopf.Opera
             fresh = await hub.k("get", "ComputeSpec", body["metadata"]["namespace"], body["metadata"]["name"])
             if not _same_live(fresh, body):
                 return
+            before = (fresh.get("status") or {}).get("phase")
             status = await Federation(hub, fresh).reconcile()
             await write_status(hub, fresh, status)
             COMPUTE_PHASES.observe(fresh["metadata"]["uid"], status.phase)
+            changed = status.phase != before
+        if changed:
+            await jobs_of_compute_changed(fresh)
+
+    async def jobs_of_compute_changed(compute: dict) -> None:
+        """A ComputeSpec changed phase (became Ready, or stopped being Ready, or got its first status):
+        reconcile the FederatedJobs that run on it now, instead of at their next resync — a job whose
+        approvals came first waits for its federation's Ready (bench-scale: one resync at 2 orgs), and
+        one applied before its ComputeSpec existed (an apply of a whole folder) waits for it to exist."""
+        meta = compute["metadata"]
+        listed = await hub.k("list", "FederatedJob", meta["namespace"])
+        await asyncio.gather(*(
+            reconcile_job(body={"metadata": {k: j["metadata"][k] for k in ("namespace", "name", "uid")}})
+            for j in listed if ((j.get("spec") or {}).get("computeSpecRef") or {}).get("name") == meta["name"]))
 
     kopf.on.resume(*resource, registry=registry)(reconcile)
     kopf.on.create(*resource, registry=registry)(reconcile)

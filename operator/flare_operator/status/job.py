@@ -33,6 +33,7 @@ class ObservedAdmission:
     compute_ready: bool
     compute_message: str = ""
     invalid: str = ""  # the job cannot run as written (e.g. parameters refused by the app's schema)
+    compute_missing: str = ""  # its ComputeSpec does not exist (yet): the job waits, asking nobody
     suspended: bool = False
     previous: FederatedJobStatus = field(default_factory=FederatedJobStatus)
 
@@ -49,6 +50,9 @@ def admission_status(o: ObservedAdmission, now: datetime) -> FederatedJobStatus:
     if o.invalid:
         phase, ok, reason, message = JobPhase.FAILED, False, R.INVALID_SPEC, o.invalid
         cond(T.APPROVED, False, R.INVALID_SPEC, o.invalid)
+    elif o.compute_missing:
+        phase, ok, reason, message = JobPhase.PENDING, False, R.COMPUTE_NOT_READY, o.compute_missing
+        cond(T.APPROVED, False, R.COMPUTE_NOT_READY, o.compute_missing)
     elif rejected:
         message = "; ".join(f"{a.org}: {a.message}" for a in rejected)
         phase, ok, reason = JobPhase.REJECTED, False, R.REJECTED
