@@ -20,6 +20,7 @@ from .runtime.workloads import ProcessRuntime, WorkloadRuntime
 
 log = logging.getLogger("flare_operator")
 PROVISIONER_IDLE_SECONDS = 60.0  # the provisioner process stops this long after its last task
+MALLOC_TRIM_SECONDS = 30.0  # how often freed heap pages are given back (trim_malloc)
 
 
 def make_runtime(config: OperatorConfig, kube: Kube) -> WorkloadRuntime:
@@ -100,6 +101,7 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
             clusterwide=not namespaces, namespaces=namespaces, stop_flag=stop_flag,
             liveness_endpoint=liveness_endpoint if index == 0 else None,
         ), name=name))
+    trimmer = asyncio.create_task(trim_malloc(MALLOC_TRIM_SECONDS), name="malloc_trim")
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in done:
@@ -112,6 +114,23 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     if provisioner is not None:
         provisioner.shutdown(wait=False, cancel_futures=True)
     waiter.cancel()
+    trimmer.cancel()
+
+
+async def trim_malloc(interval: float) -> None:
+    """Every ``interval`` seconds, glibc's malloc_trim(0): the pages freed inside every arena go back to
+    the system. glibc returns memory only from the top of the main heap on its own, so a burst (a batch
+    of ComputeSpecs at 100 orgs) left the hub's RSS where the burst took it, though Python had freed
+    most of it (docs/benchmarks.md §7). A few milliseconds per call; a libc without it is left alone."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    while True:
+        await asyncio.sleep(interval)
+        trim(0)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
