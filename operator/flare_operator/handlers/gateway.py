@@ -105,6 +105,10 @@ class Site:
     # Client kits read from the hub, by request uid: (kit_digest, the kit). Used while the request's
     # kit annotation names the same digest (the hub writes the annotation after the kit).
     kits: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    # The Gateway spec this site last applied and the spec the hub stored for it: a heartbeat that finds
+    # the stored spec unchanged reads the Gateway instead of applying it again (an apply is the costly
+    # request at the hub's API server: docs/benchmarks.md §7).
+    published: tuple[dict, dict] | None = None
     # The site's DatasetGrants, JobApprovals and OrgPolicies as recently listed (handlers/objects.py):
     # the site registry's watch of each kind, and this process's own writes, mark them changed.
     listings: Listings = field(init=False)
@@ -631,7 +635,16 @@ async def heartbeat(site: Site) -> None:
 
     grants = await read_grants(site)
     clients_running = await site.runtime.clients_running(site.settings)
-    stored = await site.hub("apply", gateway_object(site, grants))  # read just before the status write
+    wanted = gateway_object(site, grants)
+    stored = None
+    if site.published is not None and site.published[0] == wanted["spec"]:
+        stored = await site.hub("get", "Gateway", site.settings.hub_namespace, site.settings.site)
+        if stored is not None and stored.get("spec") != site.published[1]:
+            stored = None  # changed by someone else: this site's own spec again
+    if stored is None:
+        stored = await site.hub("apply", wanted)
+        site.published = (wanted["spec"], stored.get("spec"))
+    # ``stored`` was read just before the status write (the hub's conditions in it are kept)
     now = _now()
     generation = stored["metadata"].get("generation")
     previous = GatewayStatus.model_validate(GatewayStatus.own_fields(stored.get("status")))
