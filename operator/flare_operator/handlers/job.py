@@ -53,12 +53,14 @@ class Admission(ObjectView):
         self.compute = compute_obj
         if compute_obj is None:
             name = self.spec.compute_spec_ref.name
-            if self.previous.attempts or self.previous.nvflare_job_id:  # its federation went away under it
+            if self.previous.approvals or self.previous.attempts or self.previous.nvflare_job_id:
+                # It went away under the job (which asked the orgs, maybe holds their epsilon, maybe ran):
+                # the job ends, and its outcome releases what the sites hold for it.
                 return admission_status(self._observed(
                     content_hash=None, approvals=(), compute_ready=False,
                     invalid=f"ComputeSpec {name} does not exist in {self.namespace} any more"), _now())
-            # Not yet, maybe: an apply of a whole folder may create the job first. It waits, and the
-            # ComputeSpec's first status reconciles it (handlers/registry.py jobs_of_compute_changed).
+            # Not yet, maybe: an apply of a whole folder may create the job first. It waits, asking
+            # nobody, and the ComputeSpec's first status reconciles it (registry.py jobs_of_compute_changed).
             return admission_status(self._observed(
                 content_hash=None, approvals=(), compute_ready=False,
                 compute_missing=f"ComputeSpec {name} does not exist in {self.namespace}: the job waits for it "
