@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flare_operator.status.pods import pod_problem
+from datetime import UTC, datetime, timedelta
+
+from flare_operator.status.pods import CLAIM_BINDING_GRACE, pod_problem, problem_fields
 
 
 def pod(**status) -> dict:
@@ -41,3 +43,24 @@ def test_unschedulable_and_crash_looping_pods_say_why():
 
 def test_long_messages_are_cut():
     assert len(pod_problem(pod(containerStatuses=[waiting("ErrImagePull", "x" * 5000)]))) == 512
+
+
+def test_a_pod_whose_claim_is_being_bound_is_starting_until_the_grace_runs_out():
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+    def waiting_for_claim(age: timedelta) -> dict:
+        return pod(phase="Pending", conditions=[{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "lastTransitionTime": (now - age).isoformat().replace("+00:00", "Z"),
+            "message": "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. not found"}])
+
+    assert pod_problem(waiting_for_claim(timedelta(seconds=3)), now) is None  # a new StatefulSet's Pod
+    # judged when asked, from what a watch kept of the Pod (runtime/kubernetes.py observe)
+    kept = problem_fields({**waiting_for_claim(CLAIM_BINDING_GRACE + timedelta(seconds=1)), "spec": {"x": 1}})
+    assert "spec" not in kept
+    late = pod_problem(kept, now)
+    assert late == ("Pod org-b/fed-org-b-0 cannot be scheduled: 0/2 nodes are available: pod has unbound "
+                    "immediate PersistentVolumeClaims. not found")
+    no_time = waiting_for_claim(timedelta(0))
+    del no_time["status"]["conditions"][0]["lastTransitionTime"]
+    assert pod_problem(no_time, now) is not None  # cannot tell how long: say it

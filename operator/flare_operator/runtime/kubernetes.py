@@ -36,7 +36,7 @@ from ..config import OperatorConfig, SiteSettings
 from ..nvflare.admin import FlareAdmin, FlareUnavailable
 from ..nvflare.provisioning import unpack_kit
 from ..policy.site_enforcement import APPROVED_FILE, readable_or_empty
-from ..status.pods import pod_problem, statefulset_ready
+from ..status.pods import pod_problem, problem_fields, statefulset_ready
 from .admin_route import LocalRelay, admin_port, dial_direct, dial_port_forward, route_kit_through
 from .kube import Kube, NotFound
 from .workloads import (
@@ -144,7 +144,7 @@ class KubernetesRuntime:
         # Workload StatefulSets and Pods as the watches of the sites (clients) and the hub (servers) last
         # saw them: `observe`. Not there (not seen yet, or deleted): read from the API.
         self._ready: dict[tuple[str, str], bool] = {}  # StatefulSet (namespace, name) -> every replica ready
-        self._problems: dict[tuple[str, str], str | None] = {}  # Pod (namespace, name) -> pod_problem
+        self._pods: dict[tuple[str, str], dict] = {}  # Pod (namespace, name) -> its problem_fields
 
     async def _k(self, method: str, *args, **kwargs) -> Any:
         return await asyncio.to_thread(getattr(self.kube, method), *args, **kwargs)
@@ -235,8 +235,8 @@ class KubernetesRuntime:
         return await self._pod_problem(w.namespace, f"{naming.server_name(w.federation)}-0")
 
     async def _pod_problem(self, namespace: str, pod: str) -> str | None:
-        if (namespace, pod) in self._problems:
-            return self._problems[(namespace, pod)]
+        if (namespace, pod) in self._pods:
+            return pod_problem(self._pods[(namespace, pod)])
         return pod_problem(await self._k("get", "Pod", namespace, pod))
 
     async def connected_clients(self, w: ServerWorkload) -> list[str] | None:
@@ -346,9 +346,9 @@ class KubernetesRuntime:
         elif kind == "StatefulSet":
             self._ready[key] = statefulset_ready(obj)
         elif kind == "Pod" and deleted:
-            self._problems.pop(key, None)
+            self._pods.pop(key, None)
         elif kind == "Pod":
-            self._problems[key] = pod_problem(obj)
+            self._pods[key] = problem_fields(obj)
 
     async def client_running(self, w: ClientWorkload) -> bool:
         name = naming.client_name(w.federation, w.site.site)
