@@ -376,25 +376,23 @@ def _apiserver_flareop(cp) -> tuple[Counter, Counter, Counter]:
     out: Counter = Counter()
     took: Counter = Counter()
     writes: Counter = Counter()
+
+    def label(labels: str, name: str) -> str:
+        return labels.split(f'{name}="', 1)[1].split('"', 1)[0] if f'{name}="' in labels else ""
+
     for line in text.splitlines():
-        if line.startswith("apiserver_request_total{") and not any(
-                f'verb="{v}"' in line for v in ("GET", "LIST", "WATCH", "CONNECT")):
-            labels, _, value = line.rpartition(" ")
-            verb = labels.split('verb="', 1)[1].split('"', 1)[0]
-            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
-            sub = labels.split('subresource="', 1)[1].split('"', 1)[0] if 'subresource="' in labels else ""
-            writes[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(value)
+        labels, _, value = line.rpartition(" ")
         for part in ("sum", "count"):
             if line.startswith(f"apiserver_request_duration_seconds_{part}{{") and 'group="flareop.io"' in line:
-                labels, _, value = line.rpartition(" ")
-                verb = labels.split('verb="', 1)[1].split('"', 1)[0]
-                took[f"{part} {verb}"] += float(value)
-        if line.startswith("apiserver_request_total{") and 'group="flareop.io"' in line:
-            labels, _, value = line.rpartition(" ")
-            verb = labels.split('verb="', 1)[1].split('"', 1)[0]
-            resource = labels.split('resource="', 1)[1].split('"', 1)[0]
-            sub = labels.split('subresource="', 1)[1].split('"', 1)[0] if 'subresource="' in labels else ""
-            out[f"{verb} {resource}{'/' + sub if sub else ''}"] += float(value)
+                took[f"{part} {label(labels, 'verb')}"] += float(value)
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        verb, sub = label(labels, "verb"), label(labels, "subresource")
+        key = f"{verb} {label(labels, 'resource')}{'/' + sub if sub else ''}"
+        if verb not in ("GET", "LIST", "WATCH", "CONNECT"):
+            writes[key] += float(value)
+        if 'group="flareop.io"' in line:
+            out[key] += float(value)
     return out, took, writes
 
 
