@@ -117,16 +117,23 @@ async def run(config: OperatorConfig, kubeconfig: Path | None, stop: asyncio.Eve
     trimmer.cancel()
 
 
+def _libc(name: str):
+    """A function of this process's C library (glibc's malloc tuning), or None where it has none."""
+    import ctypes
+
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 async def trim_malloc(interval: float) -> None:
     """Every ``interval`` seconds, glibc's malloc_trim(0): the pages freed inside every arena go back to
     the system. glibc returns memory only from the top of the main heap on its own, so a burst (a batch
     of ComputeSpecs at 100 orgs) left the hub's RSS where the burst took it, though Python had freed
     most of it (docs/benchmarks.md §7). A few milliseconds per call; a libc without it is left alone."""
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _libc("malloc_trim")
+    if trim is None:
         return
     while True:
         await asyncio.sleep(interval)
@@ -139,14 +146,10 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     held ≈ 65 MiB more at 100 orgs than with two arenas (docs/benchmarks.md §7). Two, as
     MALLOC_ARENA_MAX=2 would set, before any thread starts; a MALLOC_ARENA_MAX in the environment
     wins, and a libc without mallopt (not glibc) is left alone."""
-    import ctypes
     import os
 
-    if "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if "MALLOC_ARENA_MAX" in os.environ or mallopt is None:
         return
     m_arena_max = -8  # glibc malloc.h
     mallopt(m_arena_max, arenas)
